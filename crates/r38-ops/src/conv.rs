@@ -1,0 +1,137 @@
+//! Convolution with the authors' "same" padding rule, dilation included.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Padding that keeps the spatial size at stride 1: `((k - 1) * d + 1) / 2`.
+pub fn same_padding(kernel: usize, dilation: usize) -> usize {
+    ((kernel - 1) * dilation + 1) / 2
+}
+
+/// Shape and placement of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A bias-free convolution, as every convolution of the backbone is.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            dilation: 1,
+            bias: false,
+        }
+    }
+
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    pub fn dilation(mut self, dilation: usize) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    pub fn with_bias(mut self) -> Self {
+        self.bias = true;
+        self
+    }
+
+    /// A 1x1 kernel has nothing to dilate; the authors force its dilation to 1.
+    pub fn effective_dilation(&self) -> usize {
+        if self.kernel == 1 {
+            1
+        } else {
+            self.dilation
+        }
+    }
+
+    pub fn padding(&self) -> usize {
+        same_padding(self.kernel, self.effective_dilation())
+    }
+}
+
+/// A 2-D convolution named like the checkpoint: `<name>_weight` and, with a bias, `<name>_bias`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    spec: ConvSpec,
+}
+
+impl Conv2d {
+    pub fn new(spec: ConvSpec, vb: &VarBuilder, name: &str) -> Result<Self> {
+        let shape = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel);
+        let fan_in = spec.in_channels * spec.kernel * spec.kernel;
+        // MSRA initialisation for new layers, as the authors' recipe uses.
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fan_in as f64).sqrt(),
+        };
+        let weight = vb.get_with_hints(shape, &format!("{name}_weight"), init)?;
+        let bias = if spec.bias {
+            Some(vb.get_with_hints(
+                spec.out_channels,
+                &format!("{name}_bias"),
+                candle_nn::Init::Const(0.0),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias, spec })
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let s = &self.spec;
+        let y = x.conv2d(
+            &self.weight,
+            s.padding(),
+            s.stride,
+            s.effective_dilation(),
+            1,
+        )?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, s.out_channels, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_the_authors_rule() {
+        assert_eq!(same_padding(3, 1), 1);
+        assert_eq!(same_padding(3, 2), 2);
+        assert_eq!(same_padding(3, 4), 4);
+        assert_eq!(same_padding(3, 12), 12);
+        assert_eq!(same_padding(1, 1), 0);
+        assert_eq!(ConvSpec::new(8, 8, 1).dilation(4).padding(), 0);
+    }
+}

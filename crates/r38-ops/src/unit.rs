@@ -1,0 +1,146 @@
+//! The pre-activation residual unit ("b33" basic and "b131" bottleneck).
+
+use crate::batch_norm::BatchNormMode;
+use crate::conv::{Conv2d, ConvSpec};
+use crate::pre_activation::PreActivation;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Everything that places one unit in the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitSpec {
+    /// Unit id as in the checkpoint: `2a`, `4b3`, `7a`.
+    pub name: String,
+    pub in_channels: usize,
+    /// Kernel of each conv of the residual branch: `[3, 3]` or `[1, 3, 1]`.
+    pub kernels: Vec<usize>,
+    pub widths: Vec<usize>,
+    /// Stride of the first conv and of the shortcut.
+    pub stride: usize,
+    /// Dilation of the first conv.
+    pub first_dilation: usize,
+    /// Dilation of the later convs (twice `first_dilation` where a stride became dilation).
+    pub dilation: usize,
+    /// A 1x1 projection shortcut (`res<U>_branch1`) instead of the identity.
+    pub projection: bool,
+    /// Dropout probability before the last conv, in training only.
+    pub dropout: f32,
+    pub bn_eps: f64,
+}
+
+impl UnitSpec {
+    /// Branch names in checkpoint order: `branch2a`, `branch2b1`, `branch2b2`, ...
+    pub fn branch_names(&self) -> Vec<String> {
+        (0..self.kernels.len())
+            .map(|i| match i {
+                0 => "branch2a".to_string(),
+                i => format!("branch2b{i}"),
+            })
+            .collect()
+    }
+}
+
+/// One conv of the residual branch with its own BN+ReLU in front.
+#[derive(Debug, Clone)]
+pub struct Branch {
+    pub pre: PreActivation,
+    pub conv: Conv2d,
+}
+
+/// `x -> [BN -> ReLU -> conv] x k (+ shortcut)`; the projection reads the pre-activated input.
+#[derive(Debug, Clone)]
+pub struct ResidualUnit {
+    branches: Vec<Branch>,
+    shortcut: Option<Conv2d>,
+    dropout: f32,
+    spec: UnitSpec,
+}
+
+impl ResidualUnit {
+    pub fn new(spec: UnitSpec, vb: &VarBuilder) -> Result<Self> {
+        if spec.kernels.len() != spec.widths.len() || spec.kernels.is_empty() {
+            candle_core::bail!("unit {}: kernels and widths differ in length", spec.name);
+        }
+        let mut branches = Vec::with_capacity(spec.kernels.len());
+        let mut in_c = spec.in_channels;
+        for (i, br) in spec.branch_names().iter().enumerate() {
+            let (stride, dilation) = if i == 0 {
+                (spec.stride, spec.first_dilation)
+            } else {
+                (1, spec.dilation)
+            };
+            let conv_spec = ConvSpec::new(in_c, spec.widths[i], spec.kernels[i])
+                .stride(stride)
+                .dilation(dilation);
+            branches.push(Branch {
+                pre: PreActivation::new(in_c, spec.bn_eps, vb, &format!("bn{}_{br}", spec.name))?,
+                conv: Conv2d::new(conv_spec, vb, &format!("res{}_{br}", spec.name))?,
+            });
+            in_c = spec.widths[i];
+        }
+        let shortcut = if spec.projection {
+            let conv_spec = ConvSpec::new(spec.in_channels, in_c, 1).stride(spec.stride);
+            Some(Conv2d::new(
+                conv_spec,
+                vb,
+                &format!("res{}_branch1", spec.name),
+            )?)
+        } else {
+            if spec.stride != 1 || spec.in_channels != in_c {
+                candle_core::bail!(
+                    "unit {}: an identity shortcut cannot change stride or channels",
+                    spec.name
+                );
+            }
+            None
+        };
+        Ok(Self {
+            branches,
+            shortcut,
+            dropout: spec.dropout,
+            spec,
+        })
+    }
+
+    pub fn spec(&self) -> &UnitSpec {
+        &self.spec
+    }
+
+    pub fn branches(&self) -> &[Branch] {
+        &self.branches
+    }
+
+    pub fn set_bn_mode(&mut self, mode: BatchNormMode) {
+        for b in &mut self.branches {
+            b.pre.set_mode(mode);
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.forward_with_preactivation(x, train)?.0)
+    }
+
+    /// The unit's output and its first pre-activation `ReLU(BN_branch2a(x))`, which is what the
+    /// PyTorch port exposes as the features of the previous level.
+    pub fn forward_with_preactivation(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let last = self.branches.len() - 1;
+        let mut pre_activated = None;
+        let mut t = x.clone();
+        for (i, branch) in self.branches.iter().enumerate() {
+            let mut a = branch.pre.forward_t(&t, train)?;
+            if i == 0 {
+                pre_activated = Some(a.clone());
+            }
+            if i == last && train && self.dropout > 0.0 {
+                a = candle_nn::ops::dropout(&a, self.dropout)?;
+            }
+            t = branch.conv.forward(&a)?;
+        }
+        let pre_activated = pre_activated.expect("a unit has at least one branch");
+        let out = match &self.shortcut {
+            Some(projection) => (projection.forward(&pre_activated)? + t)?,
+            None => (x + t)?,
+        };
+        Ok((out, pre_activated))
+    }
+}

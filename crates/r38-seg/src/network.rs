@@ -1,0 +1,42 @@
+//! Backbone and segmentation head together.
+
+use crate::head::{HeadConfig, SegmentationHead};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use r38_model::{Backbone, BackboneConfig, BatchNormMode};
+
+/// A fully convolutional ResNet-38: `(N, 3, H, W)` -> `(N, C, H / s, W / s)` scores.
+#[derive(Debug, Clone)]
+pub struct SegmentationNet {
+    backbone: Backbone,
+    head: SegmentationHead,
+}
+
+impl SegmentationNet {
+    pub fn new(backbone: &BackboneConfig, head: HeadConfig, vb: &VarBuilder) -> Result<Self> {
+        let net = Backbone::new(backbone, vb)?;
+        let head = SegmentationHead::new(head, backbone.feature_channels(), vb)?;
+        Ok(Self {
+            backbone: net,
+            head,
+        })
+    }
+
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    pub fn head(&self) -> &SegmentationHead {
+        &self.head
+    }
+
+    /// Frozen BN is how the authors fine-tune; batch statistics are available for completeness.
+    pub fn set_bn_mode(&mut self, mode: BatchNormMode) {
+        self.backbone.set_bn_mode(mode);
+    }
+
+    /// Scores before the softmax. Dropout (levels 6 and 7) is active only when `train`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.head.forward(&self.backbone.forward_t(x, train)?)
+    }
+}
