@@ -19,7 +19,8 @@ few 8-bit values. The reference is therefore computed as two single-axis Pillow 
 (`resize((dst_w, src_h))` then `resize((dst_w, dst_h))`), which is the classic order in every
 Pillow version; with Pillow <= 12 the script also checks that a single `resize` call gives the
 same bytes. The manifest records the Pillow version and how many cases a single call of this
-Pillow would change.
+Pillow would change. (Checked: Pillow 12.3.0 and 13.0.0 write byte-identical fixture files, and a
+1000-case `--sweep` under Pillow 12.3.0 passes with single `resize` calls.)
 
 The authors' test protocol (util/transformer.py `Scale`, `CenterCrop`, `ColorScale`,
 `ColorNormalize`; iclass/ilsvrc.py) is re-expressed below with PIL + numpy for the
@@ -270,8 +271,9 @@ def make_fixtures(out):
                       ("dec_la16.png", 0), ("dec_grey2.png", 0), ("dec_rgb.jpg", -1), ("dec_rgb444.jpg", -1),
                       ("dec_grey.jpg", -1), ("dec_cmyk.jpg", -1)]:
         src = Image.open(os.path.join(out, name))
-        exp = name.rsplit(".", 1)[0] + "_pil_rgb.png"
-        src.convert("RGB").save(os.path.join(out, exp))
+        exp = name.replace(".", "_") + "_pil_rgb.png"
+        # via numpy, so that no transparency key is carried into the expected PNG
+        Image.fromarray(np.array(src.convert("RGB"), np.uint8), "RGB").save(os.path.join(out, exp))
         dec.append(f"decode\t{name}\t{src.mode}\t{exp}\t{tol}")
     lines += dec
 

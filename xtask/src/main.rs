@@ -1,1 +1,61 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's full-size and reference-framework jobs, kept out of
+//! `cargo test` because they need minutes, gigabytes or Python.
+
+mod parity;
+mod reference;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  setup-reference [--venv DIR]    create a Python 3.11 venv with mxnet 1.9.1 + numpy 1.23.5
+                                  (default DIR: .venv-ref)
+  parity [--python PY] [--out DIR] [--only CASE,...]
+                                  full-size parity against MXNet: the real-width A1 classifier
+                                  (1x3x224x224) and A1 s8 + 2-conv head (1x3x120x96)
+";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    match task.as_str() {
+        "setup-reference" => reference::setup(rest),
+        "parity" => parity::run(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// `--name value` from an argument list.
+pub fn option(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Run a command, echoing it, failing on a non-zero exit.
+pub fn run_command(cmd: &mut std::process::Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("command failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}

@@ -1,1 +1,38 @@
-fn main() {}
+//! `r38`: classify, inspect, convert and run ResNet-38 weight files without Python or MXNet.
+
+mod commands;
+mod network;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "r38", version, about = "ResNet-38 (\"Wider or Deeper\") in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Inspect(commands::inspect::Args),
+    Convert(commands::convert::Args),
+    Forward(commands::forward::Args),
+    Classify(commands::classify::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Convert(a) => commands::convert::run(a),
+        Command::Forward(a) => commands::forward::run(a),
+        Command::Classify(a) => commands::classify::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

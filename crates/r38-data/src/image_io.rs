@@ -128,7 +128,9 @@ impl ImageLoader {
             .pixel_limit
             .map(|l| l.saturating_mul(8).saturating_add(64 << 20));
         reader.limits(limits);
-        let decoder = reader.into_decoder().map_err(|e| map_image_error(path, e))?;
+        let decoder = reader
+            .into_decoder()
+            .map_err(|e| map_image_error(path, e))?;
         let (width, height) = decoder.dimensions();
         self.check_dimensions(path, width, height)?;
         DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(path, e))

@@ -78,11 +78,17 @@ mod tests {
         assert_eq!(c.len(), 1000);
         assert_eq!((c[0].synset, c[0].name()), ("n01440764", "tench"));
         assert_eq!(c[0].lemmas, "tench, Tinca tinca");
-        assert_eq!((c[999].synset, c[999].name()), ("n15075141", "toilet tissue"));
+        assert_eq!(
+            (c[999].synset, c[999].name()),
+            ("n15075141", "toilet tissue")
+        );
         assert!(c.windows(2).all(|w| w[0].synset < w[1].synset));
         assert!(c.iter().enumerate().all(|(i, k)| k.index == i));
         assert_eq!(imagenet_index_of("n15075141"), Some(999));
-        assert_eq!(imagenet_index_of("n02123045").map(|i| c[i].name()), Some("tabby"));
+        assert_eq!(
+            imagenet_index_of("n02123045").map(|i| c[i].name()),
+            Some("tabby")
+        );
         assert_eq!(imagenet_index_of("n00000000"), None);
         assert_eq!(imagenet_class(1000), None);
     }

@@ -88,6 +88,9 @@ mod tests {
             Interpolation::from_choose_interp(true).filter_for((500, 375), (427, 320)),
             Filter::Lanczos
         );
-        assert_eq!(Interpolation::default(), Interpolation::Fixed(Filter::Bicubic));
+        assert_eq!(
+            Interpolation::default(),
+            Interpolation::Fixed(Filter::Bicubic)
+        );
     }
 }

@@ -18,6 +18,8 @@
 //! Sizes are `(width, height)` throughout, as in Pillow and the `image` crate; tensors are
 //! `(N, C, H, W)`.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod image_io;
 pub mod imagenet;

@@ -249,7 +249,9 @@ fn clip8(ss: i64) -> u8 {
 
 fn check_sizes(src_len: usize, src: (u32, u32), channels: usize, dst: (u32, u32)) -> Result<()> {
     if channels == 0 {
-        return Err(DataError::InvalidArgument("channels must be at least 1".into()));
+        return Err(DataError::InvalidArgument(
+            "channels must be at least 1".into(),
+        ));
     }
     if src.0 == 0 || src.1 == 0 || dst.0 == 0 || dst.1 == 0 {
         return Err(DataError::InvalidArgument(format!(
@@ -268,8 +270,12 @@ fn check_sizes(src_len: usize, src: (u32, u32), channels: usize, dst: (u32, u32)
     Ok(())
 }
 
-
-fn nearest_gather<T: Copy>(data: &[T], size: (usize, usize), ch: usize, dst: (usize, usize)) -> Vec<T> {
+fn nearest_gather<T: Copy>(
+    data: &[T],
+    size: (usize, usize),
+    ch: usize,
+    dst: (usize, usize),
+) -> Vec<T> {
     let (w, h) = size;
     let xs = nearest_indices(w, dst.0);
     let ys = nearest_indices(h, dst.1);
@@ -289,7 +295,10 @@ fn horizontal_u8(data: &[u8], w: usize, ch: usize, taps: &Taps, k: &[i32]) -> Ve
     let h = data.len() / (w * ch);
     let mut out = vec![0u8; out_w * h * ch];
     let init = 1i64 << (PRECISION_BITS - 1);
-    for (row_in, row_out) in data.chunks_exact(w * ch).zip(out.chunks_exact_mut(out_w * ch)) {
+    for (row_in, row_out) in data
+        .chunks_exact(w * ch)
+        .zip(out.chunks_exact_mut(out_w * ch))
+    {
         for (xx, &(xmin, len)) in taps.bounds.iter().enumerate() {
             let kk = &k[xx * taps.ksize..][..len];
             let src = &row_in[xmin * ch..(xmin + len) * ch];
@@ -498,13 +507,15 @@ pub fn resize_u8(
 /// Resizes an RGB image to `dst_size = (width, height)` exactly as Pillow does for mode `RGB`.
 pub fn resize_rgb8(img: &RgbImage, dst_size: (u32, u32), filter: Filter) -> Result<RgbImage> {
     let out = resize_u8(img.as_raw(), img.dimensions(), 3, dst_size, filter)?;
-    Ok(ImageBuffer::from_raw(dst_size.0, dst_size.1, out).expect("resize output has the right length"))
+    Ok(ImageBuffer::from_raw(dst_size.0, dst_size.1, out)
+        .expect("resize output has the right length"))
 }
 
 /// Resizes a grey image to `dst_size = (width, height)` exactly as Pillow does for mode `L`.
 pub fn resize_luma8(img: &GrayImage, dst_size: (u32, u32), filter: Filter) -> Result<GrayImage> {
     let out = resize_u8(img.as_raw(), img.dimensions(), 1, dst_size, filter)?;
-    Ok(ImageBuffer::from_raw(dst_size.0, dst_size.1, out).expect("resize output has the right length"))
+    Ok(ImageBuffer::from_raw(dst_size.0, dst_size.1, out)
+        .expect("resize output has the right length"))
 }
 
 /// Resizes one row-major `f32` plane of `src_size = (width, height)` as Pillow does for mode
@@ -576,7 +587,8 @@ pub fn resize_planes_f32(t: &Tensor, dst_size: (u32, u32), filter: Filter) -> Re
 }
 
 fn dim_u32(n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| DataError::InvalidArgument(format!("dimension {n} does not fit in u32")))
+    u32::try_from(n)
+        .map_err(|_| DataError::InvalidArgument(format!("dimension {n} does not fit in u32")))
 }
 
 #[cfg(test)]
@@ -586,12 +598,23 @@ mod tests {
     #[test]
     fn coefficients_sum_to_one() {
         for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos] {
-            for (n, m) in [(23, 41), (41, 23), (7, 3), (3, 7), (500, 427), (1, 5), (5, 1)] {
+            for (n, m) in [
+                (23, 41),
+                (41, 23),
+                (7, 3),
+                (3, 7),
+                (500, 427),
+                (1, 5),
+                (5, 1),
+            ] {
                 let taps = Taps::new(n, m, filter);
                 for (i, &(start, len)) in taps.bounds.iter().enumerate() {
                     assert!(start + len <= n);
                     let s: f64 = taps.weights[i * taps.ksize..][..len].iter().sum();
-                    assert!((s - 1.0).abs() < 1e-12, "{filter} {n}->{m} output {i}: sum {s}");
+                    assert!(
+                        (s - 1.0).abs() < 1e-12,
+                        "{filter} {n}->{m} output {i}: sum {s}"
+                    );
                 }
             }
         }
@@ -619,7 +642,10 @@ mod tests {
     #[test]
     fn identity_and_errors() {
         let data: Vec<u8> = (0..60).collect();
-        assert_eq!(resize_u8(&data, (5, 4), 3, (5, 4), Filter::Lanczos).unwrap(), data);
+        assert_eq!(
+            resize_u8(&data, (5, 4), 3, (5, 4), Filter::Lanczos).unwrap(),
+            data
+        );
         assert!(resize_u8(&data, (5, 4), 3, (0, 4), Filter::Bilinear).is_err());
         assert!(resize_u8(&data, (5, 5), 3, (2, 2), Filter::Bilinear).is_err());
         assert!(resize_u8(&data, (5, 4), 0, (2, 2), Filter::Bilinear).is_err());

@@ -30,7 +30,10 @@ fn sweep_matches_pillow() {
             let got = resize_u8(&src, (w, h), ch, (dw, dh), filter).unwrap();
             let (m, c) = u8_diff(&got, &exp);
             if m != 0 {
-                bad.push(format!("u8 #{} {w}x{h}x{ch} -> {dw}x{dh} {filter}: {c} differ, max {m}", r[1]));
+                bad.push(format!(
+                    "u8 #{} {w}x{h}x{ch} -> {dw}x{dh} {filter}: {c} differ, max {m}",
+                    r[1]
+                ));
             }
         } else {
             let (_, src) = read_npy_f32(&dir.join(format!("f32_{}_src.npy", r[1])));
@@ -39,10 +42,16 @@ fn sweep_matches_pillow() {
             let m = f32_diff(&got, &exp);
             max_f = max_f.max(m);
             if m > 1e-5 {
-                bad.push(format!("f32 #{} {w}x{h} -> {dw}x{dh} {filter}: max {m:e}", r[1]));
+                bad.push(format!(
+                    "f32 #{} {w}x{h} -> {dw}x{dh} {filter}: max {m:e}",
+                    r[1]
+                ));
             }
         }
     }
-    eprintln!("{n} cases, {} mismatches, max f32 diff {max_f:e}", bad.len());
+    eprintln!(
+        "{n} cases, {} mismatches, max f32 diff {max_f:e}",
+        bad.len()
+    );
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

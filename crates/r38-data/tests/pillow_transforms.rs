@@ -53,11 +53,21 @@ fn default_protocol_at_320_matches_pil_numpy() {
         };
         let img = procedural_rgb(sw, sh);
         let crop = t.resize_and_crop(&img).unwrap();
-        assert_eq!(fnv1a64(crop.as_raw()), row[6], "{sw}x{sh} {}: 8-bit crop", row[5]);
+        assert_eq!(
+            fnv1a64(crop.as_raw()),
+            row[6],
+            "{sw}x{sh} {}: 8-bit crop",
+            row[5]
+        );
         let x = t.apply(&img, &Device::Cpu).unwrap();
         assert_eq!(x.dims(), &[1, 3, 320, 320]);
         let v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(fnv1a64(&f32_bytes(&v)), row[7], "{sw}x{sh} {}: tensor", row[5]);
+        assert_eq!(
+            fnv1a64(&f32_bytes(&v)),
+            row[7],
+            "{sw}x{sh} {}: tensor",
+            row[5]
+        );
         checked += 1;
     }
     assert_eq!(checked, 5);

@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod loading;
+pub mod metadata;
 pub mod weights;
 
 pub use backbone::{Backbone, Level, LevelFeatures};
@@ -25,4 +26,5 @@ pub use checkpoint::HeadKind;
 pub use classifier::Classifier;
 pub use config::{Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind};
 pub use loading::{build_strict, LoadError, TensorProblem};
+pub use metadata::{ModelMetadata, Preprocess};
 pub use r38_ops::BatchNormMode;

@@ -52,7 +52,11 @@ pub fn read_png(path: &Path) -> ((u32, u32), usize, Vec<u8>) {
     match img {
         image::DynamicImage::ImageLuma8(i) => (dims, 1, i.into_raw()),
         image::DynamicImage::ImageRgb8(i) => (dims, 3, i.into_raw()),
-        other => panic!("{}: unexpected colour type {:?}", path.display(), other.color()),
+        other => panic!(
+            "{}: unexpected colour type {:?}",
+            path.display(),
+            other.color()
+        ),
     }
 }
 
@@ -105,5 +109,8 @@ pub fn u8_diff(a: &[u8], b: &[u8]) -> (u8, usize) {
 /// Largest absolute difference between two f32 slices of equal length.
 pub fn f32_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -295,7 +295,7 @@ pub enum WeightError {
         tensor: String,
         /// The underlying error.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// A tensor that the requested output format cannot represent.
     #[error("{}: cannot write tensor {tensor:?}: {reason}", path.display())]
@@ -555,7 +555,7 @@ pub(crate) fn f32_tensor(
     Tensor::from_vec(values, dims, &Device::Cpu).map_err(|source| WeightError::Tensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -569,7 +569,7 @@ pub(crate) fn cpu_contiguous(
     let wrap = |source| WeightError::Tensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     tensor
         .to_device(&Device::Cpu)
@@ -689,7 +689,10 @@ mod tests {
             load_bytes(p, b"hello world, not weights"),
             Err(WeightError::UnknownFormat { .. })
         ));
-        assert!(matches!(load_bytes(p, b""), Err(WeightError::UnknownFormat { .. })));
+        assert!(matches!(
+            load_bytes(p, b""),
+            Err(WeightError::UnknownFormat { .. })
+        ));
         let e = load_bytes(p, b"\x80\x02\x8a\x0alegacy").unwrap_err();
         assert!(matches!(e, WeightError::LegacyPytorch { .. }));
         assert!(e.to_string().contains("torch>=1.6"), "{e}");
@@ -746,7 +749,11 @@ mod tests {
             assert!(base.skipped.is_empty(), "{:?}", base.skipped);
             assert!(base.get("conv1a_weight").is_some(), "{}", dir.display());
             let mut variants = 0;
-            for variant in ["weights_legacy.params", "weights_v1.params", "weights_f16.params"] {
+            for variant in [
+                "weights_legacy.params",
+                "weights_v1.params",
+                "weights_f16.params",
+            ] {
                 let p = dir.join(variant);
                 if !p.exists() {
                     continue;

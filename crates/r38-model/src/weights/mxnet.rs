@@ -248,7 +248,10 @@ fn read_record<'a>(c: &mut Cursor<'a>, index: u64) -> Result<Record<'a>, WeightE
     let Some((_, size, _)) = dtype_info(code) else {
         return Err(WeightError::UnknownDtype {
             path: c.path.to_path_buf(),
-            tensor: format!("{} (names follow the arrays; record at byte offset {start})", label()),
+            tensor: format!(
+                "{} (names follow the arrays; record at byte offset {start})",
+                label()
+            ),
             code: i64::from(code),
         });
     };
@@ -435,13 +438,14 @@ pub fn write_params(
             });
         }
         let dims = tensor.dims().to_vec();
-        if style != HeaderStyle::V3 {
-            if dims.is_empty() {
-                return Err(unrepresentable(
-                    key,
-                    format!("0-dimensional tensors need HeaderStyle::V3 ({style:?} reads ndim 0 as a none array)"),
-                ));
-            }
+        if style != HeaderStyle::V3 && dims.is_empty() {
+            return Err(unrepresentable(
+                key,
+                format!(
+                    "0-dimensional tensors need HeaderStyle::V3 ({style:?} reads ndim 0 as a \
+                     none array)"
+                ),
+            ));
         }
         if style == HeaderStyle::Legacy && dims.iter().any(|&d| u32::try_from(d).is_err()) {
             return Err(unrepresentable(
@@ -524,16 +528,15 @@ macro_rules! le_bytes_impl {
 le_bytes_impl!(f32, f64, half::f16, half::bf16);
 
 fn le_bytes<T: LeBytes>(path: &Path, key: &str, tensor: &Tensor) -> Result<Vec<u8>, WeightError> {
-    let values = super::cpu_contiguous(path, key, tensor, T::DTYPE)
-        .and_then(|t| {
-            t.flatten_all()
-                .and_then(|t| t.to_vec1::<T>())
-                .map_err(|source| WeightError::Tensor {
-                    path: path.to_path_buf(),
-                    tensor: key.to_string(),
-                    source,
-                })
-        })?;
+    let values = super::cpu_contiguous(path, key, tensor, T::DTYPE).and_then(|t| {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<T>())
+            .map_err(|source| WeightError::Tensor {
+                path: path.to_path_buf(),
+                tensor: key.to_string(),
+                source: Box::new(source),
+            })
+    })?;
     let mut out = Vec::with_capacity(values.len() * std::mem::size_of::<T>());
     T::extend_le(&values, &mut out);
     Ok(out)
@@ -690,7 +693,12 @@ mod tests {
         let dir = tmp_dir("zero");
         let p = dir.join("z.params");
         let z = Tensor::zeros((0, 3), DType::F32, &Device::Cpu).unwrap();
-        for style in [HeaderStyle::Legacy, HeaderStyle::V1, HeaderStyle::V2, HeaderStyle::V3] {
+        for style in [
+            HeaderStyle::Legacy,
+            HeaderStyle::V1,
+            HeaderStyle::V2,
+            HeaderStyle::V3,
+        ] {
             write_params(&p, &[("arg:z".into(), &z)], style).unwrap();
             let f = load(&p).unwrap();
             assert_eq!(f.get("z").unwrap().dims(), &[0, 3], "{style:?}");
@@ -790,7 +798,13 @@ mod tests {
     fn huge_element_count_in_small_file() {
         // 2^40 f32 elements declared in a ~100-byte file: must fail before allocating.
         let mut b = Bytes::header(1);
-        b.u32(V1_MAGIC).i32(2).i64(1 << 20).i64(1 << 20).i32(1).i32(0).i32(0);
+        b.u32(V1_MAGIC)
+            .i32(2)
+            .i64(1 << 20)
+            .i64(1 << 20)
+            .i32(1)
+            .i32(0)
+            .i32(0);
         b.raw(&[0; 40]).names(&[b"arg:x"]);
         let e = b.load().unwrap_err();
         match e {
@@ -807,12 +821,23 @@ mod tests {
     #[test]
     fn element_count_overflow() {
         let mut b = Bytes::header(1);
-        b.u32(V2_MAGIC).i32(0).i32(3).i64(1 << 40).i64(1 << 40).i64(1 << 40);
+        b.u32(V2_MAGIC)
+            .i32(0)
+            .i32(3)
+            .i64(1 << 40)
+            .i64(1 << 40)
+            .i64(1 << 40);
         b.i32(1).i32(0).i32(0).names(&[b"arg:x"]);
         assert!(matches!(b.load(), Err(WeightError::ShapeOverflow { .. })));
         // Byte size overflow: count fits, count * 8 does not.
         let mut b = Bytes::header(1);
-        b.u32(V1_MAGIC).i32(1).i64(i64::MAX).i32(1).i32(0).i32(1).names(&[b"arg:x"]);
+        b.u32(V1_MAGIC)
+            .i32(1)
+            .i64(i64::MAX)
+            .i32(1)
+            .i32(0)
+            .i32(1)
+            .names(&[b"arg:x"]);
         assert!(matches!(b.load(), Err(WeightError::ShapeOverflow { .. })));
     }
 
@@ -831,6 +856,18 @@ mod tests {
         let mut b = Bytes::header(0);
         b.u64(1 << 60);
         assert!(matches!(b.load(), Err(WeightError::CountMismatch { .. })));
+        // Name count equal to the array count but larger than the bytes left can hold.
+        let mut b = Bytes::header(3);
+        b.u32(0).u32(0).u32(0).u64(3).raw(&[0; 8]);
+        assert!(matches!(
+            b.load(),
+            Err(WeightError::CountTooLarge {
+                what: "names",
+                count: 3,
+                max: 1,
+                ..
+            })
+        ));
         // Huge name length.
         let mut b = Bytes::header(1);
         b.legacy_f32(1).u64(1).u64(u64::MAX).raw(b"arg:x");
@@ -840,7 +877,13 @@ mod tests {
     #[test]
     fn negative_dims_and_ndim() {
         let mut b = Bytes::header(1);
-        b.u32(V1_MAGIC).i32(1).i64(-5).i32(1).i32(0).i32(0).names(&[b"arg:x"]);
+        b.u32(V1_MAGIC)
+            .i32(1)
+            .i64(-5)
+            .i32(1)
+            .i32(0)
+            .i32(0)
+            .names(&[b"arg:x"]);
         assert!(matches!(b.load(), Err(WeightError::InvalidShape { .. })));
         let mut b = Bytes::header(1);
         b.u32(V2_MAGIC).i32(0).i32(-1).names(&[b"arg:x"]);
@@ -850,11 +893,26 @@ mod tests {
     #[test]
     fn unknown_and_integer_dtypes() {
         let mut b = Bytes::header(1);
-        b.u32(1).u32(1).i32(1).i32(0).i32(99).raw(&[0; 4]).names(&[b"arg:x"]);
+        b.u32(1)
+            .u32(1)
+            .i32(1)
+            .i32(0)
+            .i32(99)
+            .raw(&[0; 4])
+            .names(&[b"arg:x"]);
         let e = b.load().unwrap_err();
-        assert!(matches!(e, WeightError::UnknownDtype { code: 99, .. }), "{e}");
+        assert!(
+            matches!(e, WeightError::UnknownDtype { code: 99, .. }),
+            "{e}"
+        );
         let mut b = Bytes::header(1);
-        b.u32(1).u32(2).i32(1).i32(0).i32(6).raw(&[0; 16]).names(&[b"arg:counter"]);
+        b.u32(1)
+            .u32(2)
+            .i32(1)
+            .i32(0)
+            .i32(6)
+            .raw(&[0; 16])
+            .names(&[b"arg:counter"]);
         let e = b.load().unwrap_err();
         match &e {
             WeightError::UnsupportedDtype { tensor, dtype, .. } => {
@@ -896,7 +954,11 @@ mod tests {
         b.legacy_f32(1).legacy_f32(1).names(&[b"arg:a"]);
         assert!(matches!(
             b.load(),
-            Err(WeightError::CountMismatch { arrays: 2, names: 1, .. })
+            Err(WeightError::CountMismatch {
+                arrays: 2,
+                names: 1,
+                ..
+            })
         ));
         let mut b = Bytes::header(2);
         b.legacy_f32(1).legacy_f32(1).names(&[]);
@@ -944,12 +1006,21 @@ mod tests {
             b.raw(&none).legacy_f32(2).names(&[b"arg:n", b"arg:b"]);
             let f = b.load().unwrap();
             assert!(f.get("n").is_none());
-            assert_eq!(f.skipped, vec![("arg:n".to_string(), SkipReason::NoneArray)]);
+            assert_eq!(
+                f.skipped,
+                vec![("arg:n".to_string(), SkipReason::NoneArray)]
+            );
             assert_eq!(values(f.get("b").unwrap()), vec![0., 1.]);
         }
         // V3 ndim 0 is a scalar with data.
         let mut b = Bytes::header(1);
-        b.u32(V3_MAGIC).i32(0).i32(0).i32(1).i32(0).i32(0).raw(&4.5f32.to_le_bytes());
+        b.u32(V3_MAGIC)
+            .i32(0)
+            .i32(0)
+            .i32(1)
+            .i32(0)
+            .i32(0)
+            .raw(&4.5f32.to_le_bytes());
         b.names(&[b"arg:s"]);
         let f = b.load().unwrap();
         assert_eq!(f.get("s").unwrap().to_scalar::<f32>().unwrap(), 4.5);

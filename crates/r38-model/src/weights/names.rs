@@ -105,10 +105,7 @@ fn is_branch(s: &str) -> bool {
 /// A plain head/stem module token: `[a-z]+[0-9]+[a-z]*`, not of a BN or unit form.
 fn is_plain_module(s: &str) -> bool {
     let letters = s.bytes().take_while(u8::is_ascii_lowercase).count();
-    let digits = s[letters..]
-        .bytes()
-        .take_while(u8::is_ascii_digit)
-        .count();
+    let digits = s[letters..].bytes().take_while(u8::is_ascii_digit).count();
     let tail = &s[letters + digits..];
     letters > 0
         && digits > 0
@@ -300,7 +297,10 @@ pub(crate) mod tests {
             ("conv1a_weight", "conv1a.weight"),
             ("bn4b3_branch2a_gamma", "b4_3.bn_branch2a.weight"),
             ("bn4b3_branch2a_beta", "b4_3.bn_branch2a.bias"),
-            ("bn4b3_branch2a_moving_mean", "b4_3.bn_branch2a.running_mean"),
+            (
+                "bn4b3_branch2a_moving_mean",
+                "b4_3.bn_branch2a.running_mean",
+            ),
             ("bn4b3_branch2a_moving_var", "b4_3.bn_branch2a.running_var"),
             ("res4b3_branch2a_weight", "b4_3.conv_branch2a.weight"),
             ("res6a_branch2b2_weight", "b6.conv_branch2b2.weight"),
@@ -364,7 +364,10 @@ pub(crate) mod tests {
         assert_eq!(strip_mxnet_prefix("arg:conv1a_weight"), "conv1a_weight");
         assert_eq!(strip_mxnet_prefix("aux:bn7_moving_var"), "bn7_moving_var");
         assert_eq!(strip_mxnet_prefix("conv1a_weight"), "conv1a_weight");
-        assert_eq!(mxnet_key("bn2a_branch2a_moving_mean"), "aux:bn2a_branch2a_moving_mean");
+        assert_eq!(
+            mxnet_key("bn2a_branch2a_moving_mean"),
+            "aux:bn2a_branch2a_moving_mean"
+        );
         assert_eq!(mxnet_key("bn2a_branch2a_gamma"), "arg:bn2a_branch2a_gamma");
         assert_eq!(to_canonical("arg:"), None);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! PyTorch `.pth` state dicts (the zip format of torch >= 1.6), e.g. the PSA "resnet38d" port's
 //! converted ImageNet A1 weights; keys are translated to canonical names by
-//! [`names::to_canonical`](super::names::to_canonical).
+//! [`super::names::to_canonical`].
 //!
 //! # Loading never executes code
 //!
@@ -39,6 +39,7 @@
 //! Legacy (pre-1.6, non-zip) files are detected by [`load`](super::load) and refused with a
 //! message saying how to re-save them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::panic::AssertUnwindSafe;
@@ -95,17 +96,16 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
                 .is_some_and(|d| !d.is_empty() && !d.contains('/'))
         })
         .collect();
-    let pkl_name = match pickles.as_slice() {
-        [one] => (*one).clone(),
-        [] => {
-            return Err(zip_err(
+    let pkl_name =
+        match pickles.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(zip_err(
                 "no `<archive>/data.pkl` entry: not a PyTorch checkpoint (another kind of zip, \
                  e.g. a NumPy .npz?)"
                     .into(),
-            ))
-        }
-        _ => return Err(zip_err(format!("several data.pkl entries: {pickles:?}"))),
-    };
+            )),
+            _ => return Err(zip_err(format!("several data.pkl entries: {pickles:?}"))),
+        };
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let byteorder = format!("{prefix}byteorder");
     if entries.contains(&byteorder) {
@@ -133,7 +133,7 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
     let mut tensors = BTreeMap::new();
     let mut sources = BTreeMap::new();
     let mut skipped = Vec::new();
-    let mut storages: HashMap<String, (FloatKind, Vec<u8>)> = HashMap::new();
+    let mut storages: HashMap<String, (FloatKind, Cow<'_, [u8]>)> = HashMap::new();
     for (key, value) in items {
         let Object::Unicode(name) = key else {
             skipped.push((format!("{key:?}"), SkipReason::NotATensor));
@@ -161,7 +161,15 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
             skipped.push((name, SkipReason::NoCanonicalName));
             continue;
         };
-        let tensor = load_tensor(path, &mut zip, &prefix, &name, &record, &mut storages)?;
+        let tensor = load_tensor(
+            path,
+            bytes,
+            &mut zip,
+            &prefix,
+            &name,
+            &record,
+            &mut storages,
+        )?;
         insert_unique(path, &mut tensors, &mut sources, canonical, &name, tensor)?;
     }
     Ok(Loaded {
@@ -223,7 +231,9 @@ fn prescan(pkl: &[u8]) -> Result<(), String> {
         }
         fn uint(&mut self, n: usize, what: &str) -> Result<u64, String> {
             let b = self.bytes(n, what)?;
-            Ok(b.iter().rev().fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
+            Ok(b.iter()
+                .rev()
+                .fold(0u64, |acc, x| (acc << 8) | u64::from(*x)))
         }
         fn line(&mut self) -> Result<u64, String> {
             let rest = &self.pkl[self.pos..];
@@ -473,7 +483,13 @@ fn state_dict_items(top: Object) -> Result<Vec<(Object, Object)>, String> {
             })
         });
         match nested {
-            Some(i) => obj = items.into_iter().nth(i).map(|(_, v)| v).unwrap_or(Object::None),
+            Some(i) => {
+                obj = items
+                    .into_iter()
+                    .nth(i)
+                    .map(|(_, v)| v)
+                    .unwrap_or(Object::None)
+            }
             None => {
                 return Err(format!(
                     "a dict with no tensors and no {} entry holding one",
@@ -500,7 +516,10 @@ fn int(obj: Object, what: &str) -> Result<u64, String> {
     match obj {
         Object::Int(v) if v >= 0 => Ok(v as u64),
         Object::Long(v) if v >= 0 => Ok(v as u64),
-        other => Err(format!("{what} is {}, not a non-negative integer", describe(&other))),
+        other => Err(format!(
+            "{what} is {}, not a non-negative integer",
+            describe(&other)
+        )),
     }
 }
 
@@ -524,9 +543,7 @@ fn tensor_record(obj: Object) -> Result<Option<TensorRecord>, String> {
         return Ok(None);
     };
     match (module_name.as_str(), class_name.as_str()) {
-        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-            rebuild_args(*args).map(Some)
-        }
+        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => rebuild_args(*args).map(Some),
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             let Object::Tuple(items) = *args else {
                 return Err("parameter arguments are not a tuple".into());
@@ -535,7 +552,8 @@ fn tensor_record(obj: Object) -> Result<Option<TensorRecord>, String> {
                 .into_iter()
                 .next()
                 .ok_or("parameter without a tensor")?;
-            tensor_record(inner)?.ok_or_else(|| "parameter without a tensor".into())
+            tensor_record(inner)?
+                .ok_or_else(|| "parameter without a tensor".into())
                 .map(Some)
         }
         ("torch._tensor", "_rebuild_from_type_v2") => {
@@ -571,7 +589,10 @@ fn rebuild_args(args: Object) -> Result<TensorRecord, String> {
         return Err("tensor arguments are not a tuple".into());
     };
     if items.len() < 4 {
-        return Err(format!("tensor record has {} arguments, expected at least 4", items.len()));
+        return Err(format!(
+            "tensor record has {} arguments, expected at least 4",
+            items.len()
+        ));
     }
     let mut items = items.into_iter();
     let (Some(storage), Some(offset), Some(size), Some(stride)) =
@@ -592,7 +613,10 @@ fn rebuild_args(args: Object) -> Result<TensorRecord, String> {
         .try_into()
         .map_err(|v: Vec<Object>| format!("storage id has {} fields, expected 5", v.len()))?;
     if tag != Object::Unicode("storage".into()) {
-        return Err(format!("storage id tag is {}, not 'storage'", describe(&tag)));
+        return Err(format!(
+            "storage id tag is {}, not 'storage'",
+            describe(&tag)
+        ));
     }
     let Object::Class { class_name, .. } = class else {
         return Err(format!("storage type is {}", describe(&class)));
@@ -637,13 +661,15 @@ fn storage_kind(class: &str) -> Result<FloatKind, String> {
     }
 }
 
-fn load_tensor(
+/// Reads one tensor, loading (and caching) its storage first.
+fn load_tensor<'a>(
     path: &Path,
-    zip: &mut Archive<'_>,
+    file: &'a [u8],
+    zip: &mut Archive<'a>,
     prefix: &str,
     name: &str,
     r: &TensorRecord,
-    storages: &mut HashMap<String, (FloatKind, Vec<u8>)>,
+    storages: &mut HashMap<String, (FloatKind, Cow<'a, [u8]>)>,
 ) -> Result<candle_core::Tensor, WeightError> {
     let invalid = |reason: String| WeightError::InvalidTensor {
         path: path.to_path_buf(),
@@ -712,19 +738,35 @@ fn load_tensor(
         if f.size() < storage_bytes {
             return Err(exceeds(f.size()));
         }
-        // A stored entry cannot hold more bytes than it occupies in the file.
-        let hint = f.compressed_size();
-        let mut data = Vec::with_capacity(storage_bytes.min(hint) as usize);
-        (&mut f)
-            .take(storage_bytes)
-            .read_to_end(&mut data)
-            .map_err(|e| WeightError::Zip {
-                path: path.to_path_buf(),
-                reason: format!("storage {entry:?} of tensor {name:?}: {e}"),
-            })?;
-        if (data.len() as u64) < storage_bytes {
-            return Err(exceeds(data.len() as u64));
-        }
+        // torch.save stores entries uncompressed: borrow them from the file instead of copying.
+        let stored = (f.compression() == zip::CompressionMethod::Stored)
+            .then(|| f.data_start())
+            .flatten()
+            .and_then(|start| {
+                let start = usize::try_from(start).ok()?;
+                let end = start.checked_add(usize::try_from(storage_bytes).ok()?)?;
+                file.get(start..end)
+            });
+        let data = match stored {
+            Some(slice) => Cow::Borrowed(slice),
+            None => {
+                // Stored entries cannot hold more bytes than they occupy in the file; other
+                // methods grow the buffer only as data actually arrives.
+                let hint = f.compressed_size().min(file.len() as u64);
+                let mut data = Vec::with_capacity(storage_bytes.min(hint) as usize);
+                (&mut f)
+                    .take(storage_bytes)
+                    .read_to_end(&mut data)
+                    .map_err(|e| WeightError::Zip {
+                        path: path.to_path_buf(),
+                        reason: format!("storage {entry:?} of tensor {name:?}: {e}"),
+                    })?;
+                if (data.len() as u64) < storage_bytes {
+                    return Err(exceeds(data.len() as u64));
+                }
+                Cow::Owned(data)
+            }
+        };
         drop(f);
         storages.insert(r.key.clone(), (kind, data));
     }
@@ -837,7 +879,10 @@ mod tests {
             stride: &[u64],
         ) -> &mut Self {
             self.global("torch._utils", "_rebuild_tensor_v2").op(b'(');
-            self.op(b'(').unicode("storage").global("torch", class).unicode(key);
+            self.op(b'(')
+                .unicode("storage")
+                .global("torch", class)
+                .unicode(key);
             self.unicode("cpu").int(numel).op(b't').op(b'Q');
             self.int(offset).op(b'(');
             for s in size {
@@ -893,8 +938,14 @@ mod tests {
         let mut p = Pickle::new();
         p.ordered_dict().op(b'q').op(0).op(b'(');
         // conv1a: [2,3,1,1] contiguous f32, storage 0
-        p.unicode("module.conv1a.weight")
-            .tensor("FloatStorage", "0", 6, 0, &[2, 3, 1, 1], &[3, 1, 1, 1]);
+        p.unicode("module.conv1a.weight").tensor(
+            "FloatStorage",
+            "0",
+            6,
+            0,
+            &[2, 3, 1, 1],
+            &[3, 1, 1, 1],
+        );
         // BN of b2 (unit 2a) in f16, storage 1
         p.unicode("module.b2.bn_branch2a.weight")
             .tensor("HalfStorage", "1", 2, 0, &[2], &[1]);
@@ -910,14 +961,24 @@ mod tests {
         p.unicode("module.linear3.bias")
             .tensor("FloatStorage", "0", 6, 3, &[3], &[1]);
         // PSA's classifier, which has a canonical name by the plain-module rule.
-        p.unicode("module.fc8.weight")
-            .tensor("FloatStorage", "0", 6, 0, &[1, 6, 1, 1], &[6, 1, 1, 1]);
+        p.unicode("module.fc8.weight").tensor(
+            "FloatStorage",
+            "0",
+            6,
+            0,
+            &[1, 6, 1, 1],
+            &[6, 1, 1, 1],
+        );
         // A key with no canonical equivalent.
         p.unicode("module.b2.relu.weight")
             .tensor("FloatStorage", "0", 6, 0, &[6], &[1]);
         p.op(b'u');
         // OrderedDict state: {'_metadata': OrderedDict()}, merged into the dict by candle.
-        p.op(b'}').unicode("_metadata").ordered_dict().op(b's').op(b'b');
+        p.op(b'}')
+            .unicode("_metadata")
+            .ordered_dict()
+            .op(b's')
+            .op(b'b');
         p.stop()
     }
 
@@ -926,7 +987,10 @@ mod tests {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
-        let d: Vec<u8> = [1.25f64, 3.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let d: Vec<u8> = [1.25f64, 3.5]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         vec![
             ("0", f32s(&[0., 1., 2., 3., 4., 5.])),
             ("1", h),
@@ -954,7 +1018,10 @@ mod tests {
         let conv = f.get("conv1a_weight").unwrap();
         assert_eq!(conv.dims(), &[2, 3, 1, 1]);
         assert_eq!(values(conv), vec![0., 1., 2., 3., 4., 5.]);
-        assert_eq!(values(f.get("bn2a_branch2a_gamma").unwrap()), vec![0.5, -2.0]);
+        assert_eq!(
+            values(f.get("bn2a_branch2a_gamma").unwrap()),
+            vec![0.5, -2.0]
+        );
         assert_eq!(values(f.get("bn7_moving_var").unwrap()), vec![1.25, 3.5]);
         let lw = f.get("linear3_weight").unwrap();
         assert_eq!(lw.dims(), &[3, 2]);
@@ -970,7 +1037,10 @@ mod tests {
                     "module.b2.bn_branch2a.num_batches_tracked".to_string(),
                     SkipReason::BatchCounter
                 ),
-                ("module.b2.relu.weight".to_string(), SkipReason::NoCanonicalName),
+                (
+                    "module.b2.relu.weight".to_string(),
+                    SkipReason::NoCanonicalName
+                ),
             ]
         );
         // Through the file system too.
@@ -983,9 +1053,26 @@ mod tests {
     }
 
     #[test]
+    fn stored_entries_are_borrowed_from_the_file() {
+        let bytes = psa_file();
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).unwrap();
+        let f = zip.by_name("archive/data/0").unwrap();
+        assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+        let start = f.data_start().unwrap() as usize;
+        assert_eq!(
+            &bytes[start..start + 24],
+            &f32s(&[0., 1., 2., 3., 4., 5.])[..]
+        );
+    }
+
+    #[test]
     fn wrapped_state_dict() {
         let mut p = Pickle::new();
-        p.op(b'}').op(b'(').unicode("epoch").int(3).unicode("state_dict");
+        p.op(b'}')
+            .op(b'(')
+            .unicode("epoch")
+            .int(3)
+            .unicode("state_dict");
         p.ordered_dict().op(b'(').unicode("conv1a.weight");
         p.tensor("FloatStorage", "0", 2, 0, &[2], &[1]).op(b'u');
         p.op(b'u');
@@ -1019,12 +1106,19 @@ mod tests {
         // Inside a dict value, next to nothing else.
         let mut p = Pickle::new();
         p.op(b'}').unicode("conv1a.weight");
-        p.global("posix", "system").unicode(&cmd).op(0x85).op(b'R').op(b's');
+        p.global("posix", "system")
+            .unicode(&cmd)
+            .op(0x85)
+            .op(b'R')
+            .op(b's');
         let nested = p.stop();
         // As the storage-class "constructor" of a tensor record.
         let mut p = Pickle::new();
         p.op(b'}').unicode("conv1a.weight");
-        p.global("subprocess", "check_call").op(b'(').unicode("touch").unicode(&cmd);
+        p.global("subprocess", "check_call")
+            .op(b'(')
+            .unicode("touch")
+            .unicode(&cmd);
         p.op(b'l').op(b'R').op(b's');
         let unsupported = p.stop();
         for pkl in [top, nested, unsupported] {
@@ -1074,7 +1168,8 @@ mod tests {
     fn one_tensor(numel: u64, offset: u64, size: &[u64], stride: &[u64], data: Vec<u8>) -> Vec<u8> {
         let mut p = Pickle::new();
         p.op(b'}').unicode("conv1a.weight");
-        p.tensor("FloatStorage", "0", numel, offset, size, stride).op(b's');
+        p.tensor("FloatStorage", "0", numel, offset, size, stride)
+            .op(b's');
         let pkl = p.stop();
         pth_zip("archive", &pkl, &[("0", data)])
     }
@@ -1085,8 +1180,14 @@ mod tests {
         let e = load_pth(&one_tensor(1 << 40, 0, &[2], &[1], f32s(&[1., 2.]))).unwrap_err();
         assert!(matches!(e, WeightError::DataExceedsFile { .. }), "{e}");
         // Element count overflow.
-        let e = load_pth(&one_tensor(4, 0, &[1 << 40, 1 << 40, 1 << 40], &[1, 1, 1], vec![]))
-            .unwrap_err();
+        let e = load_pth(&one_tensor(
+            4,
+            0,
+            &[1 << 40, 1 << 40, 1 << 40],
+            &[1, 1, 1],
+            vec![],
+        ))
+        .unwrap_err();
         assert!(matches!(e, WeightError::ShapeOverflow { .. }), "{e}");
         // Broadcast view: 2^40 elements from one storage element.
         let e = load_pth(&one_tensor(1, 0, &[1 << 20, 1 << 20], &[0, 0], f32s(&[1.]))).unwrap_err();
@@ -1095,7 +1196,14 @@ mod tests {
         let e = load_pth(&one_tensor(2, 1, &[2], &[1], f32s(&[1., 2.]))).unwrap_err();
         assert!(matches!(e, WeightError::InvalidTensor { .. }), "{e}");
         // Huge stride on a size-1 dimension is harmless.
-        let f = load_pth(&one_tensor(2, 0, &[1, 2], &[u64::MAX / 2, 1], f32s(&[1., 2.]))).unwrap();
+        let f = load_pth(&one_tensor(
+            2,
+            0,
+            &[1, 2],
+            &[u64::MAX / 2, 1],
+            f32s(&[1., 2.]),
+        ))
+        .unwrap();
         assert_eq!(values(f.get("conv1a_weight").unwrap()), vec![1., 2.]);
         // Missing storage entry.
         let mut p = Pickle::new();
@@ -1112,14 +1220,20 @@ mod tests {
         // Malformed record.
         let mut p = Pickle::new();
         p.op(b'}').unicode("conv1a.weight");
-        p.global("torch._utils", "_rebuild_tensor_v2").op(b'(').int(1).op(b't').op(b'R').op(b's');
+        p.global("torch._utils", "_rebuild_tensor_v2")
+            .op(b'(')
+            .int(1)
+            .op(b't')
+            .op(b'R')
+            .op(b's');
         let e = load_pth(&pth_zip("archive", &p.stop(), &[])).unwrap_err();
         assert!(matches!(e, WeightError::InvalidTensor { .. }), "{e}");
         // Duplicate canonical names.
         let mut p = Pickle::new();
         p.op(b'}').op(b'(').unicode("conv1a.weight");
         p.tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
-        p.unicode("module.conv1a.weight").tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+        p.unicode("module.conv1a.weight")
+            .tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
         p.op(b'u');
         let e = load_pth(&pth_zip("archive", &p.stop(), &[("0", f32s(&[1.]))])).unwrap_err();
         assert!(matches!(e, WeightError::DuplicateName { .. }), "{e}");
@@ -1132,15 +1246,18 @@ mod tests {
         let empty = p.stop();
         // A zip without data.pkl (an .npz, say).
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        w.start_file("x.npy", zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file("x.npy", zip::write::SimpleFileOptions::default())
+            .unwrap();
         w.write_all(b"\x93NUMPY").unwrap();
         let npz = w.finish().unwrap().into_inner();
         assert!(matches!(load_pth(&npz), Err(WeightError::Zip { .. })));
         // Big-endian archive.
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        w.start_file("a/data.pkl", zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file("a/data.pkl", zip::write::SimpleFileOptions::default())
+            .unwrap();
         w.write_all(&empty).unwrap();
-        w.start_file("a/byteorder", zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file("a/byteorder", zip::write::SimpleFileOptions::default())
+            .unwrap();
         w.write_all(b"big").unwrap();
         let big = w.finish().unwrap().into_inner();
         assert!(matches!(load_pth(&big), Err(WeightError::Zip { .. })));
@@ -1148,7 +1265,10 @@ mod tests {
         let e = load_pth(&pth_zip("a", &empty, &[])).unwrap_err();
         assert!(matches!(e, WeightError::Pickle { .. }), "{e}");
         // Only the zip magic.
-        assert!(matches!(load_pth(b"PK\x03\x04"), Err(WeightError::Zip { .. })));
+        assert!(matches!(
+            load_pth(b"PK\x03\x04"),
+            Err(WeightError::Zip { .. })
+        ));
     }
 
     #[test]

@@ -104,10 +104,21 @@ mod tests {
         assert_eq!(files.len(), 6);
         for f in files {
             assert_eq!(f.md5.len(), 32);
-            assert!(f.md5.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-            assert!(!f.results.is_empty() && !f.notes.is_empty(), "{}", f.file_name);
+            assert!(f
+                .md5
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            assert!(
+                !f.results.is_empty() && !f.notes.is_empty(),
+                "{}",
+                f.file_name
+            );
             // The file name encodes arch, class count and stride.
-            let arch = if f.arch == Arch::A { "rna-a_" } else { "rna-a1_" };
+            let arch = if f.arch == Arch::A {
+                "rna-a_"
+            } else {
+                "rna-a1_"
+            };
             assert!(f.file_name.contains(arch), "{}", f.file_name);
             assert!(f.file_name.contains(&format!("cls{}", f.classes)));
             assert_eq!(f.file_name.contains("_s8_"), f.output_stride == 8);

@@ -13,8 +13,8 @@ use ::safetensors::{Dtype, SafeTensors};
 use candle_core::{DType, Tensor};
 
 use super::{
-    atomic_write, cpu_contiguous, f32_tensor, insert_unique, names, FloatKind, Loaded,
-    SkipReason, WeightError,
+    atomic_write, cpu_contiguous, f32_tensor, insert_unique, names, FloatKind, Loaded, SkipReason,
+    WeightError,
 };
 
 /// Parses a safetensors file held in memory.
@@ -137,7 +137,10 @@ mod tests {
         tensors.insert("linear3_weight".to_string(), w.clone());
         tensors.insert(
             "bn7_gamma".to_string(),
-            Tensor::new(&[0.5f32, 2.0], &dev).unwrap().to_dtype(DType::F16).unwrap(),
+            Tensor::new(&[0.5f32, 2.0], &dev)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap(),
         );
         tensors.insert("fc.t".to_string(), w.t().unwrap()); // non-contiguous, no canonical name
         let mut meta = BTreeMap::new();
@@ -155,7 +158,10 @@ mod tests {
         let g = f.get("bn7_gamma").unwrap();
         assert_eq!(g.dtype(), DType::F32);
         assert_eq!(g.to_vec1::<f32>().unwrap(), vec![0.5, 2.0]);
-        assert_eq!(f.skipped, vec![("fc.t".to_string(), SkipReason::NoCanonicalName)]);
+        assert_eq!(
+            f.skipped,
+            vec![("fc.t".to_string(), SkipReason::NoCanonicalName)]
+        );
 
         // PyTorch-style keys are translated.
         let mut torch = BTreeMap::new();
@@ -187,19 +193,34 @@ mod tests {
             r#"{"x":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,8]}}"#,
             &[0; 8],
         );
-        assert!(matches!(load_bytes(p, &b), Err(WeightError::Safetensors { .. })));
+        assert!(matches!(
+            load_bytes(p, &b),
+            Err(WeightError::Safetensors { .. })
+        ));
         // Offsets past the end.
         let b = file(
             r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8000000000]}}"#,
             &[0; 8],
         );
-        assert!(matches!(load_bytes(p, &b), Err(WeightError::Safetensors { .. })));
+        assert!(matches!(
+            load_bytes(p, &b),
+            Err(WeightError::Safetensors { .. })
+        ));
         // Integer dtype.
-        let b = file(r#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, &[0; 8]);
-        assert!(matches!(load_bytes(p, &b), Err(WeightError::UnsupportedDtype { .. })));
+        let b = file(
+            r#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        );
+        assert!(matches!(
+            load_bytes(p, &b),
+            Err(WeightError::UnsupportedDtype { .. })
+        ));
         // Not JSON.
         let b = file("{not json at all", &[]);
-        assert!(matches!(load_bytes(p, &b), Err(WeightError::Safetensors { .. })));
+        assert!(matches!(
+            load_bytes(p, &b),
+            Err(WeightError::Safetensors { .. })
+        ));
         // Header length larger than the file is not detected as safetensors at all.
         let mut b = (1u64 << 40).to_le_bytes().to_vec();
         b.extend(b"{}");

@@ -1,0 +1,50 @@
+//! `r38 forward`: one forward pass on a normalised NCHW array.
+
+use crate::network::{load, write_atomically, HeadChoice, ModelArgs};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use std::path::PathBuf;
+
+/// Run the network on IN.npy (float32 NCHW, already normalised) and write OUT.npy: logits
+/// (N, C), score maps (N, C, h, w) or relu7 features.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// cls, seg or none (backbone features). Default: the file's head.
+    #[arg(long, value_enum)]
+    pub head: Option<HeadChoice>,
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let x = Tensor::read_npy(&args.input)
+        .with_context(|| format!("{}: not a readable .npy array", args.input.display()))?;
+    let dims = x.dims().to_vec();
+    if dims.len() != 4 || dims[1] != 3 || dims.iter().any(|&d| d == 0) {
+        bail!(
+            "{}: expected a non-empty (N, 3, H, W) array, found shape {dims:?}",
+            args.input.display()
+        );
+    }
+    if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+        bail!("{}: expected float32, found {:?}", args.input.display(), x.dtype());
+    }
+    let model = load(&args.model, args.head)?;
+    let device = crate::network::device(&args.model.device)?;
+    let x = x.to_dtype(DType::F32)?.to_device(&device)?;
+    let y = model
+        .network
+        .forward(&x)
+        .with_context(|| format!("forward pass on {} (shape {dims:?})", args.input.display()))?
+        .to_device(&candle_core::Device::Cpu)?;
+    write_atomically(&args.output, |tmp| {
+        y.write_npy(tmp)
+            .with_context(|| format!("{}: cannot write", args.output.display()))
+    })?;
+    eprintln!("wrote {} with shape {:?}", args.output.display(), y.dims());
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `r38 inspect FILE`: what a weight file holds.
+
+use crate::network::{describe, shapes, ModelArgs};
+use anyhow::Result;
+use r38_model::weights;
+use r38_model::HeadKind;
+use std::path::PathBuf;
+
+/// Show format, tensor and parameter counts, head, backbone shape and released-file match.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Weight file (.params, .pth or .safetensors).
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let file = weights::load(&args.file)?;
+    let model_args = ModelArgs {
+        weights: args.file.clone(),
+        arch: None,
+        output_stride: None,
+        pool_style: None,
+        device: "cpu".into(),
+    };
+    let meta = describe(&file, &model_args)?;
+    let shapes = shapes(&file);
+    let running = file.value_count() - file.trainable_count();
+    if args.json {
+        let report = serde_json::json!({
+            "file": file.path,
+            "format": format!("{:?}", file.format),
+            "md5": file.md5,
+            "tensors": file.tensors.len(),
+            "values": file.value_count(),
+            "trainable_parameters": file.trainable_count(),
+            "running_statistics": running,
+            "head": meta.head,
+            "arch": meta.arch,
+            "output_stride": meta.output_stride,
+            "config": meta.config,
+            "released": file.released,
+            "metadata": file.metadata,
+            "skipped": file.skipped.iter().map(|(n, r)| format!("{n}: {r:?}")).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("file:        {}", file.path.display());
+    println!("format:      {:?}", file.format);
+    println!("md5:         {}", file.md5);
+    println!(
+        "tensors:     {} ({} learned, {} BN running statistics)",
+        file.tensors.len(),
+        shapes.keys().filter(|n| !weights::names::is_running_stat(n)).count(),
+        shapes.keys().filter(|n| weights::names::is_running_stat(n)).count()
+    );
+    println!(
+        "values:      {} ({} trainable parameters + {} running statistics)",
+        group(file.value_count()),
+        group(file.trainable_count()),
+        group(running)
+    );
+    let head = match meta.head {
+        HeadKind::Classifier { classes } => format!("classifier, {classes} classes (linear{classes})"),
+        HeadKind::Segmentation {
+            classes,
+            hidden: Some(h),
+            ..
+        } => format!("segmentation \"2 conv\", {classes} classes (conv6a {h} channels, linear{classes})"),
+        HeadKind::Segmentation { classes, .. } => {
+            format!("segmentation \"1 conv\", {classes} classes (linear{classes})")
+        }
+        HeadKind::None => "none (backbone only)".into(),
+    };
+    println!("head:        {head}");
+    let c = &meta.config;
+    println!(
+        "backbone:    stem {} ch; {}",
+        c.stem.channels,
+        c.levels
+            .iter()
+            .map(|l| format!(
+                "B{} {}x{:?}",
+                l.level,
+                l.units,
+                l.widths
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let arch_source = if file.metadata.contains_key("r38.arch") {
+        "from the file's metadata"
+    } else if file.released.is_some() {
+        "from the released-file table"
+    } else {
+        "assumed; the shapes of A, A1 and A2 are identical, pass --arch to choose"
+    };
+    println!(
+        "arch:        Model {} at output stride {} ({arch_source})",
+        meta.arch.to_string().to_uppercase(),
+        meta.output_stride
+    );
+    match file.released {
+        Some(r) => {
+            println!("released:    yes: {} ({})", r.file_name, r.dataset);
+            for res in &r.results {
+                println!("             published {} = {} ({})", res.metric, res.value, res.protocol);
+            }
+        }
+        None => println!("released:    no match among the authors' released files (by MD5)"),
+    }
+    if !file.skipped.is_empty() {
+        println!("skipped:     {} entries ({:?}, ...)", file.skipped.len(), file.skipped[0]);
+    }
+    for (k, v) in &file.metadata {
+        if !k.starts_with("r38.config") {
+            println!("metadata:    {k} = {v}");
+        }
+    }
+    Ok(())
+}
+
+/// 109215656 -> "109,215,656".
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,0 +1,4 @@
+pub mod classify;
+pub mod convert;
+pub mod forward;
+pub mod inspect;
