@@ -41,7 +41,7 @@ pub struct ModelArgs {
     pub device: String,
 }
 
-fn parse_pool_style(s: &str) -> std::result::Result<PoolPadding, String> {
+pub fn parse_pool_style(s: &str) -> std::result::Result<PoolPadding, String> {
     match s {
         "same" => Ok(PoolPadding::Same),
         "caffe" => Ok(PoolPadding::Caffe),

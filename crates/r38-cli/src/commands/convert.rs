@@ -13,10 +13,15 @@ pub struct Args {
     pub input: PathBuf,
     /// Output .safetensors file.
     pub output: PathBuf,
+    /// Architecture (a, a1, a2); default: the file's metadata or the released-file table, else a1.
     #[arg(long)]
     pub arch: Option<r38_model::Arch>,
+    /// Output stride (8, 16, 32) recorded in the file.
     #[arg(long)]
     pub output_stride: Option<usize>,
+    /// Model A's pooling recorded in the file: same (pad 1) or caffe (pad 0).
+    #[arg(long, value_parser = crate::network::parse_pool_style)]
+    pub pool_style: Option<r38_model::PoolPadding>,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub overwrite: bool,
@@ -33,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
         weights: args.input.clone(),
         arch: args.arch,
         output_stride: args.output_stride,
-        pool_style: None,
+        pool_style: args.pool_style,
         device: "cpu".into(),
     };
     // Building the network checks every tensor name and shape before anything is written.

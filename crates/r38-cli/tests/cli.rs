@@ -1,0 +1,196 @@
+//! The command-line contract, run against the committed MXNet fixtures.
+
+use candle_core::Tensor;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(case: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(case)
+        .join(file)
+}
+
+fn r38(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_r38"))
+        .args(args)
+        .output()
+        .expect("the r38 binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = r38(args);
+    assert!(
+        out.status.success(),
+        "r38 {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The command fails, without a panic, with a message containing every `needles`.
+fn fails(args: &[&str], needles: &[&str]) {
+    let out = r38(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "r38 {args:?} should fail");
+    assert!(!stderr.contains("panicked"), "r38 {args:?} panicked:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "r38 {args:?}: `{n}` not in:\n{stderr}");
+    }
+}
+
+fn relative_error(actual: &Path, expected: &Path) -> f32 {
+    let a = Tensor::read_npy(actual).unwrap();
+    let e = Tensor::read_npy(expected).unwrap();
+    assert_eq!(a.dims(), e.dims());
+    let diff: f32 = (&a - &e).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let scale: f32 = e.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    diff / scale
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("r38-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn forward_matches(case: &str, weights: &Path, extra: &[&str], expected: &str) {
+    let out = tmp(&format!("{case}-{}.npy", weights.file_name().unwrap().to_string_lossy()));
+    let input = fixture(case, "input.npy");
+    let mut args = vec![
+        "forward",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+    let err = relative_error(&out, &fixture(case, expected));
+    assert!(err <= 1e-5, "{case}: relative error {err:e}");
+}
+
+#[test]
+fn inspect_reports_format_counts_and_head() {
+    let text = ok(&["inspect", fixture("a1_cls", "weights_legacy.params").to_str().unwrap()]);
+    assert!(text.contains("MxnetParams"), "{text}");
+    assert!(text.contains("193 (119 learned, 74 BN running statistics)"), "{text}");
+    assert!(text.contains("classifier, 10 classes"), "{text}");
+    assert!(text.contains("no match among the authors' released files"), "{text}");
+    let json = ok(&["inspect", "--json", fixture("a1_s8_seg", "weights.params").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["head"]["kind"], "segmentation");
+    assert_eq!(v["head"]["classes"], 5);
+    assert_eq!(v["output_stride"], 8);
+}
+
+#[test]
+fn forward_matches_mxnet_for_every_header_and_head() {
+    for w in ["weights.params", "weights_legacy.params", "weights_v1.params", "weights_f16.params"] {
+        forward_matches("a1_cls", &fixture("a1_cls", w), &[], "output.npy");
+    }
+    forward_matches("a1_cls", &fixture("a1_cls", "weights.params"), &["--head", "none"], "features_level7.npy");
+    forward_matches("a1_cls", &fixture("a1_cls", "weights.pth"), &[], "features_level7.npy");
+    forward_matches("a1_s8_seg", &fixture("a1_s8_seg", "weights.params"), &[], "output.npy");
+    forward_matches("a2_s8_seg", &fixture("a2_s8_seg", "weights.params"), &["--arch", "a2"], "output.npy");
+    forward_matches(
+        "a_pool_caffe",
+        &fixture("a_pool_caffe", "weights.params"),
+        &["--arch", "a", "--pool-style", "caffe"],
+        "output.npy",
+    );
+    forward_matches(
+        "a_s16",
+        &fixture("a_s16", "weights.params"),
+        &["--arch", "a", "--output-stride", "16"],
+        "output.npy",
+    );
+}
+
+#[test]
+fn converted_safetensors_needs_no_flags() {
+    let out = tmp("a_pool_caffe.safetensors");
+    let _ = std::fs::remove_file(&out);
+    let src = fixture("a_pool_caffe", "weights.params");
+    ok(&[
+        "convert",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--arch",
+        "a",
+        "--pool-style",
+        "caffe",
+    ]);
+    forward_matches("a_pool_caffe", &out, &[], "output.npy");
+    let text = ok(&["inspect", out.to_str().unwrap()]);
+    assert!(text.contains("Safetensors"), "{text}");
+    assert!(text.contains("r38.source_md5"), "{text}");
+    assert!(text.contains("from the file's metadata"), "{text}");
+    // An existing output is never replaced silently.
+    fails(
+        &["convert", src.to_str().unwrap(), out.to_str().unwrap()],
+        &["exists", "--overwrite"],
+    );
+}
+
+#[test]
+fn classify_prints_top_k() {
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pillow/classify_src.png");
+    let weights = fixture("a1_cls", "weights.params");
+    let json = ok(&[
+        "classify",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--scale",
+        "64",
+        "--top-k",
+        "3",
+        "--json",
+        image.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    let p: Vec<f64> = top.iter().map(|e| e["probability"].as_f64().unwrap()).collect();
+    assert!(p[0] >= p[1] && p[1] >= p[2] && p.iter().sum::<f64>() <= 1.0 + 1e-6);
+    fails(
+        &["classify", "--weights", weights.to_str().unwrap(), "/no/such/image.jpg"],
+        &["/no/such/image.jpg"],
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let input = fixture("a1_cls", "input.npy");
+    let out = tmp("never.npy");
+    let args = |w: &str| {
+        vec![
+            "forward".to_string(),
+            "--weights".into(),
+            w.into(),
+            "--input".into(),
+            input.to_str().unwrap().into(),
+            "--output".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let run = |a: Vec<String>, needles: &[&str]| {
+        fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), needles)
+    };
+    run(args("/no/such/file.params"), &["/no/such/file.params"]);
+    let garbage = tmp("garbage.params");
+    std::fs::write(&garbage, b"this is not a weight file at all").unwrap();
+    run(args(garbage.to_str().unwrap()), &["garbage.params"]);
+    let mut head = args(fixture("a1_s8_seg", "weights.params").to_str().unwrap());
+    head.extend(["--head".into(), "cls".into()]);
+    run(head, &["--head cls", "segmentation head"]);
+    // A1's weights cannot be read as a network of another width.
+    let seg_input = fixture("a1_s8_seg", "input.npy");
+    let mut wrong_input = args(fixture("a1_cls", "weights.params").to_str().unwrap());
+    wrong_input[4] = fixture("a1_cls", "meta.json").to_str().unwrap().into();
+    run(wrong_input, &["meta.json"]);
+    let _ = seg_input;
+    assert!(!out.exists(), "no output may be written by a failed run");
+}
