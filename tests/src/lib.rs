@@ -80,10 +80,12 @@ impl Case {
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         match self.head() {
-            HeadKind::Classifier { classes } => build(&|vb| {
-                Classifier::new(cfg, classes, vb)?.forward_t(&x, false)
-            }),
-            HeadKind::Segmentation { classes, hidden, .. } => build(&|vb| {
+            HeadKind::Classifier { classes } => {
+                build(&|vb| Classifier::new(cfg, classes, vb)?.forward_t(&x, false))
+            }
+            HeadKind::Segmentation {
+                classes, hidden, ..
+            } => build(&|vb| {
                 let head = HeadConfig {
                     classes,
                     hidden,
@@ -100,7 +102,13 @@ impl Case {
 /// `max |a - b| / max |b|`, the parity measure used throughout.
 pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
     assert_eq!(actual.dims(), expected.dims(), "shapes differ");
-    let scale: f32 = expected.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let scale: f32 = expected
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let diff: f32 = (actual - expected)
         .unwrap()
         .abs()

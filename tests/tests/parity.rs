@@ -34,7 +34,10 @@ fn check_levels(name: &str) {
         let expected = case.npy(&format!("features_level{level}.npy"));
         let err = relative_error(actual, &expected);
         eprintln!("{name} level {level}: relative error {err:e}");
-        assert!(err <= PARITY_TOLERANCE, "level {level}: relative error {err:e}");
+        assert!(
+            err <= PARITY_TOLERANCE,
+            "level {level}: relative error {err:e}"
+        );
     }
 }
 

@@ -34,12 +34,19 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["full", "--only", &only, "--out"])
             .arg(&out),
     )?;
-    eprintln!("MXNet references written in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "MXNet references written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut failures = Vec::new();
     for case in only.split(',') {
         let dir = out.join(case);
-        run_command(Command::new(&r38).arg("inspect").arg(dir.join("weights.params")))?;
+        run_command(
+            Command::new(&r38)
+                .arg("inspect")
+                .arg(dir.join("weights.params")),
+        )?;
         let started = Instant::now();
         let output = dir.join("r38_output.npy");
         run_command(

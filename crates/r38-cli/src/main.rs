@@ -6,7 +6,11 @@ mod network;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "r38", version, about = "ResNet-38 (\"Wider or Deeper\") in Rust")]
+#[command(
+    name = "r38",
+    version,
+    about = "ResNet-38 (\"Wider or Deeper\") in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

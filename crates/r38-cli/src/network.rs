@@ -103,8 +103,8 @@ fn is_head_tensor(name: &str) -> bool {
 /// metadata, then the authors' defaults (A1; stride 8 for segmentation, 32 otherwise).
 pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     let path = file.path.display();
-    let stored = ModelMetadata::from_map(&file.metadata)
-        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    let stored =
+        ModelMetadata::from_map(&file.metadata).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     let head = HeadKind::detect(&shapes(file)).with_context(|| format!("{path}"))?;
     let arch = args
         .arch
@@ -127,7 +127,9 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
         }
     };
     if let Some(stride) = args.output_stride {
-        config.set_output_stride(stride).with_context(|| format!("{path}"))?;
+        config
+            .set_output_stride(stride)
+            .with_context(|| format!("{path}"))?;
     }
     if let Some(style) = args.pool_style {
         config.pool_padding = style;
@@ -136,7 +138,10 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
         // The released segmentation nets drop out before the last conv of levels 6 and 7.
         config = config.with_dropout(&[(6, 0.3), (7, 0.5)]);
     }
-    let source_file = file.path.file_name().map(|f| f.to_string_lossy().into_owned());
+    let source_file = file
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned());
     Ok(ModelMetadata {
         arch,
         output_stride: config.output_stride(),
@@ -236,17 +241,22 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
 
 /// Write through a temporary file and rename, so that no half-written file ever carries the
 /// final name.
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("{}: cannot rename into place", path.display()))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -33,7 +33,10 @@ fn fails(args: &[&str], needles: &[&str]) {
     let out = r38(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "r38 {args:?} should fail");
-    assert!(!stderr.contains("panicked"), "r38 {args:?} panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "r38 {args:?} panicked:\n{stderr}"
+    );
     for n in needles {
         assert!(stderr.contains(n), "r38 {args:?}: `{n}` not in:\n{stderr}");
     }
@@ -43,7 +46,14 @@ fn relative_error(actual: &Path, expected: &Path) -> f32 {
     let a = Tensor::read_npy(actual).unwrap();
     let e = Tensor::read_npy(expected).unwrap();
     assert_eq!(a.dims(), e.dims());
-    let diff: f32 = (&a - &e).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let diff: f32 = (&a - &e)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let scale: f32 = e.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
     diff / scale
 }
@@ -55,7 +65,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn forward_matches(case: &str, weights: &Path, extra: &[&str], expected: &str) {
-    let out = tmp(&format!("{case}-{}.npy", weights.file_name().unwrap().to_string_lossy()));
+    let out = tmp(&format!(
+        "{case}-{}.npy",
+        weights.file_name().unwrap().to_string_lossy()
+    ));
     let input = fixture(case, "input.npy");
     let mut args = vec![
         "forward",
@@ -74,12 +87,25 @@ fn forward_matches(case: &str, weights: &Path, extra: &[&str], expected: &str) {
 
 #[test]
 fn inspect_reports_format_counts_and_head() {
-    let text = ok(&["inspect", fixture("a1_cls", "weights_legacy.params").to_str().unwrap()]);
+    let text = ok(&[
+        "inspect",
+        fixture("a1_cls", "weights_legacy.params").to_str().unwrap(),
+    ]);
     assert!(text.contains("MxnetParams"), "{text}");
-    assert!(text.contains("193 (119 learned, 74 BN running statistics)"), "{text}");
+    assert!(
+        text.contains("193 (119 learned, 74 BN running statistics)"),
+        "{text}"
+    );
     assert!(text.contains("classifier, 10 classes"), "{text}");
-    assert!(text.contains("no match among the authors' released files"), "{text}");
-    let json = ok(&["inspect", "--json", fixture("a1_s8_seg", "weights.params").to_str().unwrap()]);
+    assert!(
+        text.contains("no match among the authors' released files"),
+        "{text}"
+    );
+    let json = ok(&[
+        "inspect",
+        "--json",
+        fixture("a1_s8_seg", "weights.params").to_str().unwrap(),
+    ]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["head"]["kind"], "segmentation");
     assert_eq!(v["head"]["classes"], 5);
@@ -88,13 +114,38 @@ fn inspect_reports_format_counts_and_head() {
 
 #[test]
 fn forward_matches_mxnet_for_every_header_and_head() {
-    for w in ["weights.params", "weights_legacy.params", "weights_v1.params", "weights_f16.params"] {
+    for w in [
+        "weights.params",
+        "weights_legacy.params",
+        "weights_v1.params",
+        "weights_f16.params",
+    ] {
         forward_matches("a1_cls", &fixture("a1_cls", w), &[], "output.npy");
     }
-    forward_matches("a1_cls", &fixture("a1_cls", "weights.params"), &["--head", "none"], "features_level7.npy");
-    forward_matches("a1_cls", &fixture("a1_cls", "weights.pth"), &[], "features_level7.npy");
-    forward_matches("a1_s8_seg", &fixture("a1_s8_seg", "weights.params"), &[], "output.npy");
-    forward_matches("a2_s8_seg", &fixture("a2_s8_seg", "weights.params"), &["--arch", "a2"], "output.npy");
+    forward_matches(
+        "a1_cls",
+        &fixture("a1_cls", "weights.params"),
+        &["--head", "none"],
+        "features_level7.npy",
+    );
+    forward_matches(
+        "a1_cls",
+        &fixture("a1_cls", "weights.pth"),
+        &[],
+        "features_level7.npy",
+    );
+    forward_matches(
+        "a1_s8_seg",
+        &fixture("a1_s8_seg", "weights.params"),
+        &[],
+        "output.npy",
+    );
+    forward_matches(
+        "a2_s8_seg",
+        &fixture("a2_s8_seg", "weights.params"),
+        &["--arch", "a2"],
+        "output.npy",
+    );
     forward_matches(
         "a_pool_caffe",
         &fixture("a_pool_caffe", "weights.params"),
@@ -137,7 +188,8 @@ fn converted_safetensors_needs_no_flags() {
 
 #[test]
 fn classify_prints_top_k() {
-    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pillow/classify_src.png");
+    let image =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pillow/classify_src.png");
     let weights = fixture("a1_cls", "weights.params");
     let json = ok(&[
         "classify",
@@ -153,10 +205,18 @@ fn classify_prints_top_k() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     let top = v["top"].as_array().unwrap();
     assert_eq!(top.len(), 3);
-    let p: Vec<f64> = top.iter().map(|e| e["probability"].as_f64().unwrap()).collect();
+    let p: Vec<f64> = top
+        .iter()
+        .map(|e| e["probability"].as_f64().unwrap())
+        .collect();
     assert!(p[0] >= p[1] && p[1] >= p[2] && p.iter().sum::<f64>() <= 1.0 + 1e-6);
     fails(
-        &["classify", "--weights", weights.to_str().unwrap(), "/no/such/image.jpg"],
+        &[
+            "classify",
+            "--weights",
+            weights.to_str().unwrap(),
+            "/no/such/image.jpg",
+        ],
         &["/no/such/image.jpg"],
     );
 }

@@ -11,15 +11,17 @@
 //! * [`interpolation`]: the authors' adaptive choice of filter;
 //! * [`transforms`]: scale one side, centre-crop, normalise; [`ClassifyTransform`] is the
 //!   ImageNet test protocol;
-//! * [`imagenet`]: the 1000 ImageNet-1k class names in index order.
-//!
-//! Dataset readers (PASCAL VOC, Cityscapes, ADE20K) will live in a `datasets` module.
+//! * [`imagenet`]: the 1000 ImageNet-1k class names in index order;
+//! * [`datasets`]: PASCAL VOC (and its SBD-augmented labels), Cityscapes, ADE20K and
+//!   PASCAL-Context on their on-disk layouts, with labels as train ids, and the ImageNet
+//!   validation set.
 //!
 //! Sizes are `(width, height)` throughout, as in Pillow and the `image` crate; tensors are
 //! `(N, C, H, W)`.
 
 #![warn(missing_docs)]
 
+pub mod datasets;
 pub mod error;
 pub mod image_io;
 pub mod imagenet;
@@ -27,6 +29,10 @@ pub mod interpolation;
 pub mod resample;
 pub mod transforms;
 
+pub use datasets::{
+    DatasetError, DatasetKind, ImageNetVal, LabelMap, SegDataset, SegSample, SegmentationDataset,
+    IGNORE_LABEL,
+};
 pub use error::{DataError, Result};
 pub use image_io::{load_rgb8, Gray16, ImageLoader, DEFAULT_PIXEL_LIMIT};
 pub use imagenet::{imagenet_class, imagenet_classes, imagenet_index_of, ImageNetClass};

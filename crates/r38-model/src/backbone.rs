@@ -51,7 +51,10 @@ pub struct LevelFeatures {
 
 impl LevelFeatures {
     pub fn get(&self, level: usize) -> Option<&Tensor> {
-        self.levels.iter().find(|(l, _)| *l == level).map(|(_, t)| t)
+        self.levels
+            .iter()
+            .find(|(l, _)| *l == level)
+            .map(|(_, t)| t)
     }
 
     /// The final `relu7` features.
@@ -182,5 +185,11 @@ impl Backbone {
         let last = self.levels.last().expect("validated: at least one level");
         features.push((last.level, self.bn7.forward_t(&x, train)?));
         Ok(LevelFeatures { levels: features })
+    }
+}
+
+impl candle_nn::ModuleT for Backbone {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Backbone::forward_t(self, x, train)
     }
 }

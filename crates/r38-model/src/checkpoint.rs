@@ -58,7 +58,10 @@ impl HeadKind {
             ))),
             many => Err(ConfigError(format!(
                 "several classifiers in one file: {}",
-                many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -70,7 +73,11 @@ fn parse_unit(id: &str) -> Option<(usize, usize)> {
     let level: usize = id[..digits].parse().ok()?;
     match &id[digits..] {
         "a" => Some((level, 0)),
-        rest => rest.strip_prefix('b')?.parse().ok().map(|i: usize| (level, i)),
+        rest => rest
+            .strip_prefix('b')?
+            .parse()
+            .ok()
+            .map(|i: usize| (level, i)),
     }
 }
 
@@ -87,12 +94,17 @@ impl BackboneConfig {
             .get("conv1a_weight")
             .ok_or_else(|| err("no `conv1a_weight`: not a ResNet-38 checkpoint".into()))?;
         if stem.len() != 4 || stem[1] != 3 || stem[2] != stem[3] {
-            return Err(err(format!("`conv1a_weight` has shape {stem:?}, expected [C, 3, k, k]")));
+            return Err(err(format!(
+                "`conv1a_weight` has shape {stem:?}, expected [C, 3, k, k]"
+            )));
         }
         // level -> unit index -> branch convs (kernel, out channels)
         let mut units: BTreeMap<usize, BTreeMap<usize, Vec<(usize, usize)>>> = BTreeMap::new();
         for (name, shape) in shapes {
-            let Some(rest) = name.strip_prefix("res").and_then(|r| r.strip_suffix("_weight")) else {
+            let Some(rest) = name
+                .strip_prefix("res")
+                .and_then(|r| r.strip_suffix("_weight"))
+            else {
                 continue;
             };
             let Some((unit, branch)) = rest.split_once('_') else {
@@ -103,13 +115,19 @@ impl BackboneConfig {
             };
             let slot = match branch {
                 "branch2a" => 0,
-                b => match b.strip_prefix("branch2b").and_then(|i| i.parse::<usize>().ok()) {
+                b => match b
+                    .strip_prefix("branch2b")
+                    .and_then(|i| i.parse::<usize>().ok())
+                {
                     Some(i) => i,
                     None => continue,
                 },
             };
             if shape.len() != 4 {
-                return Err(err(format!("`{name}` has rank {}, expected 4", shape.len())));
+                return Err(err(format!(
+                    "`{name}` has rank {}, expected 4",
+                    shape.len()
+                )));
             }
             let branches = units.entry(level).or_default().entry(index).or_default();
             if branches.len() <= slot {
@@ -129,7 +147,11 @@ impl BackboneConfig {
             let unit = match kernels.as_slice() {
                 [3, 3] => UnitKind::Basic,
                 [1, 3, 1] => UnitKind::Bottleneck,
-                k => return Err(err(format!("level {level}: unsupported unit kernels {k:?}"))),
+                k => {
+                    return Err(err(format!(
+                        "level {level}: unsupported unit kernels {k:?}"
+                    )))
+                }
             };
             let downsample = preset
                 .levels

@@ -56,3 +56,9 @@ impl Classifier {
         self.fc.forward(&features.mean((2, 3))?)
     }
 }
+
+impl candle_nn::ModuleT for Classifier {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Classifier::forward_t(self, x, train)
+    }
+}

@@ -125,7 +125,9 @@ impl std::str::FromStr for Arch {
             "a" => Ok(Arch::A),
             "a1" => Ok(Arch::A1),
             "a2" => Ok(Arch::A2),
-            other => Err(format!("unknown architecture `{other}` (expected a, a1 or a2)")),
+            other => Err(format!(
+                "unknown architecture `{other}` (expected a, a1 or a2)"
+            )),
         }
     }
 }
@@ -160,8 +162,22 @@ impl BackboneConfig {
         use Downsample::*;
         let down: [Downsample; 6] = match arch {
             Arch::A => [MaxPool, MaxPool, MaxPool, MaxPool, MaxPool, None],
-            Arch::A1 => [StridedUnit, StridedUnit, StridedUnit, StridedUnit, StridedUnit, None],
-            Arch::A2 => [MaxPool, MaxPool, StridedUnit, StridedUnit, StridedUnit, None],
+            Arch::A1 => [
+                StridedUnit,
+                StridedUnit,
+                StridedUnit,
+                StridedUnit,
+                StridedUnit,
+                None,
+            ],
+            Arch::A2 => [
+                MaxPool,
+                MaxPool,
+                StridedUnit,
+                StridedUnit,
+                StridedUnit,
+                None,
+            ],
         };
         let mut cfg = Self::with_downsampling(down);
         cfg.set_output_stride(output_stride)?;
@@ -232,9 +248,14 @@ impl BackboneConfig {
             stride /= 2;
         }
         if stride != output_stride {
+            let max = 1usize
+                << self
+                    .levels
+                    .iter()
+                    .filter(|l| l.downsample != Downsample::None)
+                    .count();
             return Err(ConfigError(format!(
-                "output stride {output_stride} is not reachable (the network's strides are powers of 2 up to {})",
-                self.levels.iter().filter(|l| l.downsample != Downsample::None).count() as u32
+                "output stride {output_stride} is not reachable: this network's output strides are the powers of 2 up to {max}"
             )));
         }
         Ok(())
@@ -306,10 +327,16 @@ impl BackboneConfig {
                 ));
             }
             if !(0.0..1.0).contains(&l.dropout) {
-                return err(format!("level {}: dropout {} is not in [0, 1)", l.level, l.dropout));
+                return err(format!(
+                    "level {}: dropout {} is not in [0, 1)",
+                    l.level, l.dropout
+                ));
             }
             if l.dilate && l.downsample == Downsample::None {
-                return err(format!("level {} cannot trade a stride it does not have", l.level));
+                return err(format!(
+                    "level {} cannot trade a stride it does not have",
+                    l.level
+                ));
             }
         }
         Ok(())
@@ -339,13 +366,20 @@ mod tests {
     #[test]
     fn a1_s8_dilates_levels_5_and_6() {
         let cfg = BackboneConfig::model_a1(8).unwrap();
-        let dilated: Vec<usize> = cfg.levels.iter().filter(|l| l.dilate).map(|l| l.level).collect();
+        let dilated: Vec<usize> = cfg
+            .levels
+            .iter()
+            .filter(|l| l.dilate)
+            .map(|l| l.level)
+            .collect();
         assert_eq!(dilated, vec![5, 6]);
     }
 
     #[test]
     fn json_round_trip() {
-        let cfg = BackboneConfig::model_a2(8).unwrap().with_dropout(&[(6, 0.3), (7, 0.5)]);
+        let cfg = BackboneConfig::model_a2(8)
+            .unwrap()
+            .with_dropout(&[(6, 0.3), (7, 0.5)]);
         let json = serde_json::to_string(&cfg).unwrap();
         let back: BackboneConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(cfg, back);

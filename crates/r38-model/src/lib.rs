@@ -24,7 +24,9 @@ pub mod weights;
 pub use backbone::{Backbone, Level, LevelFeatures};
 pub use checkpoint::HeadKind;
 pub use classifier::Classifier;
-pub use config::{Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind};
+pub use config::{
+    Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind,
+};
 pub use loading::{build_strict, LoadError, TensorProblem};
 pub use metadata::{ModelMetadata, Preprocess};
 pub use r38_ops::BatchNormMode;

@@ -10,9 +10,19 @@ use std::sync::{Arc, Mutex};
 /// One way a weight file disagrees with the network built from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TensorProblem {
-    Missing { name: String, expected: Vec<usize> },
-    WrongShape { name: String, expected: Vec<usize>, found: Vec<usize> },
-    Unexpected { name: String, shape: Vec<usize> },
+    Missing {
+        name: String,
+        expected: Vec<usize>,
+    },
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    Unexpected {
+        name: String,
+        shape: Vec<usize>,
+    },
 }
 
 impl std::fmt::Display for TensorProblem {
@@ -25,7 +35,10 @@ impl std::fmt::Display for TensorProblem {
                 name,
                 expected,
                 found,
-            } => write!(f, "tensor `{name}` has shape {found:?}, expected {expected:?}"),
+            } => write!(
+                f,
+                "tensor `{name}` has shape {found:?}, expected {expected:?}"
+            ),
             TensorProblem::Unexpected { name, shape } => {
                 write!(f, "unexpected tensor `{name}` with shape {shape:?}")
             }
@@ -68,7 +81,11 @@ impl SimpleBackend for StrictBackend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let inner = &self.0;
-        inner.used.lock().expect("poisoned").insert(name.to_string());
+        inner
+            .used
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string());
         let problem = match inner.tensors.get(name) {
             Some(t) if t.dims() == s.dims() => return t.to_dtype(dtype)?.to_device(dev),
             Some(t) => TensorProblem::WrongShape {
@@ -87,7 +104,11 @@ impl SimpleBackend for StrictBackend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.used.lock().expect("poisoned").insert(name.to_string());
+        self.0
+            .used
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string());
         match self.0.tensors.get(name) {
             Some(t) => t.to_dtype(dtype)?.to_device(dev),
             None => candle_core::bail!("missing tensor `{name}`"),
@@ -114,7 +135,11 @@ pub fn build_strict<T>(
         used: Mutex::default(),
         problems: Mutex::default(),
     });
-    let vb = VarBuilder::from_backend(Box::new(StrictBackend(inner.clone())), dtype, device.clone());
+    let vb = VarBuilder::from_backend(
+        Box::new(StrictBackend(inner.clone())),
+        dtype,
+        device.clone(),
+    );
     let built = build(&vb);
     let mut problems = std::mem::take(&mut *inner.problems.lock().expect("poisoned"));
     let used = inner.used.lock().expect("poisoned");

@@ -63,7 +63,10 @@ impl ModelMetadata {
         let json = |v: &dyn erased::Json| v.json();
         m.insert(format!("{PREFIX}arch"), self.arch.to_string());
         m.insert(format!("{PREFIX}config"), json(&self.config));
-        m.insert(format!("{PREFIX}output_stride"), self.output_stride.to_string());
+        m.insert(
+            format!("{PREFIX}output_stride"),
+            self.output_stride.to_string(),
+        );
         m.insert(format!("{PREFIX}head"), json(&self.head));
         if let Some(c) = self.head.classes() {
             m.insert(format!("{PREFIX}classes"), c.to_string());

@@ -96,6 +96,12 @@ impl BatchNorm {
     }
 }
 
+impl candle_nn::ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        BatchNorm::forward_t(self, x, train)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,8 +113,14 @@ mod tests {
         let mut t = HashMap::new();
         t.insert("bn_gamma".into(), Tensor::new(&[2f32, 1.0], &dev).unwrap());
         t.insert("bn_beta".into(), Tensor::new(&[0.5f32, 0.0], &dev).unwrap());
-        t.insert("bn_moving_mean".into(), Tensor::new(&[1f32, 0.0], &dev).unwrap());
-        t.insert("bn_moving_var".into(), Tensor::new(&[4f32, 1.0], &dev).unwrap());
+        t.insert(
+            "bn_moving_mean".into(),
+            Tensor::new(&[1f32, 0.0], &dev).unwrap(),
+        );
+        t.insert(
+            "bn_moving_var".into(),
+            Tensor::new(&[4f32, 1.0], &dev).unwrap(),
+        );
         let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
         let mut bn = BatchNorm::new(2, 0.0, &vb, "bn").unwrap();
         bn.set_mode(mode);
@@ -122,7 +134,13 @@ mod tests {
             .unwrap()
             .reshape((1, 2, 1, 1))
             .unwrap();
-        let y: Vec<f32> = bn.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = bn
+            .forward_t(&x, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // (3 - 1) / 2 * 2 + 0.5 = 2.5; (5 - 0) / 1 * 1 + 0 = 5
         assert_eq!(y, vec![2.5, 5.0]);
         let mean: Vec<f32> = bn.moving_mean().to_vec1().unwrap();
@@ -136,7 +154,13 @@ mod tests {
             .unwrap()
             .reshape((1, 2, 2, 1))
             .unwrap();
-        let y: Vec<f32> = bn.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = bn
+            .forward_t(&x, true)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // channel 0: mean 2, var 1 -> (-1, 1) * 2 + 0.5
         assert_eq!(y, vec![-1.5, 2.5, -1.0, 1.0]);
         let mean: Vec<f32> = bn.moving_mean().to_vec1().unwrap();

@@ -71,7 +71,12 @@ pub struct Conv2d {
 
 impl Conv2d {
     pub fn new(spec: ConvSpec, vb: &VarBuilder, name: &str) -> Result<Self> {
-        let shape = (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel);
+        let shape = (
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        );
         let fan_in = spec.in_channels * spec.kernel * spec.kernel;
         // MSRA initialisation for new layers, as the authors' recipe uses.
         let init = candle_nn::Init::Randn {

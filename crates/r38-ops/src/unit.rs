@@ -144,3 +144,9 @@ impl ResidualUnit {
         Ok((out, pre_activated))
     }
 }
+
+impl candle_nn::ModuleT for ResidualUnit {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        ResidualUnit::forward_t(self, x, train)
+    }
+}

@@ -40,3 +40,9 @@ impl SegmentationNet {
         self.head.forward(&self.backbone.forward_t(x, train)?)
     }
 }
+
+impl candle_nn::ModuleT for SegmentationNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        SegmentationNet::forward_t(self, x, train)
+    }
+}

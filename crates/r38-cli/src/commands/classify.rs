@@ -66,10 +66,7 @@ pub fn run(args: Args) -> Result<()> {
                 .iter()
                 .map(|(i, p, n)| serde_json::json!({"index": i, "probability": p, "name": n}))
                 .collect();
-            println!(
-                "{}",
-                serde_json::json!({"image": path, "top": entries})
-            );
+            println!("{}", serde_json::json!({"image": path, "top": entries}));
         } else {
             println!("{}", path.display());
             for (rank, (i, p, n)) in top.iter().enumerate() {

@@ -45,7 +45,11 @@ pub fn run(args: Args) -> Result<()> {
     let model = load(&model_args, None)?;
     let metadata = model.metadata.to_map();
     write_atomically(&args.output, |tmp| {
-        Ok(weights::save_safetensors(tmp, &model.file.tensors, &metadata)?)
+        Ok(weights::save_safetensors(
+            tmp,
+            &model.file.tensors,
+            &metadata,
+        )?)
     })?;
     println!(
         "wrote {} ({} tensors, Model {} at output stride {}, head {:?}{})",

@@ -30,8 +30,15 @@ pub fn run(args: Args) -> Result<()> {
             args.input.display()
         );
     }
-    if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-        bail!("{}: expected float32, found {:?}", args.input.display(), x.dtype());
+    if !matches!(
+        x.dtype(),
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16
+    ) {
+        bail!(
+            "{}: expected float32, found {:?}",
+            args.input.display(),
+            x.dtype()
+        );
     }
     let model = load(&args.model, args.head)?;
     let device = crate::network::device(&args.model.device)?;

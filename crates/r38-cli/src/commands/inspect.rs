@@ -54,8 +54,14 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "tensors:     {} ({} learned, {} BN running statistics)",
         file.tensors.len(),
-        shapes.keys().filter(|n| !weights::names::is_running_stat(n)).count(),
-        shapes.keys().filter(|n| weights::names::is_running_stat(n)).count()
+        shapes
+            .keys()
+            .filter(|n| !weights::names::is_running_stat(n))
+            .count(),
+        shapes
+            .keys()
+            .filter(|n| weights::names::is_running_stat(n))
+            .count()
     );
     println!(
         "values:      {} ({} trainable parameters + {} running statistics)",
@@ -64,12 +70,16 @@ pub fn run(args: Args) -> Result<()> {
         group(running)
     );
     let head = match meta.head {
-        HeadKind::Classifier { classes } => format!("classifier, {classes} classes (linear{classes})"),
+        HeadKind::Classifier { classes } => {
+            format!("classifier, {classes} classes (linear{classes})")
+        }
         HeadKind::Segmentation {
             classes,
             hidden: Some(h),
             ..
-        } => format!("segmentation \"2 conv\", {classes} classes (conv6a {h} channels, linear{classes})"),
+        } => format!(
+            "segmentation \"2 conv\", {classes} classes (conv6a {h} channels, linear{classes})"
+        ),
         HeadKind::Segmentation { classes, .. } => {
             format!("segmentation \"1 conv\", {classes} classes (linear{classes})")
         }
@@ -82,12 +92,7 @@ pub fn run(args: Args) -> Result<()> {
         c.stem.channels,
         c.levels
             .iter()
-            .map(|l| format!(
-                "B{} {}x{:?}",
-                l.level,
-                l.units,
-                l.widths
-            ))
+            .map(|l| format!("B{} {}x{:?}", l.level, l.units, l.widths))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -107,13 +112,20 @@ pub fn run(args: Args) -> Result<()> {
         Some(r) => {
             println!("released:    yes: {} ({})", r.file_name, r.dataset);
             for res in &r.results {
-                println!("             published {} = {} ({})", res.metric, res.value, res.protocol);
+                println!(
+                    "             published {} = {} ({})",
+                    res.metric, res.value, res.protocol
+                );
             }
         }
         None => println!("released:    no match among the authors' released files (by MD5)"),
     }
     if !file.skipped.is_empty() {
-        println!("skipped:     {} entries ({:?}, ...)", file.skipped.len(), file.skipped[0]);
+        println!(
+            "skipped:     {} entries ({:?}, ...)",
+            file.skipped.len(),
+            file.skipped[0]
+        );
     }
     for (k, v) in &file.metadata {
         if !k.starts_with("r38.config") {
