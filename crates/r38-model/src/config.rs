@@ -301,13 +301,13 @@ impl BackboneConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
-        if self.stem.channels == 0 || self.stem.kernel % 2 == 0 {
+        if self.stem.channels == 0 || self.stem.kernel.is_multiple_of(2) {
             return err("the stem needs channels > 0 and an odd kernel".into());
         }
         if self.levels.is_empty() {
             return err("at least one level is required".into());
         }
-        if !(self.bn_eps > 0.0) {
+        if self.bn_eps.is_nan() || self.bn_eps <= 0.0 {
             return err(format!("bn_eps must be positive, got {}", self.bn_eps));
         }
         for (i, l) in self.levels.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! The family beyond the released files: custom depth/width, train/eval behaviour, BN modes.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{ModuleT, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use r38_model::{
     Backbone, BackboneConfig, BatchNormMode, Classifier, Downsample, LevelConfig, StemConfig,
     UnitKind,

@@ -5,7 +5,8 @@ use candle_nn::VarBuilder;
 
 /// Padding that keeps the spatial size at stride 1: `((k - 1) * d + 1) / 2`.
 pub fn same_padding(kernel: usize, dilation: usize) -> usize {
-    ((kernel - 1) * dilation + 1) / 2
+    // Same as the authors' `((k - 1) * d + 1) // 2`.
+    ((kernel - 1) * dilation).div_ceil(2)
 }
 
 /// Shape and placement of one convolution.
