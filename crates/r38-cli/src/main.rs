@@ -22,6 +22,8 @@ enum Command {
     Convert(commands::convert::Args),
     Forward(commands::forward::Args),
     Classify(commands::classify::Args),
+    Segment(commands::segment::Args),
+    Eval(commands::eval::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +39,8 @@ fn main() -> std::process::ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Forward(a) => commands::forward::run(a),
         Command::Classify(a) => commands::classify::run(a),
+        Command::Segment(a) => commands::segment::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! The error type of test-time inference ([`crate::test_time`], [`crate::sliding_window`]) and
 //! evaluation ([`crate::metrics`]).
 
+#![warn(missing_docs)]
+
 /// Everything that can go wrong while running the test protocol or scoring predictions.
 #[derive(Debug, thiserror::Error)]
 pub enum SegError {

@@ -26,6 +26,8 @@
 //! Here classes are `0..C`; a dataset's raw label ids are mapped to them (and everything else to
 //! the ignore label) before accumulation, as the authors do with `label_2_id`.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 
 use crate::error::{SegError, SegResult};

@@ -5,6 +5,8 @@
 //! anything else (tiny synthetic nets, ensembles, other backbones). Model averaging is
 //! [`mean_probabilities`] over a slice `&[&dyn ScoreNet]`.
 
+#![warn(missing_docs)]
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{SegError, SegResult};
@@ -94,7 +96,11 @@ pub fn common_geometry(nets: &[&dyn ScoreNet]) -> SegResult<(usize, usize)> {
 pub fn mean_probabilities(nets: &[&dyn ScoreNet], x: &Tensor) -> SegResult<Vec<f32>> {
     let (classes, stride) = common_geometry(nets)?;
     let dims = x.dims();
-    if dims.len() != 4 || dims[0] != 1 || dims[2] % stride != 0 || dims[3] % stride != 0 {
+    if dims.len() != 4
+        || dims[0] != 1
+        || !dims[2].is_multiple_of(stride)
+        || !dims[3].is_multiple_of(stride)
+    {
         return Err(SegError::InvalidArgument(format!(
             "canvas of shape {dims:?}: expected (1, C, H, W) with H and W multiples of {stride}"
         )));

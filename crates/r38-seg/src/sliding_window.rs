@@ -26,6 +26,8 @@
 //! `floor(i * (L - T) / (n - 1))`, `i = 0..n`: the first at 0, the last flush with the end, the
 //! rest spread evenly. Consecutive tiles then overlap by at least `O` units.
 
+#![warn(missing_docs)]
+
 use candle_core::Tensor;
 
 use crate::error::{SegError, SegResult};
@@ -93,7 +95,7 @@ impl WindowPlan {
             ("tile height", tile.0),
             ("tile width", tile.1),
         ] {
-            if v == 0 || v % multiple != 0 {
+            if v == 0 || !v.is_multiple_of(multiple) {
                 return Err(SegError::Protocol(format!(
                     "{what} {v} is not a positive multiple of {multiple}"
                 )));
@@ -188,7 +190,12 @@ pub fn axis_positions(
     overlap: usize,
     multiple: usize,
 ) -> SegResult<Vec<usize>> {
-    if multiple == 0 || len % multiple != 0 || tile % multiple != 0 || tile == 0 || tile > len {
+    if multiple == 0
+        || !len.is_multiple_of(multiple)
+        || !tile.is_multiple_of(multiple)
+        || tile == 0
+        || tile > len
+    {
         return Err(SegError::Protocol(format!(
             "cannot tile an axis of {len} px with tiles of {tile} px on multiples of {multiple}"
         )));

@@ -59,6 +59,8 @@
 //! * **Sliding window** ([`TestProtocol::max_canvas`], [`crate::sliding_window`]): canvases
 //!   larger than a budget run as overlapping tiles.
 
+#![warn(missing_docs)]
+
 use candle_core::{Device, Tensor};
 use r38_data::image::RgbImage;
 use r38_data::transforms::scaled_size;
@@ -203,7 +205,7 @@ impl TestProtocol {
             return Err(SegError::Protocol("a test scale of 0".into()));
         }
         let k = self.test_steps as usize;
-        if k == 0 || output_stride % k != 0 {
+        if k == 0 || !output_stride.is_multiple_of(k) {
             return Err(SegError::Protocol(format!(
                 "test steps {} must divide the output stride {output_stride}",
                 self.test_steps
@@ -456,7 +458,7 @@ impl Prediction {
 /// `s` and `k` test steps: the run with offsets `(dy, dx)` sees image pixel `(r + dy, c + dx)`
 /// at canvas pixel `(r, c)`. `[0]` for `k = 1`, `[-2, 2]` for `k = 2` at stride 8.
 pub fn shift_offsets(output_stride: usize, steps: usize) -> SegResult<Vec<isize>> {
-    if steps == 0 || output_stride == 0 || output_stride % steps != 0 {
+    if steps == 0 || output_stride == 0 || !output_stride.is_multiple_of(steps) {
         return Err(SegError::Protocol(format!(
             "test steps {steps} must divide the output stride {output_stride}"
         )));

@@ -145,6 +145,7 @@ pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> R
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
     let (width, height) = header_dimensions(&bytes, path)?;
+    check_kind(path, bytes[25], bytes[24], rgb.is_some())?;
     let mut decoder =
         png::Decoder::new_with_limits(Cursor::new(&bytes[..]), png::Limits { bytes: usize::MAX });
     decoder.set_transformations(Transformations::IDENTITY);
@@ -154,36 +155,12 @@ pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> R
     };
     let mut reader = decoder.read_info().map_err(png_error)?;
     let (color, depth) = (reader.info().color_type, reader.info().bit_depth);
-    let format_error = |detail: String| DatasetError::LabelFormat {
-        path: path.into(),
-        detail,
-    };
-    match (color, depth) {
-        (ColorType::Indexed, _) | (ColorType::Grayscale, BitDepth::Eight) => {}
-        (ColorType::Rgb | ColorType::Rgba, BitDepth::Eight) if rgb.is_some() => {}
-        (ColorType::Rgb | ColorType::Rgba, BitDepth::Eight) => {
-            return Err(format_error(format!(
-                "{color:?} PNG is not palette-indexed: label values must be stored as palette \
-                 indices or 8-bit grey values (colour lookup is available for PASCAL VOC)"
-            )))
-        }
-        (ColorType::Grayscale, d) => {
-            return Err(format_error(format!(
-                "{}-bit grey PNG: label PNGs must be 8-bit grey or palette-indexed",
-                d as u8
-            )))
-        }
-        (c, d) => {
-            return Err(format_error(format!(
-                "{c:?} PNG with {}-bit samples: label PNGs must be 8-bit grey or \
-                 palette-indexed",
-                d as u8
-            )))
-        }
-    }
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| format_error("image too large for this machine".into()))?;
+        .ok_or_else(|| DatasetError::LabelFormat {
+            path: path.into(),
+            detail: "image too large for this machine".into(),
+        })?;
     let mut buf = vec![0u8; size];
     let frame = reader.next_frame(&mut buf).map_err(png_error)?;
     let stride = frame.line_size;
@@ -236,8 +213,14 @@ pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> R
 }
 
 /// `(width, height)` of a PNG label file from its header only, after the same signature,
-/// zero-size and pixel-limit checks as [`read_label_png`].
+/// zero-size, pixel-limit and colour-type checks as [`read_label_png`] (so RGB PNGs fail).
 pub fn label_png_dimensions(path: impl AsRef<Path>) -> Result<(u32, u32)> {
+    label_png_dimensions_with(path, false)
+}
+
+/// As [`label_png_dimensions`]; `rgb_allowed` accepts 8-bit RGB/RGBA PNGs (for use with an
+/// [`RgbLookup`]).
+pub fn label_png_dimensions_with(path: impl AsRef<Path>, rgb_allowed: bool) -> Result<(u32, u32)> {
     let path = path.as_ref();
     // The header (IHDR) sits in the first 33 bytes; read a little more and stop.
     use std::io::Read;
@@ -246,7 +229,9 @@ pub fn label_png_dimensions(path: impl AsRef<Path>) -> Result<(u32, u32)> {
     file.take(64)
         .read_to_end(&mut head)
         .map_err(|e| io_error(path, e))?;
-    header_dimensions(&head, path)
+    let dims = header_dimensions(&head, path)?;
+    check_kind(path, head[25], head[24], rgb_allowed)?;
+    Ok(dims)
 }
 
 /// Writes `map` as an 8-bit PNG: palette-indexed with `palette` (all 256 entries), or grey
@@ -297,6 +282,37 @@ fn not_found_or_io(path: &Path, e: std::io::Error) -> DatasetError {
     }
 }
 
+/// Refuses PNG kinds that cannot hold raw label values; `color` and `depth` are the IHDR
+/// colour-type and bit-depth bytes.
+fn check_kind(path: &Path, color: u8, depth: u8, rgb_allowed: bool) -> Result<()> {
+    let detail = match (color, depth) {
+        (3, _) | (0, 8) => return Ok(()),
+        (2 | 6, 8) if rgb_allowed => return Ok(()),
+        (2 | 6, 8) => format!(
+            "{} PNG is not palette-indexed: label values must be stored as palette indices or \
+             8-bit grey values (colour lookup is available for PASCAL VOC)",
+            if color == 2 { "RGB" } else { "RGBA" }
+        ),
+        (0, d) => format!("{d}-bit grey PNG: label PNGs must be 8-bit grey or palette-indexed"),
+        (c, d) => {
+            let kind = match c {
+                2 => "RGB",
+                4 => "grey + alpha",
+                6 => "RGBA",
+                _ => "unknown colour type",
+            };
+            format!(
+                "{kind} PNG with {d}-bit samples: label PNGs must be 8-bit grey or \
+                 palette-indexed"
+            )
+        }
+    };
+    Err(DatasetError::LabelFormat {
+        path: path.into(),
+        detail,
+    })
+}
+
 /// Checks the signature and reads width and height from the IHDR chunk, which the PNG format
 /// requires to come first.
 fn header_dimensions(bytes: &[u8], path: &Path) -> Result<(u32, u32)> {
@@ -316,7 +332,7 @@ fn header_dimensions(bytes: &[u8], path: &Path) -> Result<(u32, u32)> {
             head.join(" ")
         )));
     }
-    if bytes.len() < 24 || &bytes[12..16] != b"IHDR" {
+    if bytes.len() < 26 || &bytes[12..16] != b"IHDR" {
         return Err(format_error("truncated PNG: no IHDR chunk".into()));
     }
     let width = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));

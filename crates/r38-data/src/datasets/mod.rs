@@ -593,6 +593,18 @@ impl SegmentationDataset for SegDataset {
             .dimensions(&sample.image_path)
             .map_err(|e| missing(e.into(), FileRole::Image, &sample.id))
     }
+
+    fn label_dimensions(&self, sample: &SegSample) -> Result<Option<(u32, u32)>> {
+        let rgb = self.rgb_lookup.is_some();
+        sample
+            .label_path
+            .as_ref()
+            .map(|p| {
+                label_png_dimensions_with(p, rgb)
+                    .map_err(|e| missing(e, FileRole::Label, &sample.id))
+            })
+            .transpose()
+    }
 }
 
 #[cfg(test)]

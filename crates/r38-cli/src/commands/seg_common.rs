@@ -1,0 +1,154 @@
+//! What `r38 segment` and `r38 eval` share: the test protocol flags, the model ensemble and
+//! the output files.
+
+use crate::network::{load, write_atomically, HeadChoice, ModelArgs, Network};
+use anyhow::{bail, Context, Result};
+use r38_data::datasets::{DatasetKind, Palette};
+use r38_data::image::{Rgb, RgbImage};
+use r38_model::Arch;
+use r38_seg::{CanvasLimit, Fuse, ScoreNet, SegmentationNet, TestProtocol};
+use std::path::{Path, PathBuf};
+
+/// The segmentation networks to run; several are averaged (the paper's model averaging).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnsembleArgs {
+    /// Weight file(s); give several to average their probabilities.
+    #[arg(long = "weights", required = true)]
+    pub weights: Vec<PathBuf>,
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    #[arg(long)]
+    pub output_stride: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl EnsembleArgs {
+    pub fn load(&self) -> Result<Vec<SegmentationNet>> {
+        let mut nets: Vec<SegmentationNet> = Vec::new();
+        for w in &self.weights {
+            let args = ModelArgs {
+                weights: w.clone(),
+                arch: self.arch,
+                output_stride: self.output_stride,
+                pool_style: None,
+                device: self.device.clone(),
+            };
+            let Network::Segmentation(net) = load(&args, Some(HeadChoice::Seg))?.network else {
+                unreachable!("load with HeadChoice::Seg returns a segmentation network")
+            };
+            if let Some(first) = nets.first() {
+                if first.classes() != net.classes() {
+                    bail!(
+                        "{}: {} classes, but {} has {}; averaged models must share their classes",
+                        w.display(),
+                        net.classes(),
+                        self.weights[0].display(),
+                        first.classes()
+                    );
+                }
+            }
+            nets.push(net);
+        }
+        Ok(nets)
+    }
+}
+
+/// The test-time protocol; unset flags take the dataset's published protocol.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProtocolArgs {
+    /// Test scale: the longer side is resized to it (VOC/ADE20K: 500; Cityscapes: 2048).
+    #[arg(long)]
+    pub scale: Option<u32>,
+    /// Several test scales, comma separated, fused with --fuse.
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Option<Vec<u32>>,
+    /// How several scales are fused: mean or max.
+    #[arg(long, value_parser = parse_fuse)]
+    pub fuse: Option<Fuse>,
+    /// Average with the horizontally flipped input (on by default for the released protocols).
+    #[arg(long, overrides_with = "no_flip")]
+    pub flip: bool,
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Shift-and-stitch steps per axis (ADE20K uses 2).
+    #[arg(long)]
+    pub test_steps: Option<u32>,
+    /// Largest canvas (pixels) for one forward pass; larger canvases run as overlapping tiles.
+    #[arg(long)]
+    pub max_canvas: Option<u64>,
+}
+
+fn parse_fuse(s: &str) -> std::result::Result<Fuse, String> {
+    match s {
+        "mean" => Ok(Fuse::Mean),
+        "max" => Ok(Fuse::Max),
+        other => Err(format!("unknown fusion `{other}` (mean or max)")),
+    }
+}
+
+impl ProtocolArgs {
+    /// The dataset's published protocol with the flags applied.
+    pub fn protocol(&self, dataset: Option<DatasetKind>) -> TestProtocol {
+        let mut p = match dataset {
+            Some(DatasetKind::Ade20k) => TestProtocol::ade20k(),
+            Some(DatasetKind::Cityscapes | DatasetKind::CityscapesTrainIds) => {
+                TestProtocol::cityscapes()
+            }
+            _ => TestProtocol::voc(),
+        };
+        if let Some(s) = self.scale {
+            p.scales = vec![s];
+        }
+        if let Some(s) = &self.scales {
+            p.scales = s.clone();
+        }
+        if let Some(f) = self.fuse {
+            p.fuse = f;
+        }
+        if self.flip {
+            p.flip = true;
+        }
+        if self.no_flip {
+            p.flip = false;
+        }
+        if let Some(k) = self.test_steps {
+            p.test_steps = k;
+        }
+        if let Some(m) = self.max_canvas {
+            p.max_canvas = Some(CanvasLimit::Pixels(m));
+        }
+        p
+    }
+}
+
+pub fn as_score_nets(nets: &[SegmentationNet]) -> Vec<&dyn ScoreNet> {
+    nets.iter().map(|n| n as &dyn ScoreNet).collect()
+}
+
+/// A colour overlay: half image, half class colour.
+pub fn overlay(image: &RgbImage, labels: &[u8], palette: &Palette) -> RgbImage {
+    let mut out = image.clone();
+    for (pixel, &label) in out.pixels_mut().zip(labels) {
+        let c = palette[label as usize];
+        let Rgb(p) = *pixel;
+        *pixel = Rgb([0, 1, 2].map(|i| ((p[i] as u16 + c[i] as u16) / 2) as u8));
+    }
+    out
+}
+
+/// Refuse to replace a file unless asked to: nothing the user made is lost.
+pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        bail!("{} exists; pass --overwrite to replace it", path.display());
+    }
+    Ok(())
+}
+
+pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
+    write_atomically(path, |tmp| {
+        image
+            .save_with_format(tmp, r38_data::image::ImageFormat::Png)
+            .with_context(|| format!("{}: cannot write", path.display()))
+    })
+}

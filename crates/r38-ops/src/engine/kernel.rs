@@ -1,0 +1,210 @@
+//! The CPU convolution kernel: tiled im2col + one GEMM per tile, written straight into NCHW.
+//!
+//! For every image of the batch the output is the matrix `Y (Cout x Ho*Wo) = W (Cout x K) *
+//! col (K x Ho*Wo)` with `K = Cin * k * k`. Instead of materialising the whole `col` matrix
+//! (candle builds `(N, Ho*Wo, K)` for the whole batch, then transposes the result back to
+//! NCHW), the columns are built for a band of output rows at a time, so the buffer stays at a
+//! few MiB and in cache, and the GEMM writes its tile directly into the NCHW output.
+//!
+//! A 1x1 stride-1 convolution needs no packing at all: the input image *is* the column matrix.
+//! The bias, when there is one, is written into the output first and the GEMM accumulates onto
+//! it.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Geometry of one convolution, NCHW input, OIHW weight, one padding value for both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub padding: usize,
+}
+
+impl Geometry {
+    fn out_dim(&self, n: usize) -> usize {
+        let span = self.dilation * (self.kernel - 1) + 1;
+        (n + 2 * self.padding).saturating_sub(span) / self.stride + 1
+    }
+
+    pub fn out_height(&self) -> usize {
+        self.out_dim(self.height)
+    }
+
+    pub fn out_width(&self) -> usize {
+        self.out_dim(self.width)
+    }
+
+    /// Reduction length of the GEMM.
+    pub fn depth(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+
+    /// Multiply-accumulates of the whole convolution.
+    pub fn macs(&self) -> u64 {
+        (self.batch * self.out_channels * self.depth() * self.out_height() * self.out_width()) as u64
+    }
+
+    pub fn valid(&self) -> bool {
+        self.kernel >= 1
+            && self.stride >= 1
+            && self.dilation >= 1
+            && self.height + 2 * self.padding >= self.dilation * (self.kernel - 1) + 1
+            && self.width + 2 * self.padding >= self.dilation * (self.kernel - 1) + 1
+    }
+}
+
+/// Target size of one column tile, in floats (4 MiB).
+const TILE_FLOATS: usize = 1 << 20;
+
+/// `out = conv(x, w) (+ bias)`. `x`: `N*Cin*H*W`, `w`: `Cout*Cin*k*k`, `out`: `N*Cout*Ho*Wo`.
+pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let (ho, wo) = (g.out_height(), g.out_width());
+    let hw_out = ho * wo;
+    let hw_in = g.height * g.width;
+    let k = g.depth();
+    assert_eq!(x.len(), g.batch * g.in_channels * hw_in);
+    assert_eq!(w.len(), g.out_channels * k);
+    assert_eq!(out.len(), g.batch * g.out_channels * hw_out);
+    let threads = rayon::current_num_threads().max(1);
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.out_channels);
+        for img in out.chunks_mut(g.out_channels * hw_out) {
+            for (row, &v) in img.chunks_mut(hw_out).zip(b) {
+                row.fill(v);
+            }
+        }
+    }
+    let read_dst = bias.is_some();
+
+    let pointwise = g.kernel == 1 && g.stride == 1 && g.padding == 0;
+    let rows_per_tile = (TILE_FLOATS / (k * wo).max(1)).clamp(1, ho);
+    let mut col = if pointwise {
+        Vec::new()
+    } else {
+        vec![0f32; k * rows_per_tile * wo]
+    };
+
+    for n in 0..g.batch {
+        let xi = &x[n * g.in_channels * hw_in..(n + 1) * g.in_channels * hw_in];
+        let yi = &mut out[n * g.out_channels * hw_out..(n + 1) * g.out_channels * hw_out];
+        if pointwise {
+            // SAFETY: the slices have the asserted sizes; strides describe row-major matrices
+            // Y (Cout x HW), W (Cout x Cin), X (Cin x HW) inside them.
+            unsafe {
+                gemm::gemm(
+                    g.out_channels,
+                    hw_out,
+                    g.in_channels,
+                    yi.as_mut_ptr(),
+                    1,
+                    hw_out as isize,
+                    read_dst,
+                    w.as_ptr(),
+                    1,
+                    g.in_channels as isize,
+                    xi.as_ptr(),
+                    1,
+                    hw_in as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            continue;
+        }
+        let mut oy0 = 0;
+        while oy0 < ho {
+            let rows = rows_per_tile.min(ho - oy0);
+            let cols = rows * wo;
+            let col = &mut col[..k * cols];
+            pack_columns(g, xi, oy0, rows, wo, col);
+            let dst = &mut yi[oy0 * wo..];
+            // SAFETY: dst rows start at `c * hw_out` and hold `cols` valid floats each
+            // (`oy0 * wo + cols <= hw_out`); col is K x cols row-major; w is Cout x K.
+            unsafe {
+                gemm::gemm(
+                    g.out_channels,
+                    cols,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    hw_out as isize,
+                    read_dst,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    col.as_ptr(),
+                    1,
+                    cols as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            oy0 += rows;
+        }
+    }
+}
+
+/// Fill `col` (K x rows*wo, row-major) for output rows `oy0..oy0+rows` of one image.
+fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col: &mut [f32]) {
+    let kk = g.kernel * g.kernel;
+    let cols = rows * wo;
+    let (h, w) = (g.height as isize, g.width as isize);
+    let (s, d, p) = (g.stride as isize, g.dilation as isize, g.padding as isize);
+    // Output x range whose input column `ox*s - p + kx*d` lies inside [0, w).
+    let inside = |off: isize| -> (usize, usize) {
+        // smallest ox with ox*s + off >= 0
+        let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
+        // largest ox (exclusive) with ox*s + off < w
+        let hi = if w - off <= 0 { 0 } else { ((w - off) + s - 1) / s };
+        let lo = (lo as usize).min(wo);
+        let hi = (hi as usize).clamp(lo, wo);
+        (lo, hi)
+    };
+    col.par_chunks_mut(cols).enumerate().for_each(|(r, dst)| {
+        let ci = r / kk;
+        let ky = ((r % kk) / g.kernel) as isize;
+        let kx = (r % g.kernel) as isize;
+        let plane = &x[ci * g.height * g.width..(ci + 1) * g.height * g.width];
+        let xoff = kx * d - p;
+        let (lo, hi) = inside(xoff);
+        for (row, out) in dst.chunks_mut(wo).enumerate() {
+            let iy = (oy0 + row) as isize * s - p + ky * d;
+            if iy < 0 || iy >= h {
+                out.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            if s == 1 {
+                let start = (lo as isize + xoff) as usize;
+                out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+            } else {
+                for (ox, o) in out[lo..hi].iter_mut().enumerate() {
+                    *o = src[((ox + lo) as isize * s + xoff) as usize];
+                }
+            }
+        }
+    });
+}

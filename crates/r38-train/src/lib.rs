@@ -1,0 +1,1 @@
+//! Training pieces for ResNet-38.
