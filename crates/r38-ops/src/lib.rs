@@ -6,6 +6,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod engine;
 pub mod pool;
 pub mod pre_activation;
 pub mod unit;

@@ -67,7 +67,8 @@ pub use codec::LabelCodec;
 pub use error::{DatasetError, FileRole, Result};
 pub use imagenet_val::{ImageNetVal, ImageNetValLayout};
 pub use label_png::{
-    label_png_dimensions, read_label_png, read_label_png_with, write_label_png, LabelMap, RgbLookup,
+    label_png_dimensions, label_png_dimensions_with, read_label_png, read_label_png_with,
+    write_label_png, LabelMap, RgbLookup,
 };
 
 /// The label value that marks pixels to ignore in training and evaluation.

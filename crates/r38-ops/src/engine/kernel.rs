@@ -197,6 +197,9 @@ fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col
             let src = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
             out[..lo].fill(0.0);
             out[hi..].fill(0.0);
+            if hi == lo {
+                continue;
+            }
             if s == 1 {
                 let start = (lo as isize + xoff) as usize;
                 out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);

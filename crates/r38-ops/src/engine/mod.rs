@@ -1,0 +1,210 @@
+//! A faster CPU convolution for ResNet-38's shapes, plugged into candle as a [`CustomOp2`].
+//!
+//! [`conv2d`] computes exactly what [`crate::Conv2d`] computes (the authors' "same" padding,
+//! dilation forced to 1 for 1x1 kernels, optional bias) and picks one of two paths:
+//!
+//! - **fast** ([`Engine::Fast`]): tiled im2col + GEMM ([`kernel`]) on contiguous f32 CPU
+//!   tensors; forward only, so it is used only when neither input nor weight is tracked by
+//!   candle's autograd (`Tensor::track_op`). Results differ from candle's only in summation
+//!   order (relative error ~1e-6).
+//! - **exact** ([`Engine::Exact`]): candle's own `conv2d`; always used on other devices, other
+//!   dtypes, and whenever a gradient may be needed (training keeps candle's backward).
+//!
+//! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|fast`
+//! read on first use. The default is `fast`.
+
+pub mod kernel;
+
+use crate::conv::ConvSpec;
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub use kernel::Geometry;
+
+/// Which convolution path [`conv2d`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// candle's `conv2d` (reference; supports autograd and every device).
+    Exact,
+    /// The r38 CPU kernel (forward only; falls back to `Exact` where it does not apply).
+    Fast,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "exact" | "candle" => Ok(Engine::Exact),
+            "fast" | "r38" => Ok(Engine::Fast),
+            other => Err(format!("unknown engine {other:?} (expected exact or fast)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Exact => "exact",
+            Engine::Fast => "fast",
+        })
+    }
+}
+
+const UNSET: u8 = 0;
+const EXACT: u8 = 1;
+const FAST: u8 = 2;
+static ENGINE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The engine in use: set by [`set_engine`], else `R38_ENGINE`, else [`Engine::Fast`].
+pub fn engine() -> Engine {
+    match ENGINE.load(Ordering::Relaxed) {
+        EXACT => Engine::Exact,
+        FAST => Engine::Fast,
+        _ => {
+            let e = std::env::var("R38_ENGINE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Engine::Fast);
+            // Only the first reader decides; a concurrent set_engine wins.
+            let _ = ENGINE.compare_exchange(UNSET, code(e), Ordering::Relaxed, Ordering::Relaxed);
+            engine()
+        }
+    }
+}
+
+/// Select the engine for the whole process.
+pub fn set_engine(e: Engine) {
+    ENGINE.store(code(e), Ordering::Relaxed);
+}
+
+fn code(e: Engine) -> u8 {
+    match e {
+        Engine::Exact => EXACT,
+        Engine::Fast => FAST,
+    }
+}
+
+/// Convolution of an NCHW tensor with an OIHW weight as [`crate::Conv2d`] defines it, through
+/// the engine chosen by [`engine`].
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, spec: &ConvSpec) -> Result<Tensor> {
+    conv2d_with(engine(), x, weight, bias, spec)
+}
+
+/// [`conv2d`] with an explicit engine (for tests and benchmarks).
+pub fn conv2d_with(
+    engine: Engine,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+) -> Result<Tensor> {
+    if engine == Engine::Fast && fast_applies(x, weight, bias) {
+        return fast_conv2d(x, weight, bias, spec);
+    }
+    exact_conv2d(x, weight, bias, spec)
+}
+
+/// candle's path, identical to `Conv2d::forward`.
+pub fn exact_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+) -> Result<Tensor> {
+    let y = x.conv2d(weight, spec.padding(), spec.stride, spec.effective_dilation(), 1)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+fn fast_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
+    let cpu = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    let no_grad = |t: &Tensor| !t.track_op();
+    cpu(x)
+        && cpu(w)
+        && no_grad(x)
+        && no_grad(w)
+        && x.rank() == 4
+        && w.rank() == 4
+        && bias.is_none_or(|b| cpu(b) && no_grad(b))
+}
+
+/// The fast path, unconditionally (errors on unsupported inputs instead of falling back).
+pub fn fast_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, wcin, kh, kw) = weight.dims4()?;
+    if wcin != cin || kh != kw || kh != spec.kernel {
+        candle_core::bail!(
+            "engine::conv2d: input {:?} does not fit weight {:?} / {spec:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    let geometry = Geometry {
+        batch: n,
+        in_channels: cin,
+        height: h,
+        width: w,
+        out_channels: cout,
+        kernel: kh,
+        stride: spec.stride,
+        dilation: spec.effective_dilation(),
+        padding: spec.padding(),
+    };
+    if !geometry.valid() {
+        return exact_conv2d(x, weight, bias, spec);
+    }
+    let bias = match bias {
+        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &FastConv { geometry, bias })
+}
+
+struct FastConv {
+    geometry: Geometry,
+    bias: Option<Vec<f32>>,
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("engine::conv2d: {what} must be f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("engine::conv2d: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp2 for FastConv {
+    fn name(&self) -> &'static str {
+        "r38-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let x = contiguous_f32(s1, l1, "input")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
+        let mut out = vec![0f32; shape.elem_count()];
+        kernel::conv2d(g, x, w, self.bias.as_deref(), &mut out);
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests;

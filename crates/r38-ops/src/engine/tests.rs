@@ -1,0 +1,90 @@
+use super::*;
+use candle_core::{Device, Tensor};
+
+fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-12);
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    d / scale
+}
+
+fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, spec: ConvSpec) {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+    let wt = Tensor::randn(0f32, 0.1, (cout, cin, spec.kernel, spec.kernel), &dev).unwrap();
+    let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+    let bias = spec.bias.then_some(&b);
+    let exact = exact_conv2d(&x, &wt, bias, &spec).unwrap();
+    let fast = fast_conv2d(&x, &wt, bias, &spec).unwrap();
+    assert_eq!(exact.dims(), fast.dims(), "{spec:?} {h}x{w}");
+    let r = rel_diff(&fast, &exact);
+    assert!(r < 1e-4, "{spec:?} n={n} {h}x{w}: rel diff {r}");
+}
+
+#[test]
+fn conv3x3_stride1_all_dilations() {
+    for d in [1, 2, 4, 12] {
+        let spec = ConvSpec::new(5, 7, 3).dilation(d);
+        check(2, 5, 7, 13, 9, spec);
+        check(1, 5, 7, 8, 8, spec);
+        // Maps smaller than the dilation: only the centre tap is inside.
+        check(1, 5, 7, 7, 5, spec);
+    }
+}
+
+#[test]
+fn conv3x3_stride2_odd_and_even() {
+    let spec = ConvSpec::new(6, 4, 3).stride(2);
+    for (h, w) in [(13, 9), (12, 10), (7, 7), (1, 3)] {
+        check(2, 6, 4, h, w, spec);
+    }
+}
+
+#[test]
+fn conv1x1_stride1_and_2() {
+    for s in [1, 2] {
+        let spec = ConvSpec::new(9, 11, 1).stride(s).dilation(4);
+        for (h, w) in [(13, 9), (12, 10), (7, 7)] {
+            check(2, 9, 11, h, w, spec);
+        }
+    }
+}
+
+#[test]
+fn bias_and_wide_channels() {
+    let spec = ConvSpec::new(64, 48, 3).dilation(12).with_bias();
+    check(1, 64, 48, 30, 27, spec);
+    let spec = ConvSpec::new(64, 48, 1).with_bias();
+    check(2, 64, 48, 9, 11, spec);
+}
+
+#[test]
+fn tiles_split_rows() {
+    // K * Wo large enough that one tile holds fewer rows than the output.
+    let spec = ConvSpec::new(300, 3, 3);
+    check(1, 300, 3, 70, 60, spec);
+}
+
+#[test]
+fn noncontiguous_input_and_engine_switch() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (2, 9, 6, 5), &dev).unwrap();
+    let x = x.transpose(2, 3).unwrap();
+    let wt = Tensor::randn(0f32, 0.1, (4, 9, 3, 3), &dev).unwrap();
+    let spec = ConvSpec::new(9, 4, 3).dilation(2);
+    let a = conv2d_with(Engine::Fast, &x, &wt, None, &spec).unwrap();
+    let b = conv2d_with(Engine::Exact, &x, &wt, None, &spec).unwrap();
+    assert!(rel_diff(&a, &b) < 1e-4);
+    assert_eq!("exact".parse::<Engine>().unwrap(), Engine::Exact);
+    assert_eq!("fast".parse::<Engine>().unwrap(), Engine::Fast);
+}
+
+#[test]
+fn tracked_weights_take_the_exact_path_with_gradients() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 5, 5), &dev).unwrap();
+    let w = candle_core::Var::randn(0f32, 0.1, (2, 3, 3, 3), &dev).unwrap();
+    let spec = ConvSpec::new(3, 2, 3);
+    let y = conv2d_with(Engine::Fast, &x, w.as_tensor(), None, &spec).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(w.as_tensor()).is_some());
+}
