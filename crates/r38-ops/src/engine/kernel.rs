@@ -48,7 +48,8 @@ impl Geometry {
 
     /// Multiply-accumulates of the whole convolution.
     pub fn macs(&self) -> u64 {
-        (self.batch * self.out_channels * self.depth() * self.out_height() * self.out_width()) as u64
+        (self.batch * self.out_channels * self.depth() * self.out_height() * self.out_width())
+            as u64
     }
 
     pub fn valid(&self) -> bool {
@@ -176,7 +177,11 @@ fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col
         // smallest ox with ox*s + off >= 0
         let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
         // largest ox (exclusive) with ox*s + off < w
-        let hi = if w - off <= 0 { 0 } else { ((w - off) + s - 1) / s };
+        let hi = if w - off <= 0 {
+            0
+        } else {
+            ((w - off) + s - 1) / s
+        };
         let lo = (lo as usize).min(wo);
         let hi = (hi as usize).clamp(lo, wo);
         (lo, hi)

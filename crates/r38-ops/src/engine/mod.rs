@@ -86,7 +86,12 @@ fn code(e: Engine) -> u8 {
 
 /// Convolution of an NCHW tensor with an OIHW weight as [`crate::Conv2d`] defines it, through
 /// the engine chosen by [`engine`].
-pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, spec: &ConvSpec) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+) -> Result<Tensor> {
     conv2d_with(engine(), x, weight, bias, spec)
 }
 
@@ -111,7 +116,13 @@ pub fn exact_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    let y = x.conv2d(weight, spec.padding(), spec.stride, spec.effective_dilation(), 1)?;
+    let y = x.conv2d(
+        weight,
+        spec.padding(),
+        spec.stride,
+        spec.effective_dilation(),
+        1,
+    )?;
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),

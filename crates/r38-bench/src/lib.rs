@@ -1,0 +1,14 @@
+//! Benchmark harness for the ResNet-38 forward pass.
+//!
+//! - [`weights`]: deterministic random full-size weights (no weight files needed), the same in
+//!   every process, so the exact, fast and PyTorch runs see identical networks.
+//! - [`net`]: [`net::BenchNet`], the network's forward pass written out level by level (same
+//!   weights and names as `r38_model::Classifier` / `r38_seg::SegmentationNet`), with every
+//!   convolution routed through [`r38_ops::engine::conv2d_with`], per-level timings and MAC counts.
+//! - [`cases`]: the benchmark cases.
+//! - [`stats`]: medians and the process's peak RSS.
+
+pub mod cases;
+pub mod net;
+pub mod stats;
+pub mod weights;
