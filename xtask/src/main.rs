@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's full-size and reference-framework jobs, kept out of
 //! `cargo test` because they need minutes, gigabytes or Python.
 
+mod bench_memory;
 mod parity;
 mod reference;
 
@@ -16,6 +17,9 @@ tasks:
   parity [--python PY] [--out DIR] [--only CASE,...]
                                   full-size parity against MXNet: the real-width A1 classifier
                                   (1x3x224x224) and A1 s8 + 2-conv head (1x3x120x96)
+  bench-memory [--out DIR] [--only CASE]
+                                  peak RSS and time of `r38 segment` (full-size random A1 s8
+                                  network): 500x375, and 2048x1024 with and without --max-canvas
 ";
 
 fn main() -> Result<()> {
@@ -27,6 +31,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "setup-reference" => reference::setup(rest),
         "parity" => parity::run(rest),
+        "bench-memory" => bench_memory::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -42,11 +42,22 @@ fn main() -> std::process::ExitCode {
         Command::Segment(a) => commands::segment::run(a),
         Command::Eval(a) => commands::eval::run(a),
     };
+    if std::env::var_os("R38_REPORT_PEAK_RSS").is_some() {
+        report_peak_rss();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// For benchmarks: the process's peak resident set size, as the kernel counts it.
+fn report_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        eprintln!("r38: peak RSS {}", line.trim_start_matches("VmHWM:").trim());
     }
 }
