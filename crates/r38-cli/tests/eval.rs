@@ -331,3 +331,49 @@ fn segment_real_voc_photo_when_available() {
     let (p, o) = (photo.get_pixel(100, 100).0, overlay.get_pixel(100, 100).0);
     assert_eq!(o, [((p[0] as u16 + 192) / 2) as u8, p[1] / 2, p[2] / 2]);
 }
+
+#[test]
+fn imagenet_val_class_folders_top1_top5() {
+    let root = scratch("imagenet");
+    for synset in ["n01440764", "n01443537"] {
+        write_image(&root.join(format!("val/{synset}/{synset}_1.JPEG")), 40, 30);
+    }
+    // A classifier whose logits are its bias: class 0 ("tench") wins, class 1 is runner-up.
+    let cfg = BackboneConfig::model_a1(32).unwrap().narrowed(32);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    r38_model::Classifier::new(&cfg, 1000, &vb).unwrap();
+    let mut tensors = BTreeMap::new();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let t = match name.as_str() {
+            "linear1000_weight" => var.as_tensor().zeros_like().unwrap(),
+            "linear1000_bias" => {
+                let mut b = vec![0f32; 1000];
+                b[0] = 2.0;
+                b[1] = 1.0;
+                Tensor::new(b, &Device::Cpu).unwrap()
+            }
+            _ => var.as_tensor().clone(),
+        };
+        tensors.insert(name.clone(), t);
+    }
+    let weights = root.join("classifier.safetensors");
+    r38_model::weights::save_safetensors(&weights, &tensors, &BTreeMap::new()).unwrap();
+    let json = root.join("report.json");
+    let (stdout, stderr, ok) = eval(&[
+        "eval",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--dataset",
+        "imagenet",
+        "--root",
+        root.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report = confusion(&json);
+    assert_eq!(report["samples"], 2);
+    assert_eq!(report["top1_error"], 50.0);
+    assert_eq!(report["top5_error"], 0.0);
+}

@@ -1,0 +1,352 @@
+//! `r38-bench`: median forward times of ResNet-38 through candle's convolution (exact), the r38
+//! engine (fast) and, with `--vs-torch`, the same network in PyTorch, each case and engine in a
+//! process of its own so that peak RSS figures are separate.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use r38_bench::cases::{self, Case};
+use r38_bench::net::BenchNet;
+use r38_bench::stats::{median, peak_rss_mib};
+use r38_bench::weights::{random_input, RandomWeights};
+use r38_ops::engine::Engine;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const RESULT_TAG: &str = "R38BENCH-RESULT ";
+const TORCH_TAG: &str = "TORCH-RESULT ";
+
+#[derive(Parser, Debug)]
+#[command(about = "ResNet-38 forward benchmarks: candle (exact) vs r38 engine (fast) vs PyTorch")]
+struct Args {
+    /// Cases, comma-separated (default: a1-224,a1-224-b8,a1s8-504); `--list` shows them all.
+    #[arg(long, value_delimiter = ',')]
+    case: Vec<String>,
+    /// exact (candle conv2d), fast (r38 engine) or both.
+    #[arg(long, default_value = "both")]
+    engine: String,
+    /// Timed repetitions per case and engine (median reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Untimed warm-up runs before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Threads for candle/rayon and PyTorch (default: all available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Python interpreter with torch + numpy: also run tools/torch_reference.py.
+    #[arg(long, value_name = "PYTHON")]
+    vs_torch: Option<PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "tools/torch_reference.py")]
+    torch_script: PathBuf,
+    /// Where weights, inputs and outputs are written (default: a temporary directory).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Divide every width by this (1 = the real network; larger for quick checks).
+    #[arg(long, default_value_t = 1)]
+    narrow: usize,
+    /// Seed of the random weights and input.
+    #[arg(long, default_value_t = 38)]
+    seed: u64,
+    /// Also write every result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the work directory (weights, outputs) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// List the cases and exit.
+    #[arg(long)]
+    list: bool,
+    /// Internal: run one case with one engine in this process and print its result.
+    #[arg(long, hide = true)]
+    child: bool,
+    /// Internal: write the weights, input and network description for PyTorch.
+    #[arg(long, hide = true)]
+    dump: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let all = cases::all(args.narrow)?;
+    if args.list {
+        for c in &all {
+            let d = if c.default { " (default)" } else { "" };
+            println!("{:<12} {}{d}", c.name, c.about);
+        }
+        return Ok(());
+    }
+    let selected: Vec<Case> = if args.case.is_empty() {
+        all.iter().filter(|c| c.default).cloned().collect()
+    } else {
+        args.case
+            .iter()
+            .map(|n| {
+                all.iter()
+                    .find(|c| c.name == n)
+                    .cloned()
+                    .with_context(|| format!("unknown case {n:?} (see --list)"))
+            })
+            .collect::<Result<_>>()?
+    };
+    if args.child {
+        let [case] = selected.as_slice() else {
+            bail!("--child runs exactly one case");
+        };
+        let engine: Engine = args.engine.parse().map_err(anyhow::Error::msg)?;
+        let dir = args.work_dir.as_deref().context("--child needs --work-dir")?;
+        return child(&args, case, engine, dir);
+    }
+    parent(&args, &selected)
+}
+
+/// One case, one engine, this process: build, warm up, time, report.
+fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+    let dev = Device::Cpu;
+    let t0 = Instant::now();
+    let weights = RandomWeights::new(args.seed);
+    let net = BenchNet::new(&case.config, case.head, &weights.var_builder(&dev))?;
+    let input = random_input(case.input, args.seed, &dev)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let rss_weights = peak_rss_mib();
+    for _ in 0..args.warmup {
+        net.forward(&input, engine)?;
+    }
+    let mut totals = Vec::new();
+    let mut parts: Vec<Vec<f64>> = Vec::new();
+    let mut names = Vec::new();
+    let mut macs = Vec::new();
+    let mut output = None;
+    for _ in 0..args.reps.max(1) {
+        let t = Instant::now();
+        let (y, stats) = net.forward(&input, engine)?;
+        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        if parts.is_empty() {
+            parts = vec![Vec::new(); stats.len()];
+            names = stats.iter().map(|s| s.name.clone()).collect();
+            macs = stats.iter().map(|s| s.macs).collect();
+        }
+        for (p, s) in parts.iter_mut().zip(&stats) {
+            p.push(s.seconds * 1e3);
+        }
+        output = Some(y);
+    }
+    let rss = peak_rss_mib();
+    let output = output.expect("at least one rep");
+    output.write_npy(dir.join(format!("out_{engine}.npy")))?;
+    if args.dump {
+        let net_desc = cases::describe(&net, &case.config, case.head);
+        std::fs::write(dir.join("net.json"), serde_json::to_string_pretty(&net_desc)?)?;
+        input.write_npy(dir.join("input.npy"))?;
+        let tensors = weights.tensors();
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_npz(&named, dir.join("weights.npz"))?;
+    }
+    let total_macs: u64 = macs.iter().sum();
+    let levels: Vec<Value> = names
+        .iter()
+        .zip(parts.iter_mut())
+        .zip(&macs)
+        .map(|((n, p), m)| json!({"name": n, "median_ms": median(p), "gmacs": *m as f64 / 1e9}))
+        .collect();
+    let med = median(&mut totals.clone());
+    let result = json!({
+        "case": case.name,
+        "engine": engine.to_string(),
+        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "reps": totals.len(),
+        "times_ms": totals,
+        "median_ms": med,
+        "gmacs": total_macs as f64 / 1e9,
+        "gflops": 2.0 * total_macs as f64 / (med * 1e6),
+        "peak_rss_mib": rss,
+        "rss_after_build_mib": rss_weights,
+        "build_s": build_s,
+        "levels": levels,
+        "output_shape": output.dims(),
+    });
+    println!("{RESULT_TAG}{result}");
+    Ok(())
+}
+
+fn tagged_json(stdout: &str, tag: &str) -> Result<Value> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(tag))
+        .with_context(|| format!("no {tag:?} line in the output"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn run_captured(mut cmd: Command) -> Result<String> {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}):\n{stdout}", out.status);
+    }
+    Ok(stdout)
+}
+
+/// max |a - b| / max |b|.
+fn rel_diff(a: &Path, b: &Path) -> Result<f64> {
+    let a = Tensor::read_npy(a)?;
+    let b = Tensor::read_npy(b)?;
+    if a.dims() != b.dims() {
+        bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
+    }
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+    let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+    Ok(diff / scale.max(1e-30))
+}
+
+fn parent(args: &Args, selected: &[Case]) -> Result<()> {
+    let engines: Vec<Engine> = match args.engine.as_str() {
+        "both" => vec![Engine::Exact, Engine::Fast],
+        e => vec![e.parse().map_err(anyhow::Error::msg)?],
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let root = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("r38-bench-{}", std::process::id())),
+    };
+    let exe = std::env::current_exe()?;
+    let mut report = Vec::new();
+    for case in selected {
+        let dir = root.join(case.name);
+        std::fs::create_dir_all(&dir)?;
+        eprintln!("== {} ({}), {threads} threads, {} reps", case.name, case.about, args.reps);
+        let mut results: Vec<Value> = Vec::new();
+        for (i, engine) in engines.iter().enumerate() {
+            let mut cmd = Command::new(&exe);
+            cmd.env("RAYON_NUM_THREADS", threads.to_string())
+                .args(["--child", "--case", case.name, "--engine", &engine.to_string()])
+                .args(["--reps", &args.reps.to_string(), "--warmup", &args.warmup.to_string()])
+                .args(["--narrow", &args.narrow.to_string(), "--seed", &args.seed.to_string()])
+                .arg("--work-dir")
+                .arg(&dir);
+            if i == 0 && args.vs_torch.is_some() {
+                cmd.arg("--dump");
+            }
+            let r = tagged_json(&run_captured(cmd)?, RESULT_TAG)?;
+            eprintln!(
+                "   {:<6} median {:>9.1} ms  {:>6.1} GFLOP/s  peak RSS {:>7.0} MiB",
+                engine,
+                r["median_ms"].as_f64().unwrap_or(f64::NAN),
+                r["gflops"].as_f64().unwrap_or(f64::NAN),
+                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            );
+            results.push(r);
+        }
+        let reference = dir.join(format!("out_{}.npy", engines[0]));
+        let mut torch = Value::Null;
+        if let Some(python) = &args.vs_torch {
+            let mut cmd = Command::new(python);
+            cmd.arg(&args.torch_script)
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--reps", &args.reps.to_string(), "--warmup", &args.warmup.to_string()])
+                .args(["--threads", &threads.to_string()]);
+            let mut t = tagged_json(&run_captured(cmd)?, TORCH_TAG)?;
+            let d = rel_diff(&dir.join("out_torch.npy"), &reference)?;
+            t["rel_diff_vs_r38"] = json!(d);
+            eprintln!(
+                "   torch  median {:>9.1} ms  peak RSS {:>7.0} MiB  (max rel diff vs r38 {}: {d:.2e})",
+                t["median_ms"].as_f64().unwrap_or(f64::NAN),
+                t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                engines[0]
+            );
+            torch = t;
+        }
+        for r in results.iter_mut().skip(1) {
+            let e = r["engine"].as_str().unwrap_or("?").to_string();
+            let d = rel_diff(&dir.join(format!("out_{e}.npy")), &reference)?;
+            r["rel_diff_vs_exact"] = json!(d);
+        }
+        report.push(json!({"case": case.name, "about": case.about, "threads": threads,
+                           "r38": results, "torch": torch}));
+        if !args.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    if !args.keep && args.work_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    print_tables(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn print_tables(report: &[Value]) {
+    println!();
+    println!("| case | engine | median ms | GFLOP/s | peak RSS MiB | vs exact | vs torch (time) | vs torch (RSS) | max rel diff |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for c in report {
+        let runs = c["r38"].as_array().cloned().unwrap_or_default();
+        let exact = runs.iter().find(|r| r["engine"] == "exact").map(|r| f(&r["median_ms"]));
+        let torch = &c["torch"];
+        let (tm, trss) = (f(&torch["median_ms"]), f(&torch["peak_rss_mib"]));
+        for r in &runs {
+            let m = f(&r["median_ms"]);
+            let diff = r.get("rel_diff_vs_exact").map_or("-".to_string(), |d| format!("{:.1e}", f(d)));
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} |",
+                c["case"].as_str().unwrap_or("?"),
+                r["engine"].as_str().unwrap_or("?"),
+                m,
+                f(&r["gflops"]),
+                f(&r["peak_rss_mib"]),
+                exact.map_or("-".into(), |e| format!("{:.2}x", m / e)),
+                if tm.is_nan() { "-".into() } else { format!("{:.2}x", m / tm) },
+                if trss.is_nan() { "-".into() } else { format!("{:.2}x", f(&r["peak_rss_mib"]) / trss) },
+                diff,
+            );
+        }
+        if !torch.is_null() {
+            let gmacs = runs.first().map_or(f64::NAN, |r| f(&r["gmacs"]));
+            println!(
+                "| {} | pytorch | {:.1} | {:.1} | {:.0} | - | 1.00x | 1.00x | {:.1e} |",
+                c["case"].as_str().unwrap_or("?"),
+                tm,
+                2.0 * gmacs / (tm * 1e-3),
+                trss,
+                f(&torch["rel_diff_vs_r38"])
+            );
+        }
+    }
+    for c in report {
+        let runs = c["r38"].as_array().cloned().unwrap_or_default();
+        let Some(first) = runs.first() else { continue };
+        println!();
+        println!("Per level, {} (median ms; GFLOP/s):", c["case"].as_str().unwrap_or("?"));
+        let mut header = "| part | GMACs |".to_string();
+        for r in &runs {
+            header += &format!(" {} ms | {} GFLOP/s |", r["engine"].as_str().unwrap_or("?"), r["engine"].as_str().unwrap_or("?"));
+        }
+        println!("{header}");
+        println!("|---|---:|{}", "---:|---:|".repeat(runs.len()));
+        let levels = first["levels"].as_array().cloned().unwrap_or_default();
+        for (i, l) in levels.iter().enumerate() {
+            let gm = f(&l["gmacs"]);
+            let mut line = format!("| {} | {:.3} |", l["name"].as_str().unwrap_or("?"), gm);
+            for r in &runs {
+                let ms = f(&r["levels"][i]["median_ms"]);
+                line += &format!(" {:.1} | {:.1} |", ms, 2.0 * gm / (ms * 1e-3));
+            }
+            println!("{line}");
+        }
+    }
+}
