@@ -34,7 +34,11 @@ pub fn run(args: &[String]) -> Result<()> {
     write_image(&city, 2048, 1024)?;
 
     let cases: [(&str, &Path, &[&str]); 3] = [
-        ("voc 500x375 (canvas 504x504)", &voc, &["--dataset", "voc", "--no-flip"]),
+        (
+            "voc 500x375 (canvas 504x504)",
+            &voc,
+            &["--dataset", "voc", "--no-flip"],
+        ),
         (
             "cityscapes 2048x1024, one pass",
             &city,
@@ -43,7 +47,13 @@ pub fn run(args: &[String]) -> Result<()> {
         (
             "cityscapes 2048x1024, --max-canvas 262144 (512x512 tiles)",
             &city,
-            &["--dataset", "cityscapes", "--no-flip", "--max-canvas", "262144"],
+            &[
+                "--dataset",
+                "cityscapes",
+                "--no-flip",
+                "--max-canvas",
+                "262144",
+            ],
         ),
     ];
     println!("| case | wall time | peak RSS |\n|---|---|---|");
@@ -71,7 +81,10 @@ pub fn run(args: &[String]) -> Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix("r38: peak RSS "))
             .context("r38 did not report its peak RSS")?;
-        println!("| {name} | {:.1} s | {rss} |", started.elapsed().as_secs_f64());
+        println!(
+            "| {name} | {:.1} s | {rss} |",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

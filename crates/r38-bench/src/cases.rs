@@ -23,7 +23,10 @@ pub fn all(narrow: usize) -> anyhow::Result<Vec<Case>> {
         let c = BackboneConfig::model_a1(os).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(if narrow > 1 { c.narrowed(narrow) } else { c })
     };
-    let seg = HeadKind::Segmentation(HeadConfigDesc::from(narrow_head(HeadConfig::two_conv(21), narrow)));
+    let seg = HeadKind::Segmentation(HeadConfigDesc::from(narrow_head(
+        HeadConfig::two_conv(21),
+        narrow,
+    )));
     Ok(vec![
         Case {
             name: "a1-224",

@@ -96,7 +96,10 @@ fn main() -> Result<()> {
             bail!("--child runs exactly one case");
         };
         let engine: Engine = args.engine.parse().map_err(anyhow::Error::msg)?;
-        let dir = args.work_dir.as_deref().context("--child needs --work-dir")?;
+        let dir = args
+            .work_dir
+            .as_deref()
+            .context("--child needs --work-dir")?;
         return child(&args, case, engine, dir);
     }
     parent(&args, &selected)
@@ -138,7 +141,10 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     output.write_npy(dir.join(format!("out_{engine}.npy")))?;
     if args.dump {
         let net_desc = cases::describe(&net, &case.config, case.head);
-        std::fs::write(dir.join("net.json"), serde_json::to_string_pretty(&net_desc)?)?;
+        std::fs::write(
+            dir.join("net.json"),
+            serde_json::to_string_pretty(&net_desc)?,
+        )?;
         input.write_npy(dir.join("input.npy"))?;
         let tensors = weights.tensors();
         let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -222,14 +228,33 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
     for case in selected {
         let dir = root.join(case.name);
         std::fs::create_dir_all(&dir)?;
-        eprintln!("== {} ({}), {threads} threads, {} reps", case.name, case.about, args.reps);
+        eprintln!(
+            "== {} ({}), {threads} threads, {} reps",
+            case.name, case.about, args.reps
+        );
         let mut results: Vec<Value> = Vec::new();
         for (i, engine) in engines.iter().enumerate() {
             let mut cmd = Command::new(&exe);
             cmd.env("RAYON_NUM_THREADS", threads.to_string())
-                .args(["--child", "--case", case.name, "--engine", &engine.to_string()])
-                .args(["--reps", &args.reps.to_string(), "--warmup", &args.warmup.to_string()])
-                .args(["--narrow", &args.narrow.to_string(), "--seed", &args.seed.to_string()])
+                .args([
+                    "--child",
+                    "--case",
+                    case.name,
+                    "--engine",
+                    &engine.to_string(),
+                ])
+                .args([
+                    "--reps",
+                    &args.reps.to_string(),
+                    "--warmup",
+                    &args.warmup.to_string(),
+                ])
+                .args([
+                    "--narrow",
+                    &args.narrow.to_string(),
+                    "--seed",
+                    &args.seed.to_string(),
+                ])
                 .arg("--work-dir")
                 .arg(&dir);
             if i == 0 && args.vs_torch.is_some() {
@@ -252,7 +277,12 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
             cmd.arg(&args.torch_script)
                 .arg("--dir")
                 .arg(&dir)
-                .args(["--reps", &args.reps.to_string(), "--warmup", &args.warmup.to_string()])
+                .args([
+                    "--reps",
+                    &args.reps.to_string(),
+                    "--warmup",
+                    &args.warmup.to_string(),
+                ])
                 .args(["--threads", &threads.to_string()]);
             let mut t = tagged_json(&run_captured(cmd)?, TORCH_TAG)?;
             let d = rel_diff(&dir.join("out_torch.npy"), &reference)?;
@@ -270,8 +300,10 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
             let d = rel_diff(&dir.join(format!("out_{e}.npy")), &reference)?;
             r["rel_diff_vs_exact"] = json!(d);
         }
-        report.push(json!({"case": case.name, "about": case.about, "threads": threads,
-                           "r38": results, "torch": torch}));
+        report.push(
+            json!({"case": case.name, "about": case.about, "threads": threads,
+                           "r38": results, "torch": torch}),
+        );
         if !args.keep {
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -296,12 +328,17 @@ fn print_tables(report: &[Value]) {
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in report {
         let runs = c["r38"].as_array().cloned().unwrap_or_default();
-        let exact = runs.iter().find(|r| r["engine"] == "exact").map(|r| f(&r["median_ms"]));
+        let exact = runs
+            .iter()
+            .find(|r| r["engine"] == "exact")
+            .map(|r| f(&r["median_ms"]));
         let torch = &c["torch"];
         let (tm, trss) = (f(&torch["median_ms"]), f(&torch["peak_rss_mib"]));
         for r in &runs {
             let m = f(&r["median_ms"]);
-            let diff = r.get("rel_diff_vs_exact").map_or("-".to_string(), |d| format!("{:.1e}", f(d)));
+            let diff = r
+                .get("rel_diff_vs_exact")
+                .map_or("-".to_string(), |d| format!("{:.1e}", f(d)));
             println!(
                 "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} |",
                 c["case"].as_str().unwrap_or("?"),
@@ -310,8 +347,16 @@ fn print_tables(report: &[Value]) {
                 f(&r["gflops"]),
                 f(&r["peak_rss_mib"]),
                 exact.map_or("-".into(), |e| format!("{:.2}x", m / e)),
-                if tm.is_nan() { "-".into() } else { format!("{:.2}x", m / tm) },
-                if trss.is_nan() { "-".into() } else { format!("{:.2}x", f(&r["peak_rss_mib"]) / trss) },
+                if tm.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}x", m / tm)
+                },
+                if trss.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}x", f(&r["peak_rss_mib"]) / trss)
+                },
                 diff,
             );
         }
@@ -331,10 +376,17 @@ fn print_tables(report: &[Value]) {
         let runs = c["r38"].as_array().cloned().unwrap_or_default();
         let Some(first) = runs.first() else { continue };
         println!();
-        println!("Per level, {} (median ms; GFLOP/s):", c["case"].as_str().unwrap_or("?"));
+        println!(
+            "Per level, {} (median ms; GFLOP/s):",
+            c["case"].as_str().unwrap_or("?")
+        );
         let mut header = "| part | GMACs |".to_string();
         for r in &runs {
-            header += &format!(" {} ms | {} GFLOP/s |", r["engine"].as_str().unwrap_or("?"), r["engine"].as_str().unwrap_or("?"));
+            header += &format!(
+                " {} ms | {} GFLOP/s |",
+                r["engine"].as_str().unwrap_or("?"),
+                r["engine"].as_str().unwrap_or("?")
+            );
         }
         println!("{header}");
         println!("|---|---:|{}", "---:|---:|".repeat(runs.len()));

@@ -97,9 +97,16 @@ impl BenchNet {
                 Head::Classifier(Linear::new(w, Some(b)))
             }
             HeadKind::Segmentation(h) => {
-                let conv = |i, o| ConvSpec::new(i, o, h.kernel).dilation(h.dilation).with_bias();
+                let conv = |i, o| {
+                    ConvSpec::new(i, o, h.kernel)
+                        .dilation(h.dilation)
+                        .with_bias()
+                };
                 let (conv6a, cin) = match h.hidden {
-                    Some(hidden) => (Some(Conv2d::new(conv(features, hidden), vb, "conv6a")?), hidden),
+                    Some(hidden) => (
+                        Some(Conv2d::new(conv(features, hidden), vb, "conv6a")?),
+                        hidden,
+                    ),
                     None => (None, features),
                 };
                 let classifier =
@@ -124,7 +131,7 @@ impl BenchNet {
     pub fn forward(&self, x: &Tensor, engine: Engine) -> Result<(Tensor, Vec<PartStat>)> {
         let mut parts = Vec::new();
         let mut macs = 0u64;
-        let mut conv = |x: &Tensor, c: &Conv2d, macs: &mut u64| -> Result<Tensor> {
+        let conv = |x: &Tensor, c: &Conv2d, macs: &mut u64| -> Result<Tensor> {
             let y = conv2d_with(engine, x, c.weight(), c.bias(), c.spec())?;
             *macs += conv_macs(c.spec(), &y);
             Ok(y)

@@ -128,7 +128,11 @@ impl SimpleBackend for RandomWeights {
 }
 
 /// A deterministic N(0, 1) input.
-pub fn random_input(shape: (usize, usize, usize, usize), seed: u64, device: &Device) -> Result<Tensor> {
+pub fn random_input(
+    shape: (usize, usize, usize, usize),
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     let mut rng = Rng::new(seed_of("input", seed));
     let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();

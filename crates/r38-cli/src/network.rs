@@ -239,6 +239,14 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
     })
 }
 
+/// Refuse to replace a file unless asked to: nothing the user made is lost.
+pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        bail!("{} exists; pass --overwrite to replace it", path.display());
+    }
+    Ok(())
+}
+
 /// Write through a temporary file and rename, so that no half-written file ever carries the
 /// final name.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

@@ -78,6 +78,7 @@ fn forward_matches(case: &str, weights: &Path, extra: &[&str], expected: &str) {
         input.to_str().unwrap(),
         "--output",
         out.to_str().unwrap(),
+        "--overwrite",
     ];
     args.extend_from_slice(extra);
     ok(&args);

@@ -17,7 +17,5 @@ pub use loss::{
     ohem_select, ohem_softmax_cross_entropy, softmax_cross_entropy, subsample_labels, OhemConfig,
     OhemStats, IGNORE_LABEL,
 };
-pub use optimizer::{
-    LrRule, MomentumKind, MultiplierPolicy, Multipliers, Param, Sgd, SgdConfig,
-};
+pub use optimizer::{LrRule, MomentumKind, MultiplierPolicy, Multipliers, Param, Sgd, SgdConfig};
 pub use schedule::LrSchedule;

@@ -71,7 +71,11 @@ fn check_labels(labels: &[u32], classes: usize, ignore_label: u32) -> Result<Vec
 /// Gradient with respect to `scores`: `(softmax - onehot) / max(1, #valid)` on valid pixels,
 /// zero on ignored ones, as MXNet's `SoftmaxOutput(multi_output=True, use_ignore=True,
 /// normalization='valid')`.
-pub fn softmax_cross_entropy(scores: &Tensor, labels: &Tensor, ignore_label: u32) -> Result<Tensor> {
+pub fn softmax_cross_entropy(
+    scores: &Tensor,
+    labels: &Tensor,
+    ignore_label: u32,
+) -> Result<Tensor> {
     let classes = scores.dim(1)?;
     let (logp, labels) = flatten(scores, labels)?;
     let labels = labels.to_vec1::<u32>()?;
@@ -122,7 +126,11 @@ pub struct OhemStats {
 /// * Otherwise the threshold is `thresh`, raised to the `min_kept`-th smallest true-class
 ///   probability among the valid pixels if that is larger; valid pixels with probability
 ///   `<= threshold` are kept (ties may keep more than `min_kept`).
-pub fn ohem_select(true_prob: &[f32], valid: &[bool], config: &OhemConfig) -> (Vec<bool>, OhemStats) {
+pub fn ohem_select(
+    true_prob: &[f32],
+    valid: &[bool],
+    config: &OhemConfig,
+) -> (Vec<bool>, OhemStats) {
     assert_eq!(true_prob.len(), valid.len(), "one probability per pixel");
     let num_valid = valid.iter().filter(|&&v| v).count();
     if config.min_kept >= num_valid {
@@ -234,7 +242,11 @@ pub fn subsample_labels(labels: &Tensor, stride: usize) -> Result<Tensor> {
 
 /// Per-pixel true-class probabilities `(N*h*w,)` of `scores` (without gradient); ignored
 /// pixels get probability 1. Useful for logging what the bootstrapping sees.
-pub fn true_class_probabilities(scores: &Tensor, labels: &Tensor, ignore_label: u32) -> Result<Vec<f32>> {
+pub fn true_class_probabilities(
+    scores: &Tensor,
+    labels: &Tensor,
+    ignore_label: u32,
+) -> Result<Vec<f32>> {
     let (logp, labels) = flatten(&scores.detach(), labels)?;
     let labels = labels.to_vec1::<u32>()?;
     let probs = logp.exp()?.to_dtype(DType::F32)?.to_vec2::<f32>()?;

@@ -65,7 +65,14 @@ pub fn is_running_stat(name: &str) -> bool {
 
 /// The layer part of a parameter name: `res4b3_branch2a` for `res4b3_branch2a_weight`.
 pub fn layer_of(name: &str) -> &str {
-    for suffix in ["_weight", "_bias", "_gamma", "_beta", "_moving_mean", "_moving_var"] {
+    for suffix in [
+        "_weight",
+        "_bias",
+        "_gamma",
+        "_beta",
+        "_moving_mean",
+        "_moving_var",
+    ] {
         if let Some(stem) = name.strip_suffix(suffix) {
             return stem;
         }
@@ -147,7 +154,11 @@ impl MultiplierPolicy {
         if self.frozen.iter().any(|p| layer.starts_with(p.as_str())) {
             return Some(Multipliers::FROZEN);
         }
-        if self.new_layers.iter().any(|p| layer.starts_with(p.as_str())) {
+        if self
+            .new_layers
+            .iter()
+            .any(|p| layer.starts_with(p.as_str()))
+        {
             return Some(self.new_layer_rule.multipliers(name));
         }
         Some(self.base.multipliers(name))
@@ -305,7 +316,13 @@ impl Sgd {
             let Some(grad) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            update_one(p, grad, lr * p.mults.lr, cfg.weight_decay * p.mults.wd, &cfg)?;
+            update_one(
+                p,
+                grad,
+                lr * p.mults.lr,
+                cfg.weight_decay * p.mults.wd,
+                &cfg,
+            )?;
         }
         Ok(())
     }
@@ -456,9 +473,18 @@ mod tests {
             Some(Multipliers { lr: 20.0, wd: 0.0 })
         );
         assert_eq!(p.multipliers("conv1a_weight"), Some(Multipliers::FROZEN));
-        assert_eq!(p.multipliers("res2a_branch1_weight"), Some(Multipliers::FROZEN));
-        assert_eq!(p.multipliers("bn2b1_branch2a_beta"), Some(Multipliers::FROZEN));
-        assert_eq!(p.multipliers("res3a_branch1_weight"), Some(Multipliers::ONE));
+        assert_eq!(
+            p.multipliers("res2a_branch1_weight"),
+            Some(Multipliers::FROZEN)
+        );
+        assert_eq!(
+            p.multipliers("bn2b1_branch2a_beta"),
+            Some(Multipliers::FROZEN)
+        );
+        assert_eq!(
+            p.multipliers("res3a_branch1_weight"),
+            Some(Multipliers::ONE)
+        );
         assert_eq!(
             MultiplierPolicy::uniform().multipliers("conv6a_bias"),
             Some(Multipliers::ONE)

@@ -211,7 +211,10 @@ fn optimizer_state_round_trips() {
     }
     let mut a = Sgd::from_vars(vars.clone(), config, &MultiplierPolicy::alex());
     a.step(&grads, &schedule).unwrap();
-    let path = std::env::temp_dir().join(format!("r38_train_state_{}.safetensors", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "r38_train_state_{}.safetensors",
+        std::process::id()
+    ));
     a.save_state(&path).unwrap();
     let mut b = Sgd::from_vars(vars, config, &MultiplierPolicy::alex());
     b.load_state(&path).unwrap();

@@ -1,7 +1,7 @@
 //! `r38 convert IN OUT.safetensors`: any supported format in, safetensors with metadata out.
 
 use crate::network::{load, write_atomically, ModelArgs};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use r38_model::weights;
 use std::path::PathBuf;
 
@@ -28,12 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.output.exists() && !args.overwrite {
-        bail!(
-            "{} exists; pass --overwrite to replace it",
-            args.output.display()
-        );
-    }
+    crate::network::check_overwrite(&args.output, args.overwrite)?;
     let model_args = ModelArgs {
         weights: args.input.clone(),
         arch: args.arch,

@@ -18,9 +18,13 @@ pub struct Args {
     pub input: PathBuf,
     #[arg(long)]
     pub output: PathBuf,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    crate::network::check_overwrite(&args.output, args.overwrite)?;
     let x = Tensor::read_npy(&args.input)
         .with_context(|| format!("{}: not a readable .npy array", args.input.display()))?;
     let dims = x.dims().to_vec();

@@ -1,6 +1,7 @@
 //! What `r38 segment` and `r38 eval` share: the test protocol flags, the model ensemble and
 //! the output files.
 
+pub use crate::network::check_overwrite;
 use crate::network::{load, write_atomically, HeadChoice, ModelArgs, Network};
 use anyhow::{bail, Context, Result};
 use r38_data::datasets::{DatasetKind, Palette};
@@ -135,14 +136,6 @@ pub fn overlay(image: &RgbImage, labels: &[u8], palette: &Palette) -> RgbImage {
         *pixel = Rgb([0, 1, 2].map(|i| ((p[i] as u16 + c[i] as u16) / 2) as u8));
     }
     out
-}
-
-/// Refuse to replace a file unless asked to: nothing the user made is lost.
-pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
-    if path.exists() && !overwrite {
-        bail!("{} exists; pass --overwrite to replace it", path.display());
-    }
-    Ok(())
 }
 
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `r38-bench --vs-torch`: the same ResNet-38 in PyTorch, same weights.
+
+Our own code (not derived from any other port): pre-activation residual units
+(BN -> ReLU -> conv per branch; projection shortcut from the first branch's pre-activation),
+the authors' "same" padding, eval-mode BN, then bn7 + ReLU and either global-average-pool +
+linear<C> or the segmentation head (conv6a + ReLU, linear<C>, 3x3 dilation 12, with bias).
+
+The network is described by `net.json` (written by r38-bench from the built Rust modules),
+the weights come from `weights.npz` (checkpoint names, e.g. res4b3_branch2a_weight), the input
+from `input.npy`. Writes `out_torch.npy` and prints one line `TORCH-RESULT {json}` with the
+median time and the process's peak RSS (ru_maxrss).
+
+Usage: python tools/torch_reference.py --dir DIR [--reps 5] [--warmup 1] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def bn_relu(x, w, name, eps):
+    return F.relu(
+        F.batch_norm(
+            x,
+            w[name + "_moving_mean"],
+            w[name + "_moving_var"],
+            w[name + "_gamma"],
+            w[name + "_beta"],
+            training=False,
+            eps=eps,
+        )
+    )
+
+
+def conv(x, w, name, c, bias=False):
+    return F.conv2d(
+        x,
+        w[name + "_weight"],
+        w[name + "_bias"] if bias else None,
+        stride=c.get("stride", 1),
+        padding=c["padding"],
+        dilation=c.get("dilation", 1),
+    )
+
+
+class Net(torch.nn.Module):
+    def __init__(self, desc, weights):
+        super().__init__()
+        self.desc = desc
+        self.w = weights
+        self.eps = desc["bn_eps"]
+        if any(level["pool"] for level in desc["levels"]):
+            raise SystemExit("torch_reference.py: pooled variants (Model A/A2) are not supported")
+
+    def unit(self, x, u):
+        w, eps = self.w, self.eps
+        t = x
+        pre = None
+        for i, c in enumerate(u["convs"]):
+            a = bn_relu(t, w, "bn%s_%s" % (u["name"], c["branch"]), eps)
+            if i == 0:
+                pre = a
+            t = conv(a, w, "res%s_%s" % (u["name"], c["branch"]), c)
+        if u["projection"]:
+            sc = {"stride": u["stride"], "padding": 0}
+            return conv(pre, w, "res%s_branch1" % u["name"], sc) + t
+        return x + t
+
+    def forward(self, x, times=None):
+        w = self.w
+        t0 = time.perf_counter()
+        x = conv(x, w, "conv1a", self.desc["stem"])
+        if times is not None:
+            times.append(("conv1a", time.perf_counter() - t0))
+        for level in self.desc["levels"]:
+            t0 = time.perf_counter()
+            for u in level["units"]:
+                x = self.unit(x, u)
+            if times is not None:
+                times.append(("level%d" % level["level"], time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        x = bn_relu(x, w, "bn7", self.eps)
+        head = self.desc["head"]
+        if "Classifier" in head:
+            classes = head["Classifier"]["classes"]
+            name = "linear%d" % classes
+            x = F.linear(x.mean(dim=(2, 3)), w[name + "_weight"], w[name + "_bias"])
+        else:
+            h = head["Segmentation"]
+            spec = {"dilation": h["dilation"], "padding": ((h["kernel"] - 1) * h["dilation"] + 1) // 2}
+            if h["hidden"] is not None:
+                x = F.relu(conv(x, w, "conv6a", spec, bias=True))
+            x = conv(x, w, "linear%d" % h["classes"], spec, bias=True)
+        if times is not None:
+            times.append(("head", time.perf_counter() - t0))
+        return x
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+
+    with open(os.path.join(a.dir, "net.json")) as f:
+        desc = json.load(f)
+    npz = np.load(os.path.join(a.dir, "weights.npz"))
+    weights = {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
+    del npz
+    x = torch.from_numpy(np.load(os.path.join(a.dir, "input.npy")))
+    net = Net(desc, weights).eval()
+
+    with torch.inference_mode():
+        for _ in range(a.warmup):
+            net(x)
+        totals, parts = [], {}
+        y = None
+        for _ in range(max(1, a.reps)):
+            times = []
+            t0 = time.perf_counter()
+            y = net(x, times)
+            totals.append((time.perf_counter() - t0) * 1e3)
+            for name, s in times:
+                parts.setdefault(name, []).append(s * 1e3)
+    np.save(os.path.join(a.dir, "out_torch.npy"), y.numpy())
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "reps": len(totals),
+        "times_ms": totals,
+        "median_ms": statistics.median(totals),
+        "peak_rss_mib": rss_kib / 1024.0,
+        "levels": [{"name": k, "median_ms": statistics.median(v)} for k, v in parts.items()],
+        "output_shape": list(y.shape),
+    }
+    print("TORCH-RESULT " + json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
