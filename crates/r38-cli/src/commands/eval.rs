@@ -27,6 +27,7 @@ pub struct Args {
     /// ADEChallengeData2016, the ImageNet folder holding val/).
     #[arg(long)]
     pub root: PathBuf,
+    /// Split name (a list file under the dataset's ImageSets, or a folder for Cityscapes/ADE20K).
     #[arg(long, default_value = "val")]
     pub split: String,
     /// Evaluate only the first N samples.

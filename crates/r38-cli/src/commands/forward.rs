@@ -14,8 +14,10 @@ pub struct Args {
     /// cls, seg or none (backbone features). Default: the file's head.
     #[arg(long, value_enum)]
     pub head: Option<HeadChoice>,
+    /// Input array: float32 (N, 3, H, W), normalised with the ImageNet mean/std.
     #[arg(long)]
     pub input: PathBuf,
+    /// Output .npy file.
     #[arg(long)]
     pub output: PathBuf,
     /// Replace OUTPUT if it exists.

@@ -16,10 +16,13 @@ pub struct EnsembleArgs {
     /// Weight file(s); give several to average their probabilities.
     #[arg(long = "weights", required = true)]
     pub weights: Vec<PathBuf>,
+    /// Architecture: a, a1 or a2 (default: the file's metadata or the released-file table, else a1).
     #[arg(long)]
     pub arch: Option<Arch>,
+    /// Output stride (default 8 for segmentation).
     #[arg(long)]
     pub output_stride: Option<usize>,
+    /// Compute device: cpu, cuda[:N] (feature `cuda`) or metal (feature `metal`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -70,6 +73,7 @@ pub struct ProtocolArgs {
     /// Average with the horizontally flipped input (on by default for the released protocols).
     #[arg(long, overrides_with = "no_flip")]
     pub flip: bool,
+    /// Do not average with the flipped input.
     #[arg(long)]
     pub no_flip: bool,
     /// Shift-and-stitch steps per axis (ADE20K uses 2).

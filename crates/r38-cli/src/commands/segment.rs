@@ -20,6 +20,7 @@ pub struct Args {
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    /// Folder for the outputs (created if missing).
     #[arg(long)]
     pub out_dir: PathBuf,
     /// Class names, palette and protocol of this dataset: voc, voc-aug, cityscapes, ade20k,
@@ -27,6 +28,7 @@ pub struct Args {
     /// own label ids.
     #[arg(long)]
     pub dataset: Option<DatasetKind>,
+    /// Also write the class probabilities as `<name>_probs.npy`, (C, H, W) float32.
     #[arg(long)]
     pub save_probs: bool,
     /// Replace existing outputs.
