@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(case: &str, file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(case)
-        .join(file)
+    r38_tests::fixtures_dir().join(case).join(file)
 }
 
 fn r38(args: &[&str]) -> Output {
@@ -42,20 +39,12 @@ fn fails(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// Parity of an output file with a reference file, as in the parity tests.
 fn relative_error(actual: &Path, expected: &Path) -> f32 {
-    let a = Tensor::read_npy(actual).unwrap();
-    let e = Tensor::read_npy(expected).unwrap();
-    assert_eq!(a.dims(), e.dims());
-    let diff: f32 = (&a - &e)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let scale: f32 = e.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-    diff / scale
+    r38_tests::relative_error(
+        &Tensor::read_npy(actual).unwrap(),
+        &Tensor::read_npy(expected).unwrap(),
+    )
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -83,7 +72,10 @@ fn forward_matches(case: &str, weights: &Path, extra: &[&str], expected: &str) {
     args.extend_from_slice(extra);
     ok(&args);
     let err = relative_error(&out, &fixture(case, expected));
-    assert!(err <= 1e-5, "{case}: relative error {err:e}");
+    assert!(
+        err <= r38_tests::PARITY_TOLERANCE,
+        "{case}: relative error {err:e}"
+    );
 }
 
 #[test]
@@ -189,8 +181,7 @@ fn converted_safetensors_needs_no_flags() {
 
 #[test]
 fn classify_prints_top_k() {
-    let image =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pillow/classify_src.png");
+    let image = r38_tests::fixtures_dir().join("pillow/classify_src.png");
     let weights = fixture("a1_cls", "weights.params");
     let json = ok(&[
         "classify",
