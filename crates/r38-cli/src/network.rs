@@ -131,8 +131,13 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
             .set_output_stride(stride)
             .with_context(|| format!("{path}"))?;
     }
-    if let Some(style) = args.pool_style {
-        config.pool_padding = style;
+    match (args.pool_style, file.released) {
+        (Some(style), _) => config.pool_padding = style,
+        // The authors' published Model A numbers were measured with pad-0 test-time pooling.
+        (None, Some(r)) if r.arch == Arch::A && stored.is_none() => {
+            config.pool_padding = PoolPadding::Caffe
+        }
+        _ => {}
     }
     if matches!(head, HeadKind::Segmentation { .. }) {
         // The released segmentation nets drop out before the last conv of levels 6 and 7.
