@@ -70,6 +70,58 @@ def alex_mults(name):
     return 1.0, 1.0
 
 
+VARIANT_PARAMS = [
+    "res4b2_branch2a_weight",
+    "bn4b2_branch2a_gamma",
+    "bn4b2_branch2a_beta",
+    "conv6a_bias",
+    "linear5_bias",
+]
+
+
+def run_variants(d, grads, args):
+    """Optimizer variants on a few parameters: rescaled and clipped gradients, a poly
+    schedule, and MXNet's NAG.
+
+    MXNet's nag_mom_update keeps lr inside the momentum buffer (m = mu*m - lr*d;
+    w += mu*m - lr*d) while the authors' Torch-style Nesterov keeps it outside
+    (M = mu*M + d; w -= lr*(d + mu*M)). The two agree exactly only at a constant
+    learning rate, so the NAG variant uses poly power 0 (constant lr)."""
+    g = {p: grads[p].asnumpy() for p in VARIANT_PARAMS}
+    out = {}
+    specs = [
+        ("sgd_rescale_clip_poly2", "sgd", 0.5, 2.0, 1.0, 5e-4),
+        ("nag_rescale_clip_const", "nag", 0.25, 0.0, 0.5, 1e-4),
+    ]
+    for vname, opt_name, rescale, power, lr, wd in specs:
+        mags = np.concatenate([np.abs(v).ravel() * rescale for v in g.values()])
+        clip = float(np.percentile(mags, 70))
+        sched = mx.lr_scheduler.PolyScheduler(max_update=10, base_lr=lr, pwr=power,
+                                              final_lr=0.0)
+        idx2name = dict(enumerate(VARIANT_PARAMS))
+        opt = mx.optimizer.create(opt_name, learning_rate=lr, momentum=MOMENTUM, wd=wd,
+                                  rescale_grad=rescale, clip_gradient=clip,
+                                  lr_scheduler=sched, param_idx2name=idx2name)
+        opt.set_lr_mult({p: alex_mults(p)[0] for p in VARIANT_PARAMS})
+        opt.set_wd_mult({p: alex_mults(p)[1] for p in VARIANT_PARAMS})
+        updater = mx.optimizer.get_updater(opt)
+        weights = {p: mx.nd.array(args[p]) for p in VARIANT_PARAMS}
+        vd = os.path.join(d, vname)
+        os.makedirs(vd, exist_ok=True)
+        for step in range(1, STEPS + 1):
+            for i, p in enumerate(VARIANT_PARAMS):
+                updater(i, mx.nd.array(g[p]), weights[p])
+            for p in VARIANT_PARAMS:
+                np.save(os.path.join(vd, "step%d_%s.npy" % (step, p)), weights[p].asnumpy())
+        out[vname] = {"optimizer": opt_name, "rescale_grad": rescale, "clip_gradient": clip,
+                      "momentum": MOMENTUM, "wd": wd,
+                      "schedule": {"type": "poly (mx.lr_scheduler.PolyScheduler)", "base": lr,
+                                   "power": power, "max_update": 10, "final_lr": 0.0},
+                      "params": VARIANT_PARAMS, "steps": STEPS,
+                      "files": vname + "/step<k>_<param>.npy"}
+    return out
+
+
 def make_case(name, shape, seed, meta, args, aux, out_root):
     cfg = json.loads(json.dumps(meta["config"]))
     for lv in cfg["levels"]:
@@ -132,6 +184,8 @@ def make_case(name, shape, seed, meta, args, aux, out_root):
             np.save(os.path.join(d, "step%d_%s.npy" % (step, p)),
                     weights[p].asnumpy())
 
+    variants = run_variants(d, grads, args) if name == "even_rem" else None
+
     case_meta = {
         "source": "tests/fixtures/a1_s8_seg (config with dropout 0, weights.params)",
         "mxnet": mx.__version__,
@@ -149,6 +203,7 @@ def make_case(name, shape, seed, meta, args, aux, out_root):
                       "momentum": MOMENTUM, "wd": WD, "rescale_grad": 1.0,
                       "steps": STEPS, "gradient": "the recorded gradient at every step",
                       "multipliers": {p: list(alex_mults(p)) for p in PARAMS}},
+        "variants": variants,
         "files": "input.npy, labels.npy (N,h,w float32, 255 = ignore), scores.npy "
                  "(pre-softmax), grad_<param>.npy, step<k>_<param>.npy (weights after "
                  "update k)",

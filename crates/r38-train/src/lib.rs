@@ -7,6 +7,8 @@
 //! `tests/` checks the loss, the gradients through `r38_seg::SegmentationNet` and three SGD
 //! updates against MXNet 1.9.1 (`tools/mxnet_training_reference.py`).
 
+#![warn(missing_docs)]
+
 pub mod conv_grad;
 pub mod loss;
 pub mod optimizer;

@@ -180,7 +180,9 @@ pub fn ohem_select(
 /// The selection is made on the detached probabilities, so candle's gradient with respect to
 /// `scores` is `(softmax - onehot) / max(1, #kept)` on the kept pixels and zero elsewhere,
 /// exactly the authors' backward. The authors apply it per device batch; to emulate several
-/// devices call it once per device chunk.
+/// devices call it once per device chunk. Probabilities are f32 (`exp(log_softmax)`); the
+/// authors take them from an f32 cast of a float64 softmax, so only pixels within ~1e-7 of the
+/// threshold could be selected differently.
 pub fn ohem_softmax_cross_entropy(
     scores: &Tensor,
     labels: &Tensor,

@@ -13,7 +13,15 @@
 //!   `m = momentum * m - lr * (g + wd * w); w = w + m`.
 //! * [`MomentumKind::TorchNesterov`] (the authors' ImageNet optimizer):
 //!   `d = g + wd * w; m = momentum * m + d; w = w - lr * (d + momentum * m)`.
-//! * momentum 0 (both kinds): `w = w - lr * (g + wd * w)`.
+//! * momentum 0 (both kinds): `w = w - lr * (g + wd * w)`. (The authors' `TorchNesterov`
+//!   without momentum uses the optimizer-wide weight decay, ignoring `wd_mult`; no recipe runs
+//!   that path, and here `wd_mult` always applies.)
+//!
+//! MXNet's own `nag` optimizer (`nag_mom_update`) keeps the learning rate inside the momentum
+//! buffer (`m = momentum * m - lr * d; w += momentum * m - lr * d`); it equals
+//! `TorchNesterov` only while the learning rate is constant. The parity tests check
+//! `Standard` against MXNet's `sgd` (fixed and poly schedules, rescaling, clipping) and
+//! `TorchNesterov` against MXNet's `nag` at a constant rate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -490,5 +498,104 @@ mod tests {
             Some(Multipliers::ONE)
         );
         assert_eq!(layer_of("bn7_moving_mean"), "bn7");
+    }
+
+    fn scalar_var(v: f32) -> Var {
+        Var::from_tensor(&Tensor::new(&[v], &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn value(v: &Var) -> f64 {
+        v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64
+    }
+
+    /// One weight 1.0, gradient 0.5, wd 0.1, momentum 0.9, lr 0.1 then 0.05.
+    fn two_steps(kind: MomentumKind, momentum: f64, clip: Option<f64>, rescale: f64) -> (f64, f64) {
+        let w = scalar_var(1.0);
+        let cfg = SgdConfig {
+            momentum,
+            weight_decay: 0.1,
+            rescale_grad: rescale,
+            clip_gradient: clip,
+            kind,
+        };
+        let mut sgd = Sgd::from_vars(
+            [("x_weight".to_string(), w.clone())],
+            cfg,
+            &MultiplierPolicy::alex(),
+        );
+        let mut grads = GradStore::default();
+        grads.insert(w.as_tensor(), Tensor::new(&[0.5f32], &Device::Cpu).unwrap());
+        sgd.step_lr(&grads, 0.1).unwrap();
+        let w1 = value(&w);
+        sgd.step_lr(&grads, 0.05).unwrap();
+        (w1, value(&w))
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn standard_momentum_by_hand() {
+        // m = -0.1 * (0.5 + 0.1) = -0.06, w = 0.94; d = 0.5 + 0.094 = 0.594,
+        // m = 0.9 * -0.06 - 0.05 * 0.594 = -0.0837, w = 0.8563
+        let (w1, w2) = two_steps(MomentumKind::Standard, 0.9, None, 1.0);
+        assert!(close(w1, 0.94) && close(w2, 0.8563), "{w1} {w2}");
+    }
+
+    #[test]
+    fn torch_nesterov_by_hand() {
+        // d = 0.6, M = 0.6, w = 1 - 0.1 * (0.6 + 0.54) = 0.886;
+        // d = 0.5886, M = 1.1286, w = 0.886 - 0.05 * (0.5886 + 1.01574) = 0.805783
+        let (w1, w2) = two_steps(MomentumKind::TorchNesterov, 0.9, None, 1.0);
+        assert!(close(w1, 0.886) && close(w2, 0.805783), "{w1} {w2}");
+    }
+
+    #[test]
+    fn plain_sgd_rescale_and_clip_by_hand() {
+        // no momentum: w = 1 - 0.1 * 0.6 = 0.94; w = 0.94 - 0.05 * (0.5 + 0.094) = 0.9103
+        let (w1, w2) = two_steps(MomentumKind::Standard, 0.0, None, 1.0);
+        assert!(close(w1, 0.94) && close(w2, 0.9103), "{w1} {w2}");
+        // rescale 0.5 then clip to 0.2: g = 0.2, d = 0.3, m = -0.03, w = 0.97
+        let (w1, _) = two_steps(MomentumKind::Standard, 0.9, Some(0.2), 0.5);
+        assert!(close(w1, 0.97), "{w1}");
+    }
+
+    #[test]
+    fn frozen_and_gradient_free_parameters_stay_put() {
+        let frozen = scalar_var(1.0);
+        let untouched = scalar_var(2.0);
+        let bias = scalar_var(3.0);
+        let stat = scalar_var(4.0);
+        let policy = MultiplierPolicy::alex().with_frozen(&["f"]);
+        let mut sgd = Sgd::from_vars(
+            [
+                ("f_weight".to_string(), frozen.clone()),
+                ("u_weight".to_string(), untouched.clone()),
+                ("b_bias".to_string(), bias.clone()),
+                ("bn_moving_var".to_string(), stat.clone()),
+            ],
+            SgdConfig::segmentation(2),
+            &policy,
+        );
+        assert_eq!(
+            sgd.params().len(),
+            3,
+            "running statistics are not trainable"
+        );
+        let mut grads = GradStore::default();
+        let g = Tensor::new(&[1.0f32], &Device::Cpu).unwrap();
+        grads.insert(frozen.as_tensor(), g.clone());
+        grads.insert(bias.as_tensor(), g.clone());
+        grads.insert(stat.as_tensor(), g);
+        let lr = sgd.step(&grads, &LrSchedule::Fixed { base: 0.1 }).unwrap();
+        assert_eq!(lr, 0.1);
+        assert_eq!(value(&frozen), 1.0);
+        assert_eq!(value(&untouched), 2.0);
+        assert_eq!(value(&stat), 4.0);
+        assert!(sgd.param("u_weight").unwrap().momentum_buffer().is_none());
+        // bias: lr x2, wd x0, rescale 1/2: w = 3 - 0.2 * 0.5 = 2.9
+        assert!(close(value(&bias), 2.9), "{}", value(&bias));
+        assert_eq!(sgd.num_update(), 1);
     }
 }
