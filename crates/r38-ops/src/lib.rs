@@ -6,6 +6,7 @@
 
 pub mod batch_norm;
 pub mod conv;
+pub mod conv_grad;
 pub mod engine;
 pub mod pool;
 pub mod pre_activation;

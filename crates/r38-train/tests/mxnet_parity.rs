@@ -139,19 +139,12 @@ fn even_remainders_loss_and_gradients_match_mxnet() {
     check_gradients(&case).expect("backward");
 }
 
-/// 56x44 input: the level-4 strided convs see 14x11. With r38-ops' plain `Tensor::conv2d`
-/// candle's backward fails there (see `r38_train::conv_grad`); once `r38_ops::Conv2d` routes
-/// through `r38_train::conv2d_exact`-style code, this checks full gradient parity.
+/// 56x44 input: the level-4 strided convs see 14x11, where candle's own conv2d backward fails
+/// (see `r38_ops::conv_grad`); `r38_ops::Conv2d` routes around it.
 #[test]
-fn mixed_remainders_loss_and_gradients_match_mxnet_or_hit_the_known_candle_bug() {
+fn mixed_remainders_loss_and_gradients_match_mxnet() {
     let case = load_case("mixed_rem");
-    match check_gradients(&case) {
-        Ok(()) => println!("mixed remainders: candle backward ok, gradients match MXNet"),
-        Err(msg) => {
-            println!("mixed remainders: known candle conv2d backward bug: {msg}");
-            assert!(msg.contains("shape mismatch"), "unexpected error: {msg}");
-        }
-    }
+    check_gradients(&case).expect("backward through odd-by-even strided convs");
 }
 
 #[test]
