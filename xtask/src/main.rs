@@ -2,6 +2,7 @@
 //! `cargo test` because they need minutes, gigabytes or Python.
 
 mod bench_memory;
+mod fuzz;
 mod parity;
 mod reference;
 
@@ -17,9 +18,12 @@ tasks:
   parity [--python PY] [--out DIR] [--only CASE,...]
                                   full-size parity against MXNet: the real-width A1 classifier
                                   (1x3x224x224) and A1 s8 + 2-conv head (1x3x120x96)
-  bench-memory [--out DIR] [--only CASE]
+  bench-memory [--out DIR] [--only CASE] [--one-pass]
                                   peak RSS and time of `r38 segment` (full-size random A1 s8
                                   network): 500x375, and 2048x1024 with and without --max-canvas
+  fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
+                                  libFuzzer on the weight readers (needs cargo-fuzz), N inputs
+                                  per target (default 1000000); prints the figures
 ";
 
 fn main() -> Result<()> {
@@ -32,6 +36,7 @@ fn main() -> Result<()> {
         "setup-reference" => reference::setup(rest),
         "parity" => parity::run(rest),
         "bench-memory" => bench_memory::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

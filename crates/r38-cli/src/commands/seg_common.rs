@@ -80,8 +80,47 @@ pub struct ProtocolArgs {
     #[arg(long)]
     pub test_steps: Option<u32>,
     /// Largest canvas (pixels) for one forward pass; larger canvases run as overlapping tiles.
-    #[arg(long)]
-    pub max_canvas: Option<u64>,
+    /// `auto` (the default) runs the authors' single pass when it fits in the memory available
+    /// now and tiles otherwise; `none` always runs one pass.
+    #[arg(long, default_value = "auto", value_parser = parse_max_canvas)]
+    pub max_canvas: MaxCanvas,
+}
+
+/// `--max-canvas`: a pixel budget, the memory-derived `auto`, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxCanvas {
+    Auto,
+    Unlimited,
+    Pixels(u64),
+}
+
+fn parse_max_canvas(s: &str) -> std::result::Result<MaxCanvas, String> {
+    match s {
+        "auto" => Ok(MaxCanvas::Auto),
+        "none" => Ok(MaxCanvas::Unlimited),
+        n => n
+            .parse()
+            .map(MaxCanvas::Pixels)
+            .map_err(|_| format!("`{n}` is not a pixel count, `auto` or `none`")),
+    }
+}
+
+/// Peak memory per canvas pixel of the full-size A1 s8 + "2 conv" forward pass on the CPU,
+/// measured with `cargo xtask bench-memory` (about 12 KiB at 504x504), with a margin.
+const BYTES_PER_CANVAS_PIXEL: u64 = 16 * 1024;
+
+/// The largest canvas that fits in the memory available now, if the system says.
+fn memory_budget_pixels() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / BYTES_PER_CANVAS_PIXEL)
 }
 
 fn parse_fuse(s: &str) -> std::result::Result<Fuse, String> {
@@ -120,9 +159,14 @@ impl ProtocolArgs {
         if let Some(k) = self.test_steps {
             p.test_steps = k;
         }
-        if let Some(m) = self.max_canvas {
-            p.max_canvas = Some(CanvasLimit::Pixels(m));
-        }
+        p.max_canvas = match self.max_canvas {
+            MaxCanvas::Pixels(m) => Some(CanvasLimit::Pixels(m)),
+            MaxCanvas::Unlimited => None,
+            // Tiles only where one pass would not fit: the authors' protocol whenever possible.
+            MaxCanvas::Auto => {
+                memory_budget_pixels().map(|px| CanvasLimit::Pixels(px.max(64 * 64)))
+            }
+        };
         p
     }
 }
