@@ -19,10 +19,12 @@ impl Level {
         self.level
     }
 
+    /// The max-pool in front of the first unit (Models A and A2).
     pub fn pool(&self) -> Option<&MaxPool> {
         self.pool.as_ref()
     }
 
+    /// The residual units, first (projection) unit first.
     pub fn units(&self) -> &[ResidualUnit] {
         &self.units
     }
@@ -50,6 +52,7 @@ pub struct LevelFeatures {
 }
 
 impl LevelFeatures {
+    /// The features of one level, by its number.
     pub fn get(&self, level: usize) -> Option<&Tensor> {
         self.levels
             .iter()
@@ -73,6 +76,7 @@ pub struct Backbone {
 }
 
 impl Backbone {
+    /// Build the stem, the levels and `bn7` from `config`, reading the tensors through `vb`.
     pub fn new(config: &BackboneConfig, vb: &VarBuilder) -> Result<Self> {
         config
             .validate()
@@ -140,14 +144,17 @@ impl Backbone {
         })
     }
 
+    /// The configuration the backbone was built from.
     pub fn config(&self) -> &BackboneConfig {
         &self.config
     }
 
+    /// The levels B2..B7 in order.
     pub fn levels(&self) -> &[Level] {
         &self.levels
     }
 
+    /// The stem convolution `conv1a`.
     pub fn stem(&self) -> &Conv2d {
         &self.stem
     }

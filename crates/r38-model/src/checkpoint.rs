@@ -9,11 +9,17 @@ use std::collections::BTreeMap;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HeadKind {
     /// Global pooling + `linear<C>` (ImageNet files).
-    Classifier { classes: usize },
+    Classifier {
+        /// Number of classes of `linear<C>`.
+        classes: usize,
+    },
     /// Convolutional `linear<C>`, after `conv6a` (the "2 conv" head) or directly ("1 conv").
     Segmentation {
+        /// Number of classes of `linear<C>`.
         classes: usize,
+        /// Width of `conv6a`; `None` for the "1 conv" head.
         hidden: Option<usize>,
+        /// Kernel size of the head convolutions.
         kernel: usize,
     },
     /// Backbone only (e.g. the PyTorch port's files).
@@ -21,6 +27,7 @@ pub enum HeadKind {
 }
 
 impl HeadKind {
+    /// The number of classes, if there is a head.
     pub fn classes(&self) -> Option<usize> {
         match self {
             HeadKind::Classifier { classes } | HeadKind::Segmentation { classes, .. } => {

@@ -15,6 +15,7 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// Build backbone and `linear<classes>` from `config`, reading the tensors through `vb`.
     pub fn new(config: &BackboneConfig, classes: usize, vb: &VarBuilder) -> Result<Self> {
         let backbone = Backbone::new(config, vb)?;
         let features = config.feature_channels();
@@ -34,18 +35,22 @@ impl Classifier {
         })
     }
 
+    /// The feature extractor under the head.
     pub fn backbone(&self) -> &Backbone {
         &self.backbone
     }
 
+    /// Mutable access, e.g. to change BN modes.
     pub fn backbone_mut(&mut self) -> &mut Backbone {
         &mut self.backbone
     }
 
+    /// Number of classes of `linear<C>`.
     pub fn classes(&self) -> usize {
         self.classes
     }
 
+    /// Set the BN mode of every layer (see [`BatchNormMode`]).
     pub fn set_bn_mode(&mut self, mode: BatchNormMode) {
         self.backbone.set_bn_mode(mode);
     }

@@ -49,7 +49,9 @@ pub enum PoolPadding {
 /// The stem: one plain convolution on the normalised image, no BN or ReLU after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StemConfig {
+    /// Output channels of `conv1a` (64 in ResNet-38).
     pub channels: usize,
+    /// Kernel size of `conv1a` (3 in ResNet-38).
     pub kernel: usize,
 }
 
@@ -58,11 +60,13 @@ pub struct StemConfig {
 pub struct LevelConfig {
     /// The paper's level number, 2..=7; names the units (`4a`, `4b1`, ...).
     pub level: usize,
+    /// Basic (3-3) or bottleneck (1-3-1) units.
     pub unit: UnitKind,
     /// Number of residual units; the first one always has a projection shortcut.
     pub units: usize,
     /// Output channels of each convolution of the residual branch.
     pub widths: Vec<usize>,
+    /// How the level reduces the resolution of its input.
     pub downsample: Downsample,
     /// Trade this level's down-sampling for doubled dilation from here on (output stride < 32).
     #[serde(default)]
@@ -73,6 +77,7 @@ pub struct LevelConfig {
 }
 
 impl LevelConfig {
+    /// Channels of the level's output (its last width).
     pub fn out_channels(&self) -> usize {
         *self.widths.last().expect("validated: a level has widths")
     }
@@ -91,10 +96,14 @@ impl LevelConfig {
 /// Everything needed to build a backbone: stem, levels and BN epsilon.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackboneConfig {
+    /// The stem convolution.
     pub stem: StemConfig,
+    /// Levels in order, B2 first.
     pub levels: Vec<LevelConfig>,
+    /// Padding of the max-pools (Models A and A2).
     #[serde(default)]
     pub pool_padding: PoolPadding,
+    /// BN epsilon (the authors': 1.001e-5).
     #[serde(default = "default_bn_eps")]
     pub bn_eps: f64,
 }
@@ -184,12 +193,15 @@ impl BackboneConfig {
         Ok(cfg)
     }
 
+    /// Model A (max-pool down-sampling) at output stride 16 or 32.
     pub fn model_a(output_stride: usize) -> Result<Self, ConfigError> {
         Self::preset(Arch::A, output_stride)
     }
+    /// Model A1 (strided first units) at output stride 8, 16 or 32.
     pub fn model_a1(output_stride: usize) -> Result<Self, ConfigError> {
         Self::preset(Arch::A1, output_stride)
     }
+    /// Model A2 (pools, then strided units) at output stride 8, 16 or 32.
     pub fn model_a2(output_stride: usize) -> Result<Self, ConfigError> {
         Self::preset(Arch::A2, output_stride)
     }
@@ -299,6 +311,7 @@ impl BackboneConfig {
             .unwrap_or(self.stem.channels)
     }
 
+    /// Check that the network can be built: widths match unit kinds, levels increase, etc.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         if self.stem.channels == 0 || self.stem.kernel.is_multiple_of(2) {

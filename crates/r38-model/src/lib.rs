@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backbone;
 pub mod checkpoint;
 pub mod classifier;

@@ -10,17 +10,27 @@ use std::sync::{Arc, Mutex};
 /// One way a weight file disagrees with the network built from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TensorProblem {
+    /// The network needs a tensor the file lacks.
     Missing {
+        /// Canonical tensor name.
         name: String,
+        /// Shape the network expects.
         expected: Vec<usize>,
     },
+    /// The file's tensor has another shape.
     WrongShape {
+        /// Canonical tensor name.
         name: String,
+        /// Shape the network expects.
         expected: Vec<usize>,
+        /// Shape in the file.
         found: Vec<usize>,
     },
+    /// The file holds a tensor the network does not use.
     Unexpected {
+        /// Canonical tensor name.
         name: String,
+        /// Shape in the file.
         shape: Vec<usize>,
     },
 }
@@ -52,13 +62,19 @@ pub enum LoadError {
     #[error("{source_name}: the weights do not fit the network ({} problem(s)):\n  {}",
         .problems.len(),
         .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    /// Tensors are missing, unused or of the wrong shape.
     Mismatch {
+        /// The weight file (or other source) being loaded.
         source_name: String,
+        /// Every problem found.
         problems: Vec<TensorProblem>,
     },
+    /// The network could not be built for another reason.
     #[error("{source_name}: {error}")]
     Build {
+        /// The weight file (or other source) being loaded.
         source_name: String,
+        /// The underlying error.
         error: candle_core::Error,
     },
 }

@@ -15,6 +15,7 @@ pub const PREFIX: &str = "r38.";
 pub struct Preprocess {
     /// RGB mean and std on 0..1 pixel values.
     pub mean: [f64; 3],
+    /// RGB standard deviation on 0..1 pixel values.
     pub std: [f64; 3],
     /// Test scale: the shorter side (classification) or the longer side (segmentation).
     pub test_scale: u32,
@@ -44,13 +45,19 @@ impl Preprocess {
 /// Everything a converted file knows about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
+    /// Model A, A1 or A2.
     pub arch: Arch,
+    /// The full backbone configuration.
     pub config: BackboneConfig,
+    /// Output stride of the final features.
     pub output_stride: usize,
+    /// The head on the backbone.
     pub head: HeadKind,
+    /// Test-time preprocessing.
     pub preprocess: Preprocess,
     /// File name the weights were converted from.
     pub source_file: Option<String>,
+    /// MD5 of the source file.
     pub source_md5: Option<String>,
     /// Name of the authors' released file, when the checksum matched one.
     pub released: Option<String>,

@@ -30,6 +30,7 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// Read `<name>_gamma`, `_beta`, `_moving_mean` and `_moving_var` (`channels` each) through `vb`.
     pub fn new(channels: usize, eps: f64, vb: &VarBuilder, name: &str) -> Result<Self> {
         let gamma = vb.get_with_hints(channels, &format!("{name}_gamma"), Init::Const(1.0))?;
         let beta = vb.get_with_hints(channels, &format!("{name}_beta"), Init::Const(0.0))?;
@@ -47,22 +48,27 @@ impl BatchNorm {
         })
     }
 
+    /// Frozen (global statistics) or batch statistics in training.
     pub fn set_mode(&mut self, mode: BatchNormMode) {
         self.mode = mode;
     }
 
+    /// The current mode.
     pub fn mode(&self) -> BatchNormMode {
         self.mode
     }
 
+    /// The running mean (`aux:` tensor in MXNet files).
     pub fn moving_mean(&self) -> &Tensor {
         self.moving_mean.as_tensor()
     }
 
+    /// The running variance (`aux:` tensor in MXNet files).
     pub fn moving_var(&self) -> &Tensor {
         self.moving_var.as_tensor()
     }
 
+    /// Normalise `x` (N, C, H, W); batch statistics only when `train` and in that mode.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (mean, var) = if train && self.mode == BatchNormMode::BatchStatistics {
             self.batch_statistics(x)?

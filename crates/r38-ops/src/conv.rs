@@ -12,11 +12,17 @@ pub fn same_padding(kernel: usize, dilation: usize) -> usize {
 /// Shape and placement of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Square kernel size.
     pub kernel: usize,
+    /// Stride on both axes.
     pub stride: usize,
+    /// Dilation on both axes (ignored for 1x1 kernels).
     pub dilation: usize,
+    /// Whether the conv has a bias (only the head convolutions do).
     pub bias: bool,
 }
 
@@ -33,16 +39,19 @@ impl ConvSpec {
         }
     }
 
+    /// With this stride.
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
 
+    /// With this dilation.
     pub fn dilation(mut self, dilation: usize) -> Self {
         self.dilation = dilation;
         self
     }
 
+    /// With a bias.
     pub fn with_bias(mut self) -> Self {
         self.bias = true;
         self
@@ -57,6 +66,7 @@ impl ConvSpec {
         }
     }
 
+    /// The "same" padding for this kernel and dilation.
     pub fn padding(&self) -> usize {
         same_padding(self.kernel, self.effective_dilation())
     }
@@ -71,6 +81,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// Read `<name>_weight` (and `<name>_bias`) through `vb`.
     pub fn new(spec: ConvSpec, vb: &VarBuilder, name: &str) -> Result<Self> {
         let shape = (
             spec.out_channels,
@@ -97,14 +108,17 @@ impl Conv2d {
         Ok(Self { weight, bias, spec })
     }
 
+    /// Shape and placement.
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }
 
+    /// The kernel, (out, in, k, k).
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, if the conv has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -4,6 +4,8 @@
 //! MXNet checkpoint (`res4b3_branch2a_weight`, `bn4b3_branch2a_gamma`, ...), so a layer's name
 //! in the code is its name in the weight file.
 
+#![warn(missing_docs)]
+
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_grad;

@@ -5,9 +5,13 @@ use candle_core::{Result, Tensor};
 /// Max-pooling with MXNet's floor ("valid") output-size convention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool {
+    /// Window size.
     pub kernel: usize,
+    /// Stride on both axes.
     pub stride: usize,
+    /// Padding on every side (padded cells never win).
     pub pad: usize,
+    /// Dilation of the pooling window.
     pub dilation: usize,
 }
 
@@ -40,6 +44,7 @@ impl MaxPool {
             .map(|r| r / self.stride + 1)
     }
 
+    /// Pool `x` (N, C, H, W); an input smaller than the window is an error, not an empty map.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         if self.output_size(h).is_none() || self.output_size(w).is_none() {

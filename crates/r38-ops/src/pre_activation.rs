@@ -11,20 +11,24 @@ pub struct PreActivation {
 }
 
 impl PreActivation {
+    /// Read the BN `bn_name` for `channels` channels through `vb`.
     pub fn new(channels: usize, eps: f64, vb: &VarBuilder, bn_name: &str) -> Result<Self> {
         Ok(Self {
             bn: BatchNorm::new(channels, eps, vb, bn_name)?,
         })
     }
 
+    /// The BN in front of the ReLU.
     pub fn batch_norm(&self) -> &BatchNorm {
         &self.bn
     }
 
+    /// Set the BN mode.
     pub fn set_mode(&mut self, mode: BatchNormMode) {
         self.bn.set_mode(mode);
     }
 
+    /// `ReLU(BN(x))`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.bn.forward_t(x, train)?.relu()
     }

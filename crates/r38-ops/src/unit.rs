@@ -11,9 +11,11 @@ use candle_nn::VarBuilder;
 pub struct UnitSpec {
     /// Unit id as in the checkpoint: `2a`, `4b3`, `7a`.
     pub name: String,
+    /// Channels of the unit's input.
     pub in_channels: usize,
     /// Kernel of each conv of the residual branch: `[3, 3]` or `[1, 3, 1]`.
     pub kernels: Vec<usize>,
+    /// Output channels of each conv of the residual branch.
     pub widths: Vec<usize>,
     /// Stride of the first conv and of the shortcut.
     pub stride: usize,
@@ -25,6 +27,7 @@ pub struct UnitSpec {
     pub projection: bool,
     /// Dropout probability before the last conv, in training only.
     pub dropout: f32,
+    /// BN epsilon.
     pub bn_eps: f64,
 }
 
@@ -43,7 +46,9 @@ impl UnitSpec {
 /// One conv of the residual branch with its own BN+ReLU in front.
 #[derive(Debug, Clone)]
 pub struct Branch {
+    /// BN + ReLU in front of the conv.
     pub pre: PreActivation,
+    /// The conv `res<U>_<branch>`.
     pub conv: Conv2d,
 }
 
@@ -57,6 +62,7 @@ pub struct ResidualUnit {
 }
 
 impl ResidualUnit {
+    /// Read the unit's tensors (`bn<U>_*`, `res<U>_*`) through `vb`.
     pub fn new(spec: UnitSpec, vb: &VarBuilder) -> Result<Self> {
         if spec.kernels.len() != spec.widths.len() || spec.kernels.is_empty() {
             candle_core::bail!("unit {}: kernels and widths differ in length", spec.name);
@@ -102,20 +108,24 @@ impl ResidualUnit {
         })
     }
 
+    /// Where the unit sits in the network.
     pub fn spec(&self) -> &UnitSpec {
         &self.spec
     }
 
+    /// The residual branch, one BN+ReLU+conv per entry.
     pub fn branches(&self) -> &[Branch] {
         &self.branches
     }
 
+    /// Set the mode of every BN of the unit.
     pub fn set_bn_mode(&mut self, mode: BatchNormMode) {
         for b in &mut self.branches {
             b.pre.set_mode(mode);
         }
     }
 
+    /// The unit's output.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self.forward_with_preactivation(x, train)?.0)
     }

@@ -12,10 +12,13 @@ use r38_ops::{Conv2d, ConvSpec};
 /// The shape of a segmentation head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeadConfig {
+    /// Number of classes of `linear<C>`.
     pub classes: usize,
     /// Width of `conv6a`; `None` makes the "1 conv" head.
     pub hidden: Option<usize>,
+    /// Kernel size of the head convolutions.
     pub kernel: usize,
+    /// Dilation of the head convolutions.
     pub dilation: usize,
 }
 
@@ -50,6 +53,7 @@ pub struct SegmentationHead {
 }
 
 impl SegmentationHead {
+    /// Read `conv6a_*` (if any) and `linear<C>_*` through `vb`, on `in_channels` features.
     pub fn new(config: HeadConfig, in_channels: usize, vb: &VarBuilder) -> Result<Self> {
         let conv = |i, o| {
             ConvSpec::new(i, o, config.kernel)
@@ -75,6 +79,7 @@ impl SegmentationHead {
         })
     }
 
+    /// The head's shape.
     pub fn config(&self) -> &HeadConfig {
         &self.config
     }

@@ -2,6 +2,8 @@
 //! (output stride 8) backbone, the authors' test protocol ([`test_time`]) and evaluation
 //! metrics ([`metrics`]).
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod head;
 pub mod metrics;

@@ -13,6 +13,7 @@ pub struct SegmentationNet {
 }
 
 impl SegmentationNet {
+    /// Build the backbone and the head, reading the tensors through `vb`.
     pub fn new(backbone: &BackboneConfig, head: HeadConfig, vb: &VarBuilder) -> Result<Self> {
         let net = Backbone::new(backbone, vb)?;
         let head = SegmentationHead::new(head, backbone.feature_channels(), vb)?;
@@ -22,10 +23,12 @@ impl SegmentationNet {
         })
     }
 
+    /// The feature extractor.
     pub fn backbone(&self) -> &Backbone {
         &self.backbone
     }
 
+    /// The segmentation head.
     pub fn head(&self) -> &SegmentationHead {
         &self.head
     }

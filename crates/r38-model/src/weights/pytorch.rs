@@ -109,7 +109,7 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
     let byteorder = format!("{prefix}byteorder");
     if entries.contains(&byteorder) {
-        let order = read_entry(&mut zip, &byteorder, 16).map_err(zip_err)?;
+        let order = read_entry(&mut zip, &byteorder, 16, bytes.len()).map_err(zip_err)?;
         let order = String::from_utf8_lossy(&order);
         if order.trim() != "little" {
             return Err(zip_err(format!(
@@ -118,7 +118,7 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
             )));
         }
     }
-    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES).map_err(zip_err)?;
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES, bytes.len()).map_err(zip_err)?;
     prescan(&pkl).map_err(pickle_err)?;
     let mut stack = Stack::empty();
     let mut reader: &[u8] = &pkl;
@@ -179,8 +179,13 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
     })
 }
 
-/// Reads a whole zip entry of at most `limit` bytes.
-fn read_entry(zip: &mut Archive<'_>, name: &str, limit: u64) -> Result<Vec<u8>, String> {
+/// Reads a whole zip entry of at most `limit` bytes from an archive of `file_len` bytes.
+fn read_entry(
+    zip: &mut Archive<'_>,
+    name: &str,
+    limit: u64,
+    file_len: usize,
+) -> Result<Vec<u8>, String> {
     let mut f = zip
         .by_name(name)
         .map_err(|e| format!("cannot open entry {name:?}: {e}"))?;
@@ -190,7 +195,11 @@ fn read_entry(zip: &mut Archive<'_>, name: &str, limit: u64) -> Result<Vec<u8>, 
             "entry {name:?} declares {declared} bytes, more than the limit of {limit}"
         ));
     }
-    let mut out = Vec::with_capacity(declared.min(f.compressed_size()) as usize);
+    // The declared sizes are the file's word: reserve no more than the file could hold (a
+    // 300-byte file declaring a 200 MiB entry must not allocate 200 MiB); the buffer grows only
+    // as data actually arrives.
+    let hint = declared.min(f.compressed_size()).min(file_len as u64);
+    let mut out = Vec::with_capacity(hint as usize);
     (&mut f)
         .take(limit)
         .read_to_end(&mut out)
