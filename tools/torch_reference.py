@@ -7,7 +7,8 @@ the authors' "same" padding, eval-mode BN, then bn7 + ReLU and either global-ave
 linear<C> or the segmentation head (conv6a + ReLU, linear<C>, 3x3 dilation 12, with bias).
 
 The network is described by `net.json` (written by r38-bench from the built Rust modules),
-the weights come from `weights.npz` (checkpoint names, e.g. res4b3_branch2a_weight), the input
+the weights come from `weights.bin` + `weights.json` (f32 values back to back, and per
+checkpoint name, e.g. res4b3_branch2a_weight, its offset and shape), the input
 from `input.npy`. Writes `out_torch.npy` and prints one line `TORCH-RESULT {json}` with the
 median time and the process's peak RSS (ru_maxrss).
 
@@ -117,9 +118,13 @@ def main():
 
     with open(os.path.join(a.dir, "net.json")) as f:
         desc = json.load(f)
-    npz = np.load(os.path.join(a.dir, "weights.npz"))
-    weights = {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
-    del npz
+    with open(os.path.join(a.dir, "weights.json")) as f:
+        index = json.load(f)
+    flat = np.fromfile(os.path.join(a.dir, "weights.bin"), dtype="<f4")
+    weights = {}
+    for name, e in index.items():
+        n = int(np.prod(e["shape"])) if e["shape"] else 1
+        weights[name] = torch.from_numpy(flat[e["offset"] : e["offset"] + n].reshape(e["shape"]))
     x = torch.from_numpy(np.load(os.path.join(a.dir, "input.npy")))
     net = Net(desc, weights).eval()
 

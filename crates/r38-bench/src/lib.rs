@@ -9,6 +9,7 @@
 //! - [`stats`]: medians and the process's peak RSS.
 
 pub mod cases;
+pub mod layers;
 pub mod net;
 pub mod stats;
 pub mod weights;

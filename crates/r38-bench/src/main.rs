@@ -57,6 +57,10 @@ struct Args {
     /// Keep the work directory (weights, outputs) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Time single full-size convolutions (exact vs fast, interleaved) instead of whole networks;
+    /// an optional substring selects layers.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    layers: Option<String>,
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
@@ -75,6 +79,21 @@ fn main() -> Result<()> {
         for c in &all {
             let d = if c.default { " (default)" } else { "" };
             println!("{:<12} {}{d}", c.name, c.about);
+        }
+        return Ok(());
+    }
+    if let Some(filter) = &args.layers {
+        let filter = (!filter.is_empty()).then_some(filter.as_str());
+        println!(
+            "| layer | GMACs | exact ms | fast ms | fast/exact | exact GFLOP/s | fast GFLOP/s |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (label, gm, e, f) in r38_bench::layers::run(args.reps, filter)? {
+            let (ge, gf) = (2.0 * gm / (e * 1e-3), 2.0 * gm / (f * 1e-3));
+            println!(
+                "| {label} | {gm:.3} | {e:.1} | {f:.1} | {:.2} | {ge:.1} | {gf:.1} |",
+                f / e
+            );
         }
         return Ok(());
     }
@@ -146,9 +165,7 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
             serde_json::to_string_pretty(&net_desc)?,
         )?;
         input.write_npy(dir.join("input.npy"))?;
-        let tensors = weights.tensors();
-        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        Tensor::write_npz(&named, dir.join("weights.npz"))?;
+        r38_bench::weights::write_raw(&weights.tensors(), &dir.join("weights"))?;
     }
     let total_macs: u64 = macs.iter().sum();
     let levels: Vec<Value> = names

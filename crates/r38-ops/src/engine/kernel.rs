@@ -56,16 +56,26 @@ impl Geometry {
         self.kernel >= 1
             && self.stride >= 1
             && self.dilation >= 1
-            && self.height + 2 * self.padding >= self.dilation * (self.kernel - 1) + 1
-            && self.width + 2 * self.padding >= self.dilation * (self.kernel - 1) + 1
+            && self.height + 2 * self.padding > self.dilation * (self.kernel - 1)
+            && self.width + 2 * self.padding > self.dilation * (self.kernel - 1)
     }
 }
 
-/// Target size of one column tile, in floats (4 MiB).
-const TILE_FLOATS: usize = 1 << 20;
+/// Target size of one column tile, in floats (16 MiB), and the fewest columns a tile gets.
+const TILE_FLOATS: usize = 1 << 22;
+const MIN_TILE_COLS: usize = 1024;
 
-/// `out = conv(x, w) (+ bias)`. `x`: `N*Cin*H*W`, `w`: `Cout*Cin*k*k`, `out`: `N*Cout*Ho*Wo`.
+/// `out = conv(x, w) (+ bias)`, Winograd where it applies. `x`: `N*Cin*H*W`, `w`: `Cout*Cin*k*k`, `out`: `N*Cout*Ho*Wo`.
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    if super::winograd::applies(g) {
+        super::winograd::conv2d(g, x, w, bias, out)
+    } else {
+        im2col_gemm(g, x, w, bias, out)
+    }
+}
+
+/// The im2col + GEMM path for every geometry (see the module documentation).
+pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (ho, wo) = (g.out_height(), g.out_width());
     let hw_out = ho * wo;
     let hw_in = g.height * g.width;
@@ -91,7 +101,8 @@ pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mu
     let read_dst = bias.is_some();
 
     let pointwise = g.kernel == 1 && g.stride == 1 && g.padding == 0;
-    let rows_per_tile = (TILE_FLOATS / (k * wo).max(1)).clamp(1, ho);
+    let tile_cols = (TILE_FLOATS / k.max(1)).max(MIN_TILE_COLS);
+    let rows_per_tile = (tile_cols / wo.max(1)).clamp(1, ho);
     let mut col = if pointwise {
         Vec::new()
     } else {

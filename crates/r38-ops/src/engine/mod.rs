@@ -3,17 +3,20 @@
 //! [`conv2d`] computes exactly what [`crate::Conv2d`] computes (the authors' "same" padding,
 //! dilation forced to 1 for 1x1 kernels, optional bias) and picks one of two paths:
 //!
-//! - **fast** ([`Engine::Fast`]): tiled im2col + GEMM ([`kernel`]) on contiguous f32 CPU
-//!   tensors; forward only, so it is used only when neither input nor weight is tracked by
-//!   candle's autograd (`Tensor::track_op`). Results differ from candle's only in summation
-//!   order (relative error ~1e-6).
+//! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) ([`winograd`]) for
+//!   3x3 stride-1 convolutions of any dilation, tiled im2col + GEMM ([`kernel`]) for the rest
+//!   (stem, stride 2, 1x1). Forward only, so it is used only when neither input nor weight is
+//!   tracked by candle's autograd (`Tensor::track_op`). Results differ from candle's by ~1e-6
+//!   (relative to the largest output).
+//! - **gemm** ([`Engine::Gemm`]): the im2col + GEMM kernel for every shape (for comparisons).
 //! - **exact** ([`Engine::Exact`]): candle's own `conv2d`; always used on other devices, other
 //!   dtypes, and whenever a gradient may be needed (training keeps candle's backward).
 //!
-//! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|fast`
+//! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|gemm|fast`
 //! read on first use. The default is `fast`.
 
 pub mod kernel;
+pub mod winograd;
 
 use crate::conv::ConvSpec;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
@@ -26,7 +29,10 @@ pub use kernel::Geometry;
 pub enum Engine {
     /// candle's `conv2d` (reference; supports autograd and every device).
     Exact,
-    /// The r38 CPU kernel (forward only; falls back to `Exact` where it does not apply).
+    /// The r38 im2col + GEMM kernel for every shape (no Winograd); for comparisons.
+    Gemm,
+    /// The r38 CPU kernels: Winograd F(2x2,3x3) for 3x3 stride-1 convolutions, im2col + GEMM
+    /// for the rest (forward only; falls back to `Exact` where it does not apply).
     Fast,
 }
 
@@ -36,7 +42,10 @@ impl std::str::FromStr for Engine {
         match s.to_ascii_lowercase().as_str() {
             "exact" | "candle" => Ok(Engine::Exact),
             "fast" | "r38" => Ok(Engine::Fast),
-            other => Err(format!("unknown engine {other:?} (expected exact or fast)")),
+            "gemm" | "im2col" => Ok(Engine::Gemm),
+            other => Err(format!(
+                "unknown engine {other:?} (expected exact, gemm or fast)"
+            )),
         }
     }
 }
@@ -45,6 +54,7 @@ impl std::fmt::Display for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Engine::Exact => "exact",
+            Engine::Gemm => "gemm",
             Engine::Fast => "fast",
         })
     }
@@ -53,6 +63,7 @@ impl std::fmt::Display for Engine {
 const UNSET: u8 = 0;
 const EXACT: u8 = 1;
 const FAST: u8 = 2;
+const GEMM: u8 = 3;
 static ENGINE: AtomicU8 = AtomicU8::new(UNSET);
 
 /// The engine in use: set by [`set_engine`], else `R38_ENGINE`, else [`Engine::Fast`].
@@ -60,6 +71,7 @@ pub fn engine() -> Engine {
     match ENGINE.load(Ordering::Relaxed) {
         EXACT => Engine::Exact,
         FAST => Engine::Fast,
+        GEMM => Engine::Gemm,
         _ => {
             let e = std::env::var("R38_ENGINE")
                 .ok()
@@ -81,6 +93,7 @@ fn code(e: Engine) -> u8 {
     match e {
         Engine::Exact => EXACT,
         Engine::Fast => FAST,
+        Engine::Gemm => GEMM,
     }
 }
 
@@ -103,8 +116,8 @@ pub fn conv2d_with(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    if engine == Engine::Fast && fast_applies(x, weight, bias) {
-        return fast_conv2d(x, weight, bias, spec);
+    if engine != Engine::Exact && fast_applies(x, weight, bias) {
+        return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast);
     }
     exact_conv2d(x, weight, bias, spec)
 }
@@ -148,6 +161,26 @@ pub fn fast_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
+    r38_conv2d(x, weight, bias, spec, true)
+}
+
+/// The im2col + GEMM path alone, unconditionally.
+pub fn gemm_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+) -> Result<Tensor> {
+    r38_conv2d(x, weight, bias, spec, false)
+}
+
+fn r38_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+    allow_winograd: bool,
+) -> Result<Tensor> {
     let (n, cin, h, w) = x.dims4()?;
     let (cout, wcin, kh, kw) = weight.dims4()?;
     if wcin != cin || kh != kw || kh != spec.kernel {
@@ -175,13 +208,21 @@ pub fn fast_conv2d(
         Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &FastConv { geometry, bias })
+    let winograd = allow_winograd && winograd::applies(&geometry);
+    x.contiguous()?.apply_op2_no_bwd(
+        &weight.contiguous()?,
+        &FastConv {
+            geometry,
+            bias,
+            winograd,
+        },
+    )
 }
 
 struct FastConv {
     geometry: Geometry,
     bias: Option<Vec<f32>>,
+    winograd: bool,
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -212,7 +253,11 @@ impl CustomOp2 for FastConv {
         let w = contiguous_f32(s2, l2, "weight")?;
         let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
         let mut out = vec![0f32; shape.elem_count()];
-        kernel::conv2d(g, x, w, self.bias.as_deref(), &mut out);
+        if self.winograd {
+            winograd::conv2d(g, x, w, self.bias.as_deref(), &mut out);
+        } else {
+            kernel::im2col_gemm(g, x, w, self.bias.as_deref(), &mut out);
+        }
         Ok((CpuStorage::F32(out), shape))
     }
 }

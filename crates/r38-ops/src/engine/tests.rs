@@ -29,20 +29,61 @@ fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, spec: ConvSpec) 
     let bias = spec.bias.then_some(&b);
     let exact = exact_conv2d(&x, &wt, bias, &spec).unwrap();
     let fast = fast_conv2d(&x, &wt, bias, &spec).unwrap();
+    let gemm = gemm_conv2d(&x, &wt, bias, &spec).unwrap();
     assert_eq!(exact.dims(), fast.dims(), "{spec:?} {h}x{w}");
     let r = rel_diff(&fast, &exact);
-    assert!(r < 1e-4, "{spec:?} n={n} {h}x{w}: rel diff {r}");
+    assert!(r < 1e-4, "{spec:?} n={n} {h}x{w}: fast rel diff {r}");
+    let r = rel_diff(&gemm, &exact);
+    assert!(r < 1e-4, "{spec:?} n={n} {h}x{w}: gemm rel diff {r}");
 }
 
 #[test]
 fn conv3x3_stride1_all_dilations() {
     for d in [1, 2, 4, 12] {
-        let spec = ConvSpec::new(5, 7, 3).dilation(d);
-        check(2, 5, 7, 13, 9, spec);
-        check(1, 5, 7, 8, 8, spec);
-        // Maps smaller than the dilation: only the centre tap is inside.
-        check(1, 5, 7, 7, 5, spec);
+        // 5 input channels: im2col; 9: Winograd.
+        for cin in [5, 9] {
+            let spec = ConvSpec::new(cin, 7, 3).dilation(d);
+            check(2, cin, 7, 13, 9, spec);
+            check(1, cin, 7, 8, 8, spec);
+            // Maps smaller than the dilation: only the centre tap is inside.
+            check(1, cin, 7, 7, 5, spec);
+            check(1, cin, 7, 1, 2, spec);
+            check(1, cin, 7, 27, 30, spec);
+        }
     }
+}
+
+#[test]
+fn winograd_applies_to_the_3x3_stride1_shapes() {
+    let g = |k, s, d, p| Geometry {
+        batch: 1,
+        in_channels: 64,
+        height: 63,
+        width: 63,
+        out_channels: 8,
+        kernel: k,
+        stride: s,
+        dilation: d,
+        padding: p,
+    };
+    assert!(winograd::applies(&g(3, 1, 4, 4)));
+    assert!(!winograd::applies(&g(3, 2, 1, 1)));
+    assert!(!winograd::applies(&g(1, 1, 1, 0)));
+    // 7x7 at batch 1: 16 tiles, too few for 16 efficient GEMMs; at batch 8: 128.
+    let small = Geometry {
+        height: 7,
+        width: 7,
+        ..g(3, 1, 1, 1)
+    };
+    assert!(!winograd::applies(&small));
+    assert!(winograd::applies(&Geometry { batch: 8, ..small }));
+}
+
+#[test]
+fn winograd_chunks_of_tiles() {
+    // Enough tiles and channels that the tile loop runs several chunks.
+    let spec = ConvSpec::new(300, 20, 3).dilation(2).with_bias();
+    check(2, 300, 20, 70, 90, spec);
 }
 
 #[test]
