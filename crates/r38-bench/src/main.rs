@@ -95,6 +95,13 @@ fn main() -> Result<()> {
                 f / e
             );
         }
+        println!();
+        println!("| candle elementwise (not convolution) | BN+ReLU ms | residual add ms |");
+        println!("|---|---:|---:|");
+        for shape in [(1, 128, 112, 112), (1, 256, 56, 56), (1, 1024, 63, 63)] {
+            let (b, a) = r38_bench::layers::preactivation_ms(args.reps, shape)?;
+            println!("| {shape:?} | {b:.1} | {a:.1} |");
+        }
         return Ok(());
     }
     let selected: Vec<Case> = if args.case.is_empty() {

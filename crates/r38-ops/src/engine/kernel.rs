@@ -16,14 +16,23 @@ use rayon::prelude::*;
 /// Geometry of one convolution, NCHW input, OIHW weight, one padding value for both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// Images in the batch (N).
     pub batch: usize,
+    /// Input channels (Cin).
     pub in_channels: usize,
+    /// Input height (H).
     pub height: usize,
+    /// Input width (W).
     pub width: usize,
+    /// Output channels (Cout).
     pub out_channels: usize,
+    /// Square kernel size (k).
     pub kernel: usize,
+    /// Stride, both axes.
     pub stride: usize,
+    /// Dilation, both axes (1 for 1x1 kernels).
     pub dilation: usize,
+    /// Zero padding on every side.
     pub padding: usize,
 }
 
@@ -33,10 +42,12 @@ impl Geometry {
         (n + 2 * self.padding).saturating_sub(span) / self.stride + 1
     }
 
+    /// Output height.
     pub fn out_height(&self) -> usize {
         self.out_dim(self.height)
     }
 
+    /// Output width.
     pub fn out_width(&self) -> usize {
         self.out_dim(self.width)
     }
@@ -52,6 +63,7 @@ impl Geometry {
             as u64
     }
 
+    /// Positive sizes, and the padded input at least as large as the kernel's reach.
     pub fn valid(&self) -> bool {
         self.kernel >= 1
             && self.stride >= 1
