@@ -125,21 +125,10 @@ impl Conv2d {
 }
 
 impl Module for Conv2d {
+    /// The fast CPU engine for inference, candle's exact path for training and other devices
+    /// (see [`crate::engine`]; `R38_ENGINE=exact` selects the exact path everywhere).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let s = &self.spec;
-        // Not `x.conv2d`: its backward breaks on strided convs over odd-by-even inputs.
-        let y = crate::conv_grad::conv2d_exact(
-            x,
-            &self.weight,
-            s.padding(),
-            s.stride,
-            s.effective_dilation(),
-            1,
-        )?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, s.out_channels, 1, 1))?),
-            None => Ok(y),
-        }
+        crate::engine::conv2d(x, &self.weight, self.bias.as_ref(), &self.spec)
     }
 }
 

@@ -122,14 +122,16 @@ pub fn conv2d_with(
     exact_conv2d(x, weight, bias, spec)
 }
 
-/// candle's path, identical to `Conv2d::forward`.
+/// candle's own convolution (through [`crate::conv_grad::conv2d_exact`], whose backward is
+/// exact for every input size): the reference path, and the one autograd uses.
 pub fn exact_conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    let y = x.conv2d(
+    let y = crate::conv_grad::conv2d_exact(
+        x,
         weight,
         spec.padding(),
         spec.stride,
