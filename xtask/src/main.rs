@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's full-size and reference-framework jobs, kept out of
 //! `cargo test` because they need minutes, gigabytes or Python.
 
+mod bench;
 mod bench_memory;
 mod fuzz;
 mod parity;
@@ -18,12 +19,16 @@ tasks:
   parity [--python PY] [--out DIR] [--only CASE,...]
                                   full-size parity against MXNet: the real-width A1 classifier
                                   (1x3x224x224) and A1 s8 + 2-conv head (1x3x120x96)
+  bench [r38-bench options]       forward-pass speed and peak RSS per case and level, fast vs
+                                  exact engine, optionally side by side with PyTorch
+                                  (--vs-torch PYTHON); see docs/performance.md
   bench-memory [--out DIR] [--only CASE] [--one-pass]
                                   peak RSS and time of `r38 segment` (full-size random A1 s8
                                   network): 500x375, and 2048x1024 with and without --max-canvas
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
-                                  per target (default 1000000); prints the figures
+                                  per target (default 1000000), inputs up to B bytes (4096);
+                                  prints the figures
 ";
 
 fn main() -> Result<()> {
@@ -35,6 +40,7 @@ fn main() -> Result<()> {
     match task.as_str() {
         "setup-reference" => reference::setup(rest),
         "parity" => parity::run(rest),
+        "bench" => bench::run(rest),
         "bench-memory" => bench_memory::run(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {

@@ -1,0 +1,14 @@
+//! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release.
+
+use crate::{root, run_command};
+use anyhow::Result;
+use std::process::Command;
+
+pub fn run(args: &[String]) -> Result<()> {
+    run_command(
+        Command::new("cargo")
+            .args(["build", "--release", "-p", "r38-bench"])
+            .current_dir(root()),
+    )?;
+    run_command(Command::new(root().join("target/release/r38-bench")).args(args))
+}
