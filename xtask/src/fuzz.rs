@@ -29,7 +29,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .transpose()?
         .unwrap_or(1_000_000);
     let sanitizer = option(args, "--sanitizer").unwrap_or_else(|| "address".into());
-    let max_len = option(args, "--max-len").unwrap_or_else(|| "65536".into());
+    let max_len = option(args, "--max-len").unwrap_or_else(|| "4096".into());
     let targets: Vec<String> = match option(args, "--target") {
         Some(t) => t.split(',').map(str::to_string).collect(),
         None => TARGETS.iter().map(|t| t.to_string()).collect(),
@@ -160,7 +160,9 @@ fn fuzz_one(
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "-s", sanitizer, target])
+        // -O: optimised, without debug assertions (a second full build of candle with them
+        // takes ~30 min on two cores); the readers use checked arithmetic explicitly.
+        .args(["fuzz", "run", "-O", "-s", sanitizer, target])
         .arg(corpus)
         .args([
             "--",
@@ -173,15 +175,21 @@ fn fuzz_one(
             &format!("-max_len={max_len}"),
             "-print_final_stats=1",
         ]);
-    eprintln!("$ RUSTC_BOOTSTRAP=1 {cmd:?}");
+    // libFuzzer reports on stderr; it goes to a log file that can be followed while it runs.
+    let log_path = root().join(format!("fuzz/fuzz-{target}.log"));
+    let log_file = std::fs::File::create(&log_path)
+        .with_context(|| format!("{}: cannot create", log_path.display()))?;
+    cmd.stdout(log_file.try_clone()?).stderr(log_file);
+    eprintln!(
+        "$ RUSTC_BOOTSTRAP=1 {cmd:?}\n  (progress: tail -f {})",
+        log_path.display()
+    );
     let start = Instant::now();
-    let output = cmd
-        .output()
+    let status = cmd
+        .status()
         .context("cannot run `cargo fuzz` (cargo install cargo-fuzz)")?;
     let seconds = start.elapsed().as_secs_f64();
-    let log = String::from_utf8_lossy(&output.stderr);
-    let log_path = root().join(format!("fuzz/fuzz-{target}.log"));
-    std::fs::write(&log_path, log.as_bytes())?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let stat = |name: &str| -> Option<u64> {
         log.lines()
             .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
@@ -214,6 +222,6 @@ fn fuzz_one(
         seconds: fuzz_seconds,
         corpus: corpus_size,
         crashes,
-        ok: output.status.success(),
+        ok: status.success(),
     })
 }

@@ -24,6 +24,10 @@ enum Command {
     Classify(commands::classify::Args),
     Segment(commands::segment::Args),
     Eval(commands::eval::Args),
+    /// Fine-tune a segmentation net with the authors' recipe.
+    TrainSeg(commands::train_seg::Args),
+    /// Train a classifier with the authors' ImageNet recipe.
+    TrainCls(commands::train_cls::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Command::Classify(a) => commands::classify::run(a),
         Command::Segment(a) => commands::segment::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::TrainSeg(a) => commands::train_seg::run(a),
+        Command::TrainCls(a) => commands::train_cls::run(a),
     };
     if std::env::var_os("R38_REPORT_PEAK_RSS").is_some() {
         report_peak_rss();

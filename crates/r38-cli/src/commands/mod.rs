@@ -5,3 +5,5 @@ pub mod forward;
 pub mod inspect;
 pub mod seg_common;
 pub mod segment;
+pub mod train_cls;
+pub mod train_seg;

@@ -545,6 +545,16 @@ impl FloatKind {
     }
 }
 
+/// `e` without the backtrace candle attaches when `RUST_BACKTRACE` is set: displaying one
+/// resolves symbols from the binary's debug info (tens of MiB and seconds), and a message about
+/// a malformed file gains nothing from it.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
+}
+
 /// Builds an `f32` CPU tensor from values whose count has been checked against `dims`.
 pub(crate) fn f32_tensor(
     path: &Path,
@@ -555,7 +565,7 @@ pub(crate) fn f32_tensor(
     Tensor::from_vec(values, dims, &Device::Cpu).map_err(|source| WeightError::Tensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        source: Box::new(source),
+        source: Box::new(without_backtrace(source)),
     })
 }
 
@@ -566,10 +576,10 @@ pub(crate) fn cpu_contiguous(
     tensor: &Tensor,
     dtype: DType,
 ) -> Result<Tensor, WeightError> {
-    let wrap = |source| WeightError::Tensor {
+    let wrap = |source: candle_core::Error| WeightError::Tensor {
         path: path.to_path_buf(),
         tensor: name.to_string(),
-        source: Box::new(source),
+        source: Box::new(without_backtrace(source)),
     };
     tensor
         .to_device(&Device::Cpu)

@@ -47,7 +47,9 @@ use std::path::Path;
 
 use candle_core::pickle::{Object, Stack};
 
-use super::{f32_tensor, insert_unique, names, FloatKind, Loaded, SkipReason, WeightError};
+use super::{
+    f32_tensor, insert_unique, names, without_backtrace, FloatKind, Loaded, SkipReason, WeightError,
+};
 
 /// Largest `data.pkl` accepted (a ResNet-38 state dict's pickle is about 30 KB).
 pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
@@ -124,10 +126,10 @@ fn read_pth_inner(path: &Path, bytes: &[u8]) -> Result<Loaded, WeightError> {
     let mut reader: &[u8] = &pkl;
     stack
         .read_loop(&mut reader)
-        .map_err(|e| pickle_err(format!("cannot unpickle: {e}")))?;
+        .map_err(|e| pickle_err(format!("cannot unpickle: {}", without_backtrace(e))))?;
     let top = stack
         .finalize()
-        .map_err(|e| pickle_err(format!("cannot unpickle: {e}")))?;
+        .map_err(|e| pickle_err(format!("cannot unpickle: {}", without_backtrace(e))))?;
     let items = state_dict_items(top).map_err(pickle_err)?;
 
     let mut tensors = BTreeMap::new();
