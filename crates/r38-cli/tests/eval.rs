@@ -109,6 +109,7 @@ fn run_eval(root: &Path, dataset: &str, weights: &Path, extra: &[&str]) -> serde
         json.to_str().unwrap(),
         "--cache-dir",
         cache.to_str().unwrap(),
+        "--overwrite",
     ];
     args.extend_from_slice(&FAST);
     args.extend_from_slice(extra);
@@ -117,7 +118,7 @@ fn run_eval(root: &Path, dataset: &str, weights: &Path, extra: &[&str]) -> serde
     confusion(&json)
 }
 
-fn class<'a>(report: &'a serde_json::Value, index: usize) -> &'a serde_json::Value {
+fn class(report: &serde_json::Value, index: usize) -> &serde_json::Value {
     &report["metrics"]["classes"][index]
 }
 

@@ -388,10 +388,8 @@ fn existing_outputs_are_not_overwritten_without_the_flag() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Pending (reported to the lead): `r38 eval --json` has no --overwrite and replaces an
-/// existing report. Run with `--ignored` to see the current behaviour.
+/// `r38 eval --json` never replaces an existing report without --overwrite.
 #[test]
-#[ignore = "eval --json replaces an existing report; needs an --overwrite flag in eval"]
 fn eval_json_is_not_overwritten_without_the_flag() {
     let dir = scratch("eval-json");
     let root = dir.join("VOC2012");

@@ -26,6 +26,9 @@ pub struct Args {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Refuse images with more pixels than this, from their header, before decoding.
+    #[arg(long, default_value_t = r38_data::DEFAULT_PIXEL_LIMIT)]
+    pub max_image_pixels: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -38,7 +41,7 @@ pub fn run(args: Args) -> Result<()> {
         interpolation: Interpolation::from_choose_interp(args.adaptive_interpolation),
         ..ClassifyTransform::default()
     };
-    let loader = ImageLoader::new();
+    let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
     for path in &args.images {
         let image = loader.load_rgb8(path)?;
         let x = transform

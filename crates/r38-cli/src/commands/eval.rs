@@ -43,9 +43,18 @@ pub struct Args {
     /// Report a bad sample and go on (counted in the report; the exit code is non-zero).
     #[arg(long)]
     pub keep_going: bool,
+    /// Replace an existing --json report.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Refuse images with more pixels than this, from their header, before decoding.
+    #[arg(long, default_value_t = r38_data::DEFAULT_PIXEL_LIMIT)]
+    pub max_image_pixels: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(json) = &args.json {
+        crate::network::check_overwrite(json, args.overwrite)?;
+    }
     if args.dataset == "imagenet" {
         return imagenet(&args);
     }
@@ -53,7 +62,8 @@ pub fn run(args: Args) -> Result<()> {
         .dataset
         .parse()
         .map_err(|e| anyhow::anyhow!("--dataset: {e}"))?;
-    let dataset = SegDataset::open(kind, &args.root, &args.split)?;
+    let dataset = SegDataset::open(kind, &args.root, &args.split)?
+        .with_loader(ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels)));
     let nets = args.models.load()?;
     let classes = dataset.num_classes();
     if let Some(net) = nets.first() {
@@ -74,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("{}: cannot create", cache.display()))?;
+    remove_partial_files(&cache);
     let total = args.limit.unwrap_or(usize::MAX).min(dataset.len());
     let progress = progress_bar(total as u64);
     let mut confusion = ConfusionMatrix::new(classes, Some(u32::from(dataset.ignore_label())));
@@ -115,7 +126,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             confusion
                 .accumulate(&label.data, &prediction.data)
-                .with_context(|| format!("{}", sample.id))?;
+                .with_context(|| sample.id.clone())?;
             Ok(from_cache)
         };
         match step() {
@@ -159,6 +170,20 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{} of {total} samples failed", failures.len());
     }
     Ok(())
+}
+
+/// Temporaries of writes that a killed run never finished; they are never read, only removed.
+fn remove_partial_files(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".partial") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A cached prediction, if it exists and fits the label map.
@@ -209,7 +234,7 @@ fn imagenet(args: &Args) -> Result<()> {
     let model = load(&model_args, Some(HeadChoice::Cls))?;
     let device = crate::network::device(&args.models.device)?;
     let transform = ClassifyTransform::default();
-    let loader = ImageLoader::new();
+    let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
     let total = args.limit.unwrap_or(usize::MAX).min(val.len());
     let progress = progress_bar(total as u64);
     let (mut top1, mut top5, mut failures) = (0usize, 0usize, Vec::new());

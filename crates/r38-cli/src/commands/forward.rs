@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
     let x = Tensor::read_npy(&args.input)
         .with_context(|| format!("{}: not a readable .npy array", args.input.display()))?;
     let dims = x.dims().to_vec();
-    if dims.len() != 4 || dims[1] != 3 || dims.iter().any(|&d| d == 0) {
+    if dims.len() != 4 || dims[1] != 3 || dims.contains(&0) {
         bail!(
             "{}: expected a non-empty (N, 3, H, W) array, found shape {dims:?}",
             args.input.display()

@@ -37,6 +37,9 @@ pub struct Args {
     /// Report a bad image and go on with the others (the exit code is still non-zero).
     #[arg(long)]
     pub keep_going: bool,
+    /// Refuse images with more pixels than this, from their header, before decoding.
+    #[arg(long, default_value_t = r38_data::DEFAULT_PIXEL_LIMIT)]
+    pub max_image_pixels: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -48,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(voc_colormap);
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
-    let loader = ImageLoader::new();
+    let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
     let mut failures = Vec::new();
     for path in &args.images {
         let result = segment_one(&args, &nets, &protocol, &palette, &loader, path);

@@ -1,0 +1,321 @@
+//! Training checkpoints: model, optimizer state, step, schedule and RNG state, written so that
+//! an interrupted save never damages the latest good checkpoint.
+//!
+//! Layout under `<dir>`:
+//!
+//! * `step-00000120/` with `model.safetensors` (every variable, BN statistics included),
+//!   `optimizer.safetensors` ([`Sgd::save_state`]) and `state.json` ([`TrainState`]);
+//! * `latest` and `best`: one line naming a step directory.
+//!
+//! A checkpoint is written into `.step-00000120.partial/`, its files synced, then renamed
+//! into place; only then is `latest` replaced (write to a temporary file, sync, rename). A
+//! kill at any moment leaves `latest` naming a complete directory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+
+use crate::optimizer::{Sgd, SgdConfig};
+use crate::schedule::LrSchedule;
+
+/// Everything but the tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer updates done.
+    pub step: usize,
+    /// The run's seed; with `step` it fixes every later random draw.
+    pub seed: u64,
+    /// State of the run's step generator (`Rng::derive(seed, "step", step, 0)`), for checks.
+    pub rng_state: u64,
+    /// The learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Optimizer settings.
+    pub sgd: SgdConfig,
+    /// Micro-batches per update.
+    pub accumulate: usize,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Best validation metric so far and its step.
+    pub best: Option<(f64, usize)>,
+    /// Free-form description of the run (model config, recipe flags).
+    #[serde(default)]
+    pub run: serde_json::Value,
+}
+
+/// Name of the step directory.
+pub fn step_dir_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// Replaces `path` with `contents` through a synced temporary file and a rename.
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// All variables of `varmap` by name, on the CPU.
+pub fn varmap_tensors(varmap: &VarMap) -> Result<BTreeMap<String, Tensor>> {
+    let data = varmap.data().lock().expect("VarMap mutex poisoned");
+    data.iter()
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                v.as_tensor().to_device(&candle_core::Device::Cpu)?,
+            ))
+        })
+        .collect()
+}
+
+/// Sets every variable of `varmap` from `tensors`; missing or misshapen tensors are errors.
+pub fn restore_varmap(varmap: &VarMap, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let data = varmap.data().lock().expect("VarMap mutex poisoned");
+    for (name, var) in data.iter() {
+        let t = tensors
+            .get(name)
+            .with_context(|| format!("checkpoint lacks {name}"))?;
+        if t.dims() != var.dims() {
+            bail!("{name}: checkpoint {:?}, model {:?}", t.dims(), var.dims());
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// A checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl Checkpoints {
+    /// Checkpoints under `dir`, keeping the `keep` newest (at least 1) plus the best.
+    pub fn new(dir: impl Into<PathBuf>, keep: usize) -> Self {
+        Self {
+            dir: dir.into(),
+            keep: keep.max(1),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn pointer(&self, name: &str) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.dir.join(name)).ok()?;
+        let p = self.dir.join(text.trim());
+        p.join("state.json").is_file().then_some(p)
+    }
+
+    /// The latest complete checkpoint, if any.
+    pub fn latest(&self) -> Option<PathBuf> {
+        self.pointer("latest")
+    }
+
+    /// The best checkpoint, if any.
+    pub fn best(&self) -> Option<PathBuf> {
+        self.pointer("best")
+    }
+
+    /// Writes a checkpoint and points `latest` (and `best` when `is_best`) at it.
+    pub fn save(
+        &self,
+        varmap: &VarMap,
+        sgd: &Sgd,
+        state: &TrainState,
+        metadata: &BTreeMap<String, String>,
+        is_best: bool,
+    ) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let name = step_dir_name(state.step);
+        let tmp = self.dir.join(format!(".{name}.partial"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir(&tmp)?;
+        let model = tmp.join("model.safetensors");
+        r38_model::weights::save_safetensors(&model, &varmap_tensors(varmap)?, metadata)?;
+        let opt = tmp.join("optimizer.safetensors");
+        sgd.save_state(&opt)?;
+        let st = tmp.join("state.json");
+        std::fs::write(&st, serde_json::to_vec_pretty(state)?)?;
+        for f in [&model, &opt, &st] {
+            sync_file(f)?;
+        }
+        sync_dir(&tmp);
+        let final_dir = self.dir.join(&name);
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp, &final_dir)?;
+        sync_dir(&self.dir);
+        write_file_atomically(&self.dir.join("latest"), format!("{name}\n").as_bytes())?;
+        if is_best {
+            write_file_atomically(&self.dir.join("best"), format!("{name}\n").as_bytes())?;
+        }
+        self.prune()?;
+        Ok(final_dir)
+    }
+
+    /// Removes step directories beyond the `keep` newest, never `latest` or `best`.
+    fn prune(&self) -> Result<()> {
+        let protect: Vec<PathBuf> = [self.latest(), self.best()].into_iter().flatten().collect();
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            })
+            .collect();
+        steps.sort();
+        let n = steps.len();
+        for p in steps.into_iter().take(n.saturating_sub(self.keep)) {
+            if !protect.contains(&p) {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a checkpoint's state.
+    pub fn read_state(path: &Path) -> Result<TrainState> {
+        let bytes = std::fs::read(path.join("state.json"))
+            .with_context(|| format!("cannot read {}/state.json", path.display()))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Loads a checkpoint into `varmap` and `sgd`; returns its state.
+    pub fn restore(path: &Path, varmap: &VarMap, sgd: &mut Sgd) -> Result<TrainState> {
+        let state = Self::read_state(path)?;
+        let model = candle_core::safetensors::load(
+            path.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .with_context(|| format!("cannot read {}/model.safetensors", path.display()))?;
+        restore_varmap(varmap, &model.into_iter().collect())?;
+        sgd.load_state(path.join("optimizer.safetensors"))?;
+        if sgd.num_update() != state.step {
+            bail!(
+                "{}: optimizer has {} updates, state says step {}",
+                path.display(),
+                sgd.num_update(),
+                state.step
+            );
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimizer::MultiplierPolicy;
+    use candle_core::{DType, Device, Var};
+
+    fn state(step: usize) -> TrainState {
+        TrainState {
+            step,
+            seed: 1,
+            rng_state: 0,
+            schedule: LrSchedule::Fixed { base: 0.1 },
+            sgd: SgdConfig::segmentation(1),
+            accumulate: 1,
+            batch_size: 1,
+            best: None,
+            run: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_latest_intact() {
+        let dir = std::env::temp_dir().join(format!("r38-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let varmap = VarMap::new();
+        varmap.data().lock().unwrap().insert(
+            "conv1a_weight".into(),
+            Var::from_tensor(&Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap()).unwrap(),
+        );
+        let sgd = Sgd::new(
+            &varmap,
+            SgdConfig::segmentation(1),
+            &MultiplierPolicy::alex(),
+        );
+        let ck = Checkpoints::new(&dir, 2);
+        assert!(ck.latest().is_none());
+        let advanced = |n: usize| {
+            let mut s = sgd.clone();
+            let none = Tensor::new(0f32, &Device::Cpu).unwrap().backward().unwrap();
+            for _ in 0..n {
+                s.step_lr(&none, 0.1).unwrap();
+            }
+            s
+        };
+        let sgd1 = advanced(1);
+        let first = ck
+            .save(&varmap, &sgd1, &state(1), &BTreeMap::new(), true)
+            .unwrap();
+        // A save killed half-way: a partial directory and a temporary pointer file.
+        std::fs::create_dir_all(dir.join(".step-00000002.partial")).unwrap();
+        std::fs::write(
+            dir.join(".step-00000002.partial/model.safetensors"),
+            b"garbage",
+        )
+        .unwrap();
+        std::fs::write(dir.join(".latest.123.tmp"), b"step-00000002").unwrap();
+        assert_eq!(ck.latest().unwrap(), first);
+        let mut fresh = sgd.clone();
+        assert_eq!(
+            Checkpoints::restore(&first, &varmap, &mut fresh)
+                .unwrap()
+                .step,
+            1
+        );
+        // The next save replaces the partial directory; old steps are pruned, best kept.
+        for step in 2..=4 {
+            let s = advanced(step);
+            ck.save(&varmap, &s, &state(step), &BTreeMap::new(), false)
+                .unwrap();
+        }
+        assert!(ck.latest().unwrap().ends_with("step-00000004"));
+        assert_eq!(ck.best().unwrap(), first);
+        assert!(first.exists());
+        assert!(!dir.join("step-00000002").exists());
+        assert!(!dir.join(".step-00000002.partial").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
