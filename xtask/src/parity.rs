@@ -57,7 +57,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 .arg("--input")
                 .arg(dir.join("input.npy"))
                 .arg("--output")
-                .arg(&output),
+                .arg(&output)
+                .arg("--overwrite"),
         )?;
         let seconds = started.elapsed().as_secs_f64();
         let (rel, abs, dims) = compare(&output, &dir.join("output.npy"))?;
