@@ -153,6 +153,7 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
         preprocess: r38_model::Preprocess::for_head(&head),
         config,
         head,
+        head_dilation: stored.as_ref().and_then(|m| m.head_dilation),
         source_file: stored
             .as_ref()
             .and_then(|m| m.source_file.clone())
@@ -219,7 +220,7 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
                 classes,
                 hidden,
                 kernel,
-                dilation: 12,
+                dilation: metadata.head_dilation.unwrap_or(12),
             };
             Network::Segmentation(r38_model::build_strict(
                 &path,

@@ -53,6 +53,8 @@ pub struct ModelMetadata {
     pub output_stride: usize,
     /// The head on the backbone.
     pub head: HeadKind,
+    /// Dilation of the segmentation head's convolutions, when not the released 12.
+    pub head_dilation: Option<usize>,
     /// Test-time preprocessing.
     pub preprocess: Preprocess,
     /// File name the weights were converted from.
@@ -75,6 +77,9 @@ impl ModelMetadata {
             self.output_stride.to_string(),
         );
         m.insert(format!("{PREFIX}head"), json(&self.head));
+        if let Some(d) = self.head_dilation {
+            m.insert(format!("{PREFIX}head_dilation"), d.to_string());
+        }
         if let Some(c) = self.head.classes() {
             m.insert(format!("{PREFIX}classes"), c.to_string());
         }
@@ -109,6 +114,10 @@ impl ModelMetadata {
             Some(h) => serde_json::from_str(h).map_err(|e| parse_err("head", &e))?,
             None => HeadKind::None,
         };
+        let head_dilation = match get("head_dilation") {
+            Some(d) => Some(d.parse().map_err(|e| parse_err("head_dilation", &e))?),
+            None => None,
+        };
         let preprocess = match get("preprocess") {
             Some(p) => serde_json::from_str(p).map_err(|e| parse_err("preprocess", &e))?,
             None => Preprocess::for_head(&head),
@@ -118,6 +127,7 @@ impl ModelMetadata {
             output_stride: config.output_stride(),
             config,
             head,
+            head_dilation,
             preprocess,
             source_file: get("source_file").cloned(),
             source_md5: get("source_md5").cloned(),
@@ -154,6 +164,7 @@ mod tests {
             output_stride: 8,
             preprocess: Preprocess::for_head(&head),
             head,
+            head_dilation: Some(2),
             source_file: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
             source_md5: Some("a34628a63d5f62dcb98c29c4e281f332".into()),
             released: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),

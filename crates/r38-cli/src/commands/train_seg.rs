@@ -561,6 +561,7 @@ pub fn run(args: Args) -> Result<()> {
         config: backbone.clone(),
         output_stride: backbone.output_stride(),
         head: head_kind,
+        head_dilation: Some(head.dilation),
         preprocess: Preprocess::for_head(&head_kind),
         source_file: args.init.as_ref().map(|p| p.display().to_string()),
         source_md5: None,
