@@ -74,13 +74,16 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(contents)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
     sync_dir(dir);
     Ok(())
 }
@@ -164,19 +167,31 @@ impl Checkpoints {
         let name = step_dir_name(state.step);
         let tmp = self.dir.join(format!(".{name}.partial"));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot remove {}", tmp.display()))?;
         }
-        std::fs::create_dir(&tmp)?;
-        let model = tmp.join("model.safetensors");
-        r38_model::weights::save_safetensors(&model, &varmap_tensors(varmap)?, metadata)?;
-        let opt = tmp.join("optimizer.safetensors");
-        sgd.save_state(&opt)?;
-        let st = tmp.join("state.json");
-        std::fs::write(&st, serde_json::to_vec_pretty(state)?)?;
-        for f in [&model, &opt, &st] {
-            sync_file(f)?;
+        let written = (|| -> Result<()> {
+            std::fs::create_dir(&tmp)
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            let model = tmp.join("model.safetensors");
+            r38_model::weights::save_safetensors(&model, &varmap_tensors(varmap)?, metadata)?;
+            let opt = tmp.join("optimizer.safetensors");
+            sgd.save_state(&opt)
+                .with_context(|| format!("cannot write {}", opt.display()))?;
+            let st = tmp.join("state.json");
+            std::fs::write(&st, serde_json::to_vec_pretty(state)?)
+                .with_context(|| format!("cannot write {}", st.display()))?;
+            for f in [&model, &opt, &st] {
+                sync_file(f)?;
+            }
+            sync_dir(&tmp);
+            Ok(())
+        })();
+        if let Err(e) = written {
+            // A failed save (a full disk) leaves no half checkpoint taking up space.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        sync_dir(&tmp);
         let final_dir = self.dir.join(&name);
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -191,8 +206,18 @@ impl Checkpoints {
         Ok(final_dir)
     }
 
-    /// Removes step directories beyond the `keep` newest, never `latest` or `best`.
+    /// Removes step directories beyond the `keep` newest, never `latest` or `best`, and what
+    /// killed saves left: `.step-N.partial` folders and pointer temporaries.
     fn prune(&self) -> Result<()> {
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(".step-") && n.ends_with(".partial") {
+                let _ = std::fs::remove_dir_all(e.path());
+            } else if (n.starts_with(".latest.") || n.starts_with(".best.")) && n.ends_with(".tmp")
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let protect: Vec<PathBuf> = [self.latest(), self.best()].into_iter().flatten().collect();
         let mut steps: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -36,26 +36,39 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Opens the logs in `dir`, dropping rows after `resume_step` (a resumed run rewrites
     /// them) or all rows when `resume_step` is `None`.
+    ///
+    /// Kept rows are copied verbatim (re-serialising them would not round-trip every float
+    /// bit), a row cut short by a killed run is dropped, and each file is replaced through a
+    /// temporary and a rename, so a kill here loses nothing.
     pub fn open(dir: &Path, resume_step: Option<usize>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let log = Self {
             csv: dir.join("metrics.csv"),
             jsonl: dir.join("metrics.jsonl"),
         };
-        let keep: Vec<Record> = match resume_step {
-            Some(s) => log
-                .records()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.step <= s)
-                .collect(),
-            None => Vec::new(),
+        let kept = |path: &Path, header: bool, step_of: &dyn Fn(&str) -> Option<usize>| {
+            let mut out = if header {
+                format!("{HEADER}\n")
+            } else {
+                String::new()
+            };
+            if let Some(s) = resume_step {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                for line in text.split_inclusive('\n').skip(usize::from(header)) {
+                    if line.ends_with('\n') && step_of(line).is_some_and(|step| step <= s) {
+                        out.push_str(line);
+                    }
+                }
+            }
+            out
         };
-        std::fs::write(&log.csv, format!("{HEADER}\n"))?;
-        std::fs::write(&log.jsonl, "")?;
-        for r in &keep {
-            log.append(r)?;
-        }
+        let csv = kept(&log.csv, true, &|l| l.split(',').next()?.parse().ok());
+        let jsonl = kept(&log.jsonl, false, &|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            usize::try_from(v.get("step")?.as_u64()?).ok()
+        });
+        crate::checkpoint::write_file_atomically(&log.csv, csv.as_bytes())?;
+        crate::checkpoint::write_file_atomically(&log.jsonl, jsonl.as_bytes())?;
         Ok(log)
     }
 
@@ -68,10 +81,13 @@ impl MetricsLog {
         } else {
             String::new()
         };
-        writeln!(
-            csv,
-            "{},{},{},{},{},{}",
-            r.step, r.epoch, loss, r.lr, r.samples_per_s, metric
+        // One write per row: a kill between writes cannot cut a row in two.
+        csv.write_all(
+            format!(
+                "{},{},{},{},{},{}\n",
+                r.step, r.epoch, loss, r.lr, r.samples_per_s, metric
+            )
+            .as_bytes(),
         )?;
         let mut js = std::fs::OpenOptions::new().append(true).open(&self.jsonl)?;
         // JSON has no NaN: validation rows carry a null loss.
@@ -79,7 +95,7 @@ impl MetricsLog {
         if !r.loss.is_finite() {
             v["loss"] = serde_json::Value::Null;
         }
-        writeln!(js, "{v}")?;
+        js.write_all(format!("{v}\n").as_bytes())?;
         Ok(())
     }
 
