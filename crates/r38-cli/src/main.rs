@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     Inspect(commands::inspect::Args),
     Convert(commands::convert::Args),
+    /// Print a Hugging Face model card (README.md) for a file written by `r38 convert`.
+    Card(commands::card::Args),
     Forward(commands::forward::Args),
     Classify(commands::classify::Args),
     Segment(commands::segment::Args),
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Card(a) => commands::card::run(a),
         Command::Forward(a) => commands::forward::run(a),
         Command::Classify(a) => commands::classify::run(a),
         Command::Segment(a) => commands::segment::run(a),

@@ -6,7 +6,7 @@ use r38_model::weights::{self, WeightFile};
 use r38_model::{Arch, Backbone, BackboneConfig, Classifier, HeadKind, ModelMetadata, PoolPadding};
 use r38_seg::{HeadConfig, SegmentationNet};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which head to run, as `--head` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,7 +22,8 @@ pub enum HeadChoice {
 /// How the network is chosen; every field may be left to the file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
-    /// Weight file: MXNet .params, PyTorch .pth (zip) or safetensors.
+    /// Weight file: MXNet .params, PyTorch .pth (zip) or safetensors; or
+    /// hf://OWNER/REPO/FILE[@REVISION] from the Hugging Face Hub (see docs/hub.md).
     #[arg(long)]
     pub weights: std::path::PathBuf,
     /// Architecture: a (max-pool), a1 (strided units), a2 (hybrid). Default: the file's
@@ -169,9 +170,16 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     })
 }
 
+/// A local path for a weight file as the user named it: `hf://OWNER/REPO/FILE[@REVISION]` is
+/// looked up in the Hugging Face cache and downloaded unless `HF_HUB_OFFLINE` is set; any other
+/// path is returned unchanged.
+pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
+    Ok(r38_model::hub::resolve(path)?)
+}
+
 /// Load `args.weights` and build the network `head` asks for (default: the file's own head).
 pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
-    let mut file = weights::load(&args.weights)?;
+    let mut file = weights::load(&resolve_weights(&args.weights)?)?;
     let mut metadata = describe(&file, args)?;
     let path = file.path.display().to_string();
     let wanted = head.unwrap_or(match metadata.head {

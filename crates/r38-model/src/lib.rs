@@ -19,6 +19,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod hub;
 pub mod loading;
 pub mod metadata;
 pub mod weights;

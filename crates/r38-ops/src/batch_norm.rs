@@ -73,9 +73,11 @@ impl BatchNorm {
         let (mean, var) = if train && self.mode == BatchNormMode::BatchStatistics {
             self.batch_statistics(x)?
         } else {
+            // The stored statistics are `Var`s only so that training can update them; read
+            // as constants, they keep inference out of autograd (and off its memory).
             (
-                self.moving_mean.as_tensor().clone(),
-                self.moving_var.as_tensor().clone(),
+                self.moving_mean.as_tensor().detach(),
+                self.moving_var.as_tensor().detach(),
             )
         };
         // Fold the four vectors into one per-channel scale and shift: two passes over x, not four.
@@ -174,5 +176,16 @@ mod tests {
         let var: Vec<f32> = bn.moving_var().to_vec1().unwrap();
         // batch variance 1.0, biased as in MXNet
         assert!((var[0] - (3.6 + 0.1)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn inference_on_plain_weights_builds_no_autograd_graph() {
+        let bn = bn(BatchNormMode::Frozen);
+        let x = Tensor::new(&[3f32, 5.0], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 1, 1))
+            .unwrap();
+        // Otherwise every later op records its inputs and the fast conv engine is bypassed.
+        assert!(!bn.forward_t(&x, false).unwrap().track_op());
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// provenance, so it needs no flags afterwards.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Input weight file (.params, .pth or .safetensors).
+    /// Input weight file (.params, .pth or .safetensors), or hf://OWNER/REPO/FILE[@REVISION].
     pub input: PathBuf,
     /// Output .safetensors file.
     pub output: PathBuf,

@@ -195,7 +195,9 @@ fn read_cached(path: &Path, label: &LabelMap) -> Option<LabelMap> {
 fn default_cache(args: &Args, protocol: &str) -> Result<PathBuf> {
     let mut key = String::new();
     for w in &args.models.weights {
-        let bytes = std::fs::read(w).with_context(|| format!("{}: cannot read", w.display()))?;
+        let local = crate::network::resolve_weights(w)?;
+        let bytes =
+            std::fs::read(&local).with_context(|| format!("{}: cannot read", w.display()))?;
         key.push_str(&r38_model::weights::md5_hex(&bytes));
     }
     key.push_str(protocol);

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Show format, tensor and parameter counts, head, backbone shape and released-file match.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Weight file (.params, .pth or .safetensors).
+    /// Weight file (.params, .pth or .safetensors), or hf://OWNER/REPO/FILE[@REVISION].
     pub file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -17,7 +17,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let file = weights::load(&args.file)?;
+    let file = weights::load(&crate::network::resolve_weights(&args.file)?)?;
     let model_args = ModelArgs {
         weights: args.file.clone(),
         arch: None,

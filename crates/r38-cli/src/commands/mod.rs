@@ -1,3 +1,4 @@
+pub mod card;
 pub mod classify;
 pub mod convert;
 pub mod eval;

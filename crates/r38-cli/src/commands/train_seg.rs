@@ -342,9 +342,11 @@ pub fn report(summary: &Summary, out: &Path, metric: &str) {
 /// Initial weights as canonical tensors, or none.
 pub fn init_tensors(init: &Option<PathBuf>) -> Result<BTreeMap<String, Tensor>> {
     match init {
-        Some(p) => Ok(r38_model::weights::load(p)
-            .with_context(|| format!("--init {}", p.display()))?
-            .tensors),
+        Some(p) => Ok(
+            r38_model::weights::load(&crate::network::resolve_weights(p)?)
+                .with_context(|| format!("--init {}", p.display()))?
+                .tensors,
+        ),
         None => Ok(BTreeMap::new()),
     }
 }
