@@ -106,8 +106,9 @@ fn parse_max_canvas(s: &str) -> std::result::Result<MaxCanvas, String> {
 }
 
 /// Peak memory per canvas pixel of the full-size A1 s8 + "2 conv" forward pass on the CPU,
-/// measured with `cargo xtask bench-memory` (about 12 KiB at 504x504), with a margin.
-const BYTES_PER_CANVAS_PIXEL: u64 = 16 * 1024;
+/// measured with `cargo xtask bench-memory` (about 1.2 KiB: 2.96 GB for a 2048x1024 canvas,
+/// weights included), with a margin of three.
+const BYTES_PER_CANVAS_PIXEL: u64 = 4 * 1024;
 
 /// The largest canvas that fits in the memory available now, if the system says.
 fn memory_budget_pixels() -> Option<u64> {
