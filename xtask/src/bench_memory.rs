@@ -67,11 +67,6 @@ pub fn run(args: &[String]) -> Result<()> {
         if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
-        // Over 23 GB: on a 24 GB machine the OOM killer may take other processes with it.
-        if name.contains("one pass") && !args.iter().any(|a| a == "--one-pass") {
-            println!("| {name} | - | skipped (needs over 23 GB; run with --one-pass) |");
-            continue;
-        }
         let started = Instant::now();
         let out = Command::new(root().join("target/release/r38"))
             .arg("segment")

@@ -22,7 +22,7 @@ tasks:
   bench [r38-bench options]       forward-pass speed and peak RSS per case and level, fast vs
                                   exact engine, optionally side by side with PyTorch
                                   (--vs-torch PYTHON); see docs/performance.md
-  bench-memory [--out DIR] [--only CASE] [--one-pass]
+  bench-memory [--out DIR] [--only CASE]
                                   peak RSS and time of `r38 segment` (full-size random A1 s8
                                   network): 500x375, and 2048x1024 with and without --max-canvas
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
