@@ -11,11 +11,11 @@ use r38_train::augment::{ClsAugment, ClsEval};
 use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
 use r38_train::sources::{top1, FashionCls, ImageFolder};
-use r38_train::trainer::{train, Task};
+use r38_train::trainer::{Task, Validator};
 use r38_train::MomentumKind;
 
 use super::train_seg::{
-    init_tensors, parse_range, progress_observer, report, CommonArgs, Recipe, ScheduleKind,
+    init_tensors, parse_range, train_with_progress, CommonArgs, Recipe, ScheduleKind,
 };
 use crate::network::device;
 
@@ -202,20 +202,16 @@ pub fn run(args: Args) -> Result<()> {
     let dev2 = dev.clone();
     let micro = config.batch_size;
     let mut validate = move || top1(net, val.as_ref(), &dev2, micro.max(1), limit);
-    let (bar, mut observer) = progress_observer();
-    let validator: Option<&mut r38_train::trainer::Validator<'_>> =
-        (!c.no_val).then_some(&mut validate);
-    let summary = train(
+    let validator: Option<&mut Validator<'_>> = (!c.no_val).then_some(&mut validate);
+    train_with_progress(
         net,
         &built.varmap,
         train_src,
         &dev,
         &config,
         validator,
-        &mut observer,
-    );
-    bar.finish_and_clear();
-    let summary = summary?;
-    report(&summary, &c.out, "top-1");
+        &c.out,
+        "top-1",
+    )?;
     Ok(())
 }

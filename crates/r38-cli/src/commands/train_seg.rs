@@ -16,7 +16,7 @@ use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
 use r38_train::scenes::{SceneConfig, Scenes};
 use r38_train::sources::{seg_confusion, DatasetSeg, SceneSeg};
-use r38_train::trainer::{train, Event, Summary, Task, TrainConfig};
+use r38_train::trainer::{train, Event, Summary, Task, TrainConfig, Validator};
 use r38_train::{LrRule, LrSchedule, MomentumKind, MultiplierPolicy, OhemConfig, SgdConfig};
 
 use crate::network::device;
@@ -317,6 +317,26 @@ pub fn progress_observer() -> (ProgressBar, impl FnMut(&Event)) {
     (bar, observer)
 }
 
+/// Runs the trainer with a progress bar and prints the outcome; `train-seg` and `train-cls`
+/// differ only in what they build and how they validate.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with_progress(
+    net: &dyn candle_nn::ModuleT,
+    varmap: &candle_nn::VarMap,
+    data: Arc<dyn Source>,
+    device: &candle_core::Device,
+    config: &TrainConfig,
+    validate: Option<&mut Validator<'_>>,
+    out: &Path,
+    metric: &str,
+) -> Result<()> {
+    let (bar, mut observer) = progress_observer();
+    let summary = train(net, varmap, data, device, config, validate, &mut observer);
+    bar.finish_and_clear();
+    report(&summary?, out, metric);
+    Ok(())
+}
+
 /// Prints the outcome.
 pub fn report(summary: &Summary, out: &Path, metric: &str) {
     if let (Some(first), Some(last)) = (summary.losses.first(), summary.losses.last()) {
@@ -602,25 +622,17 @@ pub fn run(args: Args) -> Result<()> {
     let mut validate = move || -> Result<f64> {
         Ok(seg_confusion(net, val.as_ref(), &dev2, classes, stride, limit)?.mean_iou())
     };
-    let (bar, mut observer) = progress_observer();
-    let validator: Option<&mut r38_train::trainer::Validator<'_>> =
-        (!c.no_val).then_some(&mut validate);
-    let summary = train(
+    let validator: Option<&mut Validator<'_>> = (!c.no_val).then_some(&mut validate);
+    train_with_progress(
         net,
         &built.varmap,
         train_src,
         &dev,
         &config,
         validator,
-        &mut observer,
-    );
-    bar.finish_and_clear();
-    let summary = summary?;
-    report(
-        &summary,
         &c.out,
         &format!("mIoU (stride-{label_stride} labels)"),
-    );
+    )?;
     Ok(())
 }
 
