@@ -9,68 +9,21 @@
 //! (`pixel_limit_is_checked_from_the_header`), and RGB label PNGs
 //! (crates/r38-data/tests/datasets.rs `voc_rgb_labels`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use r38_data::image::{codecs::jpeg::JpegEncoder, ImageEncoder, RgbImage};
 use r38_data::{DataError, ImageLoader};
-
-// ---- counting allocator (global only in this test binary) -------------------------------
-
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn grew(size: usize) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + size as isize;
-        live.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-}
-
-fn shrank(size: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() - size as isize));
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        grew(new_size);
-        let out = System.realloc(ptr, layout, new_size);
-        shrank(layout.size());
-        out
-    }
-}
+use r38_tests::counting_alloc::{self, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
 /// Runs `f`, returning its result, the peak heap growth on this thread and the time taken.
 fn measure<T>(f: impl FnOnce() -> T) -> (T, usize, Duration) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
     let t0 = Instant::now();
-    let out = f();
-    let elapsed = t0.elapsed();
-    (out, (PEAK.with(Cell::get) - start).max(0) as usize, elapsed)
+    let (out, usage) = counting_alloc::measure(f);
+    (out, usage.peak, t0.elapsed())
 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -415,4 +368,12 @@ fn exif_orientation_is_ignored_like_pil() {
             "{orientation}"
         );
     }
+}
+
+/// The bounds above mean something only if the counting allocator is really installed.
+#[test]
+fn the_counting_allocator_sees_allocations() {
+    let (buffer, peak, _) = measure(|| vec![1u8; 1 << 20]);
+    assert_eq!(buffer.len(), 1 << 20);
+    assert!(peak >= 1 << 20, "peak {peak}");
 }

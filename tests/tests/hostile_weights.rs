@@ -8,84 +8,13 @@
 //! stay under [`SLACK`] + the file's size. The committed fuzzing regressions under
 //! `tests/fixtures/hostile/` are loaded the same way.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use r38_model::weights::{self, WeightError};
-
-// ---- counting allocator ------------------------------------------------------------------
-
-struct Counting;
-
-thread_local! {
-    // `const` initialisers: no lazy allocation inside the allocator.
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn grew(size: usize) {
-    // `try_with`: the thread-locals may be gone while a thread shuts down.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + size as isize;
-        live.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-    let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
-}
-
-fn shrank(size: usize) {
-    let _ = LIVE.try_with(|live| live.set(live.get() - size as isize));
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        grew(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        shrank(layout.size());
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // Counted as a new block next to the old one: the peak a copying realloc can reach.
-        grew(new_size);
-        let out = System.realloc(ptr, layout, new_size);
-        shrank(layout.size());
-        out
-    }
-}
+use r38_tests::counting_alloc::{measure, Counting, Usage};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Heap use of one call on this thread: peak growth of the live heap, largest allocation.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    peak: usize,
-    largest: usize,
-}
-
-fn measure<T>(f: impl FnOnce() -> T) -> (T, Usage) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    let peak = PEAK.with(Cell::get) - start;
-    (
-        out,
-        Usage {
-            peak: peak.max(0) as usize,
-            largest: LARGEST.with(Cell::get),
-        },
-    )
-}
 
 /// Allowed heap growth beyond the file's own size while refusing a hostile file.
 const SLACK: usize = 64 << 10;
@@ -641,4 +570,15 @@ fn a_valid_file_costs_a_small_multiple_of_its_size() {
     assert!(!file.tensors.is_empty());
     assert!(usage.peak < SLACK + 3 * len, "{usage:?} for {len} bytes");
     eprintln!("{}: {len} bytes, {usage:?}", path.display());
+}
+
+/// The bounds above mean something only if the counting allocator is really installed.
+#[test]
+fn the_counting_allocator_sees_allocations() {
+    let (buffer, usage) = measure(|| vec![1u8; 1 << 20]);
+    assert_eq!(buffer.len(), 1 << 20);
+    assert!(
+        usage.peak >= 1 << 20 && usage.largest >= 1 << 20,
+        "{usage:?}"
+    );
 }
