@@ -16,7 +16,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use r38_train::checkpoint::Checkpoints;
-use r38_train::fashion_mnist::encode_idx;
 use r38_train::log::read_records;
 
 const STEPS: usize = 24;
@@ -29,34 +28,10 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Toy IDX files (as the `train_seg.rs` unit test): class `c` is a bright rectangle whose
-/// shape depends on `c`.
+/// Toy Fashion-MNIST files (`write_toy_dataset`).
 fn toy_root(dir: &Path) -> PathBuf {
     let root = dir.join("fashion");
-    std::fs::create_dir_all(&root).unwrap();
-    for (split, n) in [("train", 40usize), ("t10k", 10)] {
-        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-        let mut imgs = Vec::new();
-        for &c in &labels {
-            for y in 0..28usize {
-                for x in 0..28usize {
-                    let inside =
-                        y.abs_diff(14) < 4 + c as usize && x.abs_diff(14) < 13 - c as usize;
-                    imgs.push(if inside { 200 } else { 0 });
-                }
-            }
-        }
-        std::fs::write(
-            root.join(format!("{split}-images-idx3-ubyte")),
-            encode_idx(&[n, 28, 28], &imgs),
-        )
-        .unwrap();
-        std::fs::write(
-            root.join(format!("{split}-labels-idx1-ubyte")),
-            encode_idx(&[n], &labels),
-        )
-        .unwrap();
-    }
+    r38_train::fashion_mnist::write_toy_dataset(&root, 40, 10).unwrap();
     root
 }
 

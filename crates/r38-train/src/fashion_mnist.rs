@@ -192,6 +192,35 @@ impl FashionMnist {
     }
 }
 
+/// Writes a toy dataset in Fashion-MNIST's file layout under `root`: `train` and `test` 28x28
+/// images where class `c` (cycling 0..9) is a bright rectangle whose shape depends on `c`.
+/// For tests and smoke runs that need the real reader without the real data.
+pub fn write_toy_dataset(root: &Path, train: usize, test: usize) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    for (split, n) in [("train", train), ("t10k", test)] {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let mut images = Vec::with_capacity(n * 28 * 28);
+        for &c in &labels {
+            for y in 0..28usize {
+                for x in 0..28usize {
+                    let inside =
+                        y.abs_diff(14) < 4 + c as usize && x.abs_diff(14) < 13 - c as usize;
+                    images.push(if inside { 200 } else { 0 });
+                }
+            }
+        }
+        std::fs::write(
+            root.join(format!("{split}-images-idx3-ubyte")),
+            encode_idx(&[n, 28, 28], &images),
+        )?;
+        std::fs::write(
+            root.join(format!("{split}-labels-idx1-ubyte")),
+            encode_idx(&[n], &labels),
+        )?;
+    }
+    Ok(())
+}
+
 /// An IDX byte file in memory, as the reader expects (for tests and tools).
 pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 0x08, dims.len() as u8];

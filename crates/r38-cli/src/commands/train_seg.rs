@@ -640,7 +640,6 @@ pub fn run(args: Args) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
-    use r38_train::fashion_mnist::encode_idx;
 
     #[derive(Parser)]
     struct Seg {
@@ -660,29 +659,7 @@ mod tests {
             std::env::temp_dir().join(format!("r38-cli-train-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        for (split, n) in [("train", 40usize), ("t10k", 10)] {
-            let mut imgs = Vec::new();
-            let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-            for &c in &labels {
-                for y in 0..28usize {
-                    for x in 0..28usize {
-                        let inside =
-                            y.abs_diff(14) < 4 + c as usize && x.abs_diff(14) < 13 - c as usize;
-                        imgs.push(if inside { 200 } else { 0 });
-                    }
-                }
-            }
-            std::fs::write(
-                root.join(format!("{split}-images-idx3-ubyte")),
-                encode_idx(&[n, 28, 28], &imgs),
-            )
-            .unwrap();
-            std::fs::write(
-                root.join(format!("{split}-labels-idx1-ubyte")),
-                encode_idx(&[n], &labels),
-            )
-            .unwrap();
-        }
+        r38_train::fashion_mnist::write_toy_dataset(&root, 40, 10).unwrap();
         root
     }
 
