@@ -88,6 +88,48 @@ impl BatchNorm {
             .broadcast_add(&shift.reshape((1, c, 1, 1))?)
     }
 
+    /// `ReLU(BN(x))` through the fused CPU kernel ([`crate::engine::pre_activation`]), when
+    /// it applies (f32 on the CPU, engine not `Exact`); `None` otherwise.
+    pub(crate) fn fused_relu(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
+        use crate::engine::{self, pre_activation};
+        let cpu_f32 =
+            |t: &Tensor| matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32;
+        if engine::engine() == engine::Engine::Exact
+            || !cpu_f32(x)
+            || !cpu_f32(&self.gamma)
+            || x.rank() != 4
+        {
+            return Ok(None);
+        }
+        let batch = train && self.mode == BatchNormMode::BatchStatistics;
+        let (mean, var) = if batch {
+            let (mean, var) = pre_activation::channel_moments(x)?;
+            let c = mean.len();
+            let m = MXNET_MOMENTUM;
+            let (bm, bv) = (
+                Tensor::from_slice(&mean, c, x.device())?,
+                Tensor::from_slice(&var, c, x.device())?,
+            );
+            self.moving_mean
+                .set(&((self.moving_mean.as_tensor() * m)? + (bm * (1.0 - m))?)?)?;
+            self.moving_var
+                .set(&((self.moving_var.as_tensor() * m)? + (bv * (1.0 - m))?)?)?;
+            (mean, var)
+        } else {
+            (
+                self.moving_mean
+                    .as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_vec1()?,
+                self.moving_var
+                    .as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_vec1()?,
+            )
+        };
+        pre_activation::bn_relu(x, &self.gamma, &self.beta, mean, var, self.eps, batch).map(Some)
+    }
+
     /// Batch mean and biased variance per channel. MXNet updates its running variance with the
     /// biased estimate too (checked against mxnet 1.9.1), unlike PyTorch.
     fn batch_statistics(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {

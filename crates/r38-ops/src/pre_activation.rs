@@ -30,6 +30,9 @@ impl PreActivation {
 
     /// `ReLU(BN(x))`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some(y) = self.bn.fused_relu(x, train)? {
+            return Ok(y);
+        }
         self.bn.forward_t(x, train)?.relu()
     }
 }

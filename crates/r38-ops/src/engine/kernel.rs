@@ -63,6 +63,11 @@ impl Geometry {
             as u64
     }
 
+    /// A 1x1 stride-1 unpadded convolution: the input image is its own column matrix.
+    pub fn pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
     /// Positive sizes, and the padded input at least as large as the kernel's reach.
     pub fn valid(&self) -> bool {
         self.kernel >= 1
@@ -74,8 +79,8 @@ impl Geometry {
 }
 
 /// Target size of one column tile, in floats (16 MiB), and the fewest columns a tile gets.
-const TILE_FLOATS: usize = 1 << 22;
-const MIN_TILE_COLS: usize = 1024;
+pub(crate) const TILE_FLOATS: usize = 1 << 22;
+pub(crate) const MIN_TILE_COLS: usize = 1024;
 
 /// `out = conv(x, w) (+ bias)`, Winograd where it applies. `x`: `N*Cin*H*W`, `w`: `Cout*Cin*k*k`, `out`: `N*Cout*Ho*Wo`.
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
@@ -88,20 +93,11 @@ pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mu
 
 /// The im2col + GEMM path for every geometry (see the module documentation).
 pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    let (ho, wo) = (g.out_height(), g.out_width());
-    let hw_out = ho * wo;
+    let hw_out = g.out_height() * g.out_width();
     let hw_in = g.height * g.width;
-    let k = g.depth();
     assert_eq!(x.len(), g.batch * g.in_channels * hw_in);
-    assert_eq!(w.len(), g.out_channels * k);
+    assert_eq!(w.len(), g.out_channels * g.depth());
     assert_eq!(out.len(), g.batch * g.out_channels * hw_out);
-    let threads = rayon::current_num_threads().max(1);
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-
     if let Some(b) = bias {
         assert_eq!(b.len(), g.out_channels);
         for img in out.chunks_mut(g.out_channels * hw_out) {
@@ -111,22 +107,87 @@ pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out
         }
     }
     let read_dst = bias.is_some();
+    let images = x
+        .chunks(g.in_channels * hw_in)
+        .zip(out.chunks_mut(g.out_channels * hw_out));
+    match Split::of(g) {
+        Split::Images => images.collect::<Vec<_>>().into_par_iter().for_each_init(
+            || Tiles::new(g),
+            |tiles, (xi, yi)| tiles.forward(xi, w, yi, read_dst, Parallelism::None),
+        ),
+        Split::Inside(par) => {
+            let mut tiles = Tiles::new(g);
+            for (xi, yi) in images {
+                tiles.forward(xi, w, yi, read_dst, par);
+            }
+        }
+    }
+}
 
-    let pointwise = g.kernel == 1 && g.stride == 1 && g.padding == 0;
-    let tile_cols = (TILE_FLOATS / k.max(1)).max(MIN_TILE_COLS);
-    let rows_per_tile = (tile_cols / wo.max(1)).clamp(1, ho);
-    let mut col = if pointwise {
-        Vec::new()
-    } else {
-        vec![0f32; k * rows_per_tile * wo]
-    };
+/// How the threads share a batched convolution.
+#[derive(Clone, Copy)]
+pub(crate) enum Split {
+    /// One image per thread at a time, each GEMM single-threaded: small maps in a batch
+    /// (training on 28x28 crops), where a GEMM is too small to split.
+    Images,
+    /// The images in turn, every GEMM and packing split across the threads.
+    Inside(Parallelism),
+}
 
-    for n in 0..g.batch {
-        let xi = &x[n * g.in_channels * hw_in..(n + 1) * g.in_channels * hw_in];
-        let yi = &mut out[n * g.out_channels * hw_out..(n + 1) * g.out_channels * hw_out];
-        if pointwise {
-            // SAFETY: the slices have the asserted sizes; strides describe row-major matrices
-            // Y (Cout x HW), W (Cout x Cin), X (Cin x HW) inside them.
+impl Split {
+    pub(crate) fn of(g: &Geometry) -> Split {
+        let threads = rayon::current_num_threads().max(1);
+        if threads == 1 {
+            Split::Inside(Parallelism::None)
+        } else if g.batch >= threads {
+            Split::Images
+        } else {
+            Split::Inside(Parallelism::Rayon(threads))
+        }
+    }
+}
+
+/// Output-row tiles of one image and the column buffer they are packed into.
+pub(crate) struct Tiles {
+    pub(crate) g: Geometry,
+    pub(crate) rows_per_tile: usize,
+    pub(crate) col: Vec<f32>,
+}
+
+impl Tiles {
+    pub(crate) fn new(g: &Geometry) -> Self {
+        let k = g.depth();
+        let (ho, wo) = (g.out_height(), g.out_width());
+        let tile_cols = (TILE_FLOATS / k.max(1)).max(MIN_TILE_COLS);
+        let rows_per_tile = (tile_cols / wo.max(1)).clamp(1, ho.max(1));
+        let col = if g.pointwise() {
+            Vec::new()
+        } else {
+            vec![0f32; k * rows_per_tile * wo]
+        };
+        Tiles {
+            g: *g,
+            rows_per_tile,
+            col,
+        }
+    }
+
+    /// Output rows `oy0..oy0+rows` of every tile.
+    pub(crate) fn bands(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (ho, step) = (self.g.out_height(), self.rows_per_tile);
+        (0..ho)
+            .step_by(step)
+            .map(move |oy0| (oy0, step.min(ho - oy0)))
+    }
+
+    /// `yi (+)= W * col(xi)` for one image.
+    fn forward(&mut self, xi: &[f32], w: &[f32], yi: &mut [f32], read_dst: bool, par: Parallelism) {
+        let g = self.g;
+        let (k, wo) = (g.depth(), g.out_width());
+        let hw_out = g.out_height() * wo;
+        if g.pointwise() {
+            // SAFETY: Y (Cout x HW), W (Cout x Cin), X (Cin x HW), row-major, sizes asserted
+            // by the caller.
             unsafe {
                 gemm::gemm(
                     g.out_channels,
@@ -141,7 +202,7 @@ pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out
                     g.in_channels as isize,
                     xi.as_ptr(),
                     1,
-                    hw_in as isize,
+                    hw_out as isize,
                     1.0,
                     1.0,
                     false,
@@ -150,14 +211,13 @@ pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out
                     par,
                 );
             }
-            continue;
+            return;
         }
-        let mut oy0 = 0;
-        while oy0 < ho {
-            let rows = rows_per_tile.min(ho - oy0);
+        let parallel_pack = !matches!(par, Parallelism::None);
+        for (oy0, rows) in self.bands().collect::<Vec<_>>() {
             let cols = rows * wo;
-            let col = &mut col[..k * cols];
-            pack_columns(g, xi, oy0, rows, wo, col);
+            let col = &mut self.col[..k * cols];
+            pack_columns(&g, xi, oy0, rows, wo, col, parallel_pack);
             let dst = &mut yi[oy0 * wo..];
             // SAFETY: dst rows start at `c * hw_out` and hold `cols` valid floats each
             // (`oy0 * wo + cols <= hw_out`); col is K x cols row-major; w is Cout x K.
@@ -184,13 +244,20 @@ pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out
                     par,
                 );
             }
-            oy0 += rows;
         }
     }
 }
 
 /// Fill `col` (K x rows*wo, row-major) for output rows `oy0..oy0+rows` of one image.
-fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col: &mut [f32]) {
+pub(crate) fn pack_columns(
+    g: &Geometry,
+    x: &[f32],
+    oy0: usize,
+    rows: usize,
+    wo: usize,
+    col: &mut [f32],
+    parallel: bool,
+) {
     let kk = g.kernel * g.kernel;
     let cols = rows * wo;
     let (h, w) = (g.height as isize, g.width as isize);
@@ -209,7 +276,7 @@ fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col
         let hi = (hi as usize).clamp(lo, wo);
         (lo, hi)
     };
-    col.par_chunks_mut(cols).enumerate().for_each(|(r, dst)| {
+    let fill = |(r, dst): (usize, &mut [f32])| {
         let ci = r / kk;
         let ky = ((r % kk) / g.kernel) as isize;
         let kx = (r % g.kernel) as isize;
@@ -237,5 +304,10 @@ fn pack_columns(g: &Geometry, x: &[f32], oy0: usize, rows: usize, wo: usize, col
                 }
             }
         }
-    });
+    };
+    if parallel {
+        col.par_chunks_mut(cols).enumerate().for_each(fill);
+    } else {
+        col.chunks_mut(cols).enumerate().for_each(fill);
+    }
 }

@@ -5,17 +5,20 @@
 //!
 //! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) ([`winograd`]) for
 //!   3x3 stride-1 convolutions of any dilation, tiled im2col + GEMM ([`kernel`]) for the rest
-//!   (stem, stride 2, 1x1). Forward only, so it is used only when neither input nor weight is
-//!   tracked by candle's autograd (`Tensor::track_op`). Results differ from candle's by ~1e-6
-//!   (relative to the largest output).
+//!   (stem, stride 2, 1x1). When the input or weight is tracked by candle's autograd
+//!   (training), the same kernels run with their own backward pass ([`backward`]: GEMMs and
+//!   col2im, exact for every input size). Results differ from candle's by ~1e-6 (relative to
+//!   the largest output).
 //! - **gemm** ([`Engine::Gemm`]): the im2col + GEMM kernel for every shape (for comparisons).
-//! - **exact** ([`Engine::Exact`]): candle's own `conv2d`; always used on other devices, other
-//!   dtypes, and whenever a gradient may be needed (training keeps candle's backward).
+//! - **exact** ([`Engine::Exact`]): candle's own `conv2d` and backward (through
+//!   [`crate::conv_grad::conv2d_exact`]); always used on other devices and other dtypes.
 //!
 //! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|gemm|fast`
 //! read on first use. The default is `fast`.
 
+pub mod backward;
 pub mod kernel;
+pub mod pre_activation;
 pub mod winograd;
 
 use crate::conv::ConvSpec;
@@ -119,7 +122,38 @@ pub fn conv2d_with(
     if engine != Engine::Exact && fast_applies(x, weight, bias) {
         return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast);
     }
+    if engine != Engine::Exact && on_cpu_f32(x) && on_cpu_f32(weight) {
+        return trainable_conv2d(x, weight, bias, spec, engine == Engine::Fast);
+    }
     exact_conv2d(x, weight, bias, spec)
+}
+
+/// The r38 kernels with their backward pass ([`backward`]): what training on the CPU uses.
+/// The bias, if any, is added by candle (its gradient is a plain sum).
+pub fn trainable_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+    allow_winograd: bool,
+) -> Result<Tensor> {
+    let geometry = geometry_of(x, weight, spec)?;
+    if !geometry.valid() {
+        return exact_conv2d(x, weight, bias, spec);
+    }
+    let winograd = allow_winograd && winograd::applies(&geometry);
+    let y = x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        FastConv {
+            geometry,
+            bias: None,
+            winograd,
+        },
+    )?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
 }
 
 /// candle's own convolution (through [`crate::conv_grad::conv2d_exact`], whose backward is
@@ -144,16 +178,42 @@ pub fn exact_conv2d(
     }
 }
 
+fn on_cpu_f32(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.rank() == 4
+}
+
 fn fast_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
-    let cpu = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
     let no_grad = |t: &Tensor| !t.track_op();
-    cpu(x)
-        && cpu(w)
+    on_cpu_f32(x)
+        && on_cpu_f32(w)
         && no_grad(x)
         && no_grad(w)
-        && x.rank() == 4
-        && w.rank() == 4
-        && bias.is_none_or(|b| cpu(b) && no_grad(b))
+        && bias.is_none_or(|b| {
+            matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32 && no_grad(b)
+        })
+}
+
+fn geometry_of(x: &Tensor, weight: &Tensor, spec: &ConvSpec) -> Result<Geometry> {
+    let (n, cin, h, w) = x.dims4()?;
+    let (cout, wcin, kh, kw) = weight.dims4()?;
+    if wcin != cin || kh != kw || kh != spec.kernel {
+        candle_core::bail!(
+            "engine::conv2d: input {:?} does not fit weight {:?} / {spec:?}",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    Ok(Geometry {
+        batch: n,
+        in_channels: cin,
+        height: h,
+        width: w,
+        out_channels: cout,
+        kernel: kh,
+        stride: spec.stride,
+        dilation: spec.effective_dilation(),
+        padding: spec.padding(),
+    })
 }
 
 /// The fast path, unconditionally (errors on unsupported inputs instead of falling back).
@@ -183,26 +243,7 @@ fn r38_conv2d(
     spec: &ConvSpec,
     allow_winograd: bool,
 ) -> Result<Tensor> {
-    let (n, cin, h, w) = x.dims4()?;
-    let (cout, wcin, kh, kw) = weight.dims4()?;
-    if wcin != cin || kh != kw || kh != spec.kernel {
-        candle_core::bail!(
-            "engine::conv2d: input {:?} does not fit weight {:?} / {spec:?}",
-            x.dims(),
-            weight.dims()
-        );
-    }
-    let geometry = Geometry {
-        batch: n,
-        in_channels: cin,
-        height: h,
-        width: w,
-        out_channels: cout,
-        kernel: kh,
-        stride: spec.stride,
-        dilation: spec.effective_dilation(),
-        padding: spec.padding(),
-    };
+    let geometry = geometry_of(x, weight, spec)?;
     if !geometry.valid() {
         return exact_conv2d(x, weight, bias, spec);
     }
@@ -261,6 +302,61 @@ impl CustomOp2 for FastConv {
             kernel::im2col_gemm(g, x, w, self.bias.as_deref(), &mut out);
         }
         Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let g = self.geometry;
+        let dx = weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?;
+        let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY).
+enum Gradient {
+    Input(Geometry),
+    Kernel(Geometry),
+}
+
+impl CustomOp2 for Gradient {
+    fn name(&self) -> &'static str {
+        match self {
+            Gradient::Input(_) => "r38-conv2d-input-gradient",
+            Gradient::Kernel(_) => "r38-conv2d-kernel-gradient",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = contiguous_f32(s2, l2, "output gradient")?;
+        match self {
+            Gradient::Input(g) => {
+                let w = contiguous_f32(s1, l1, "weight")?;
+                let shape = Shape::from((g.batch, g.in_channels, g.height, g.width));
+                let mut dx = vec![0f32; shape.elem_count()];
+                backward::input_gradient(g, w, dy, &mut dx);
+                Ok((CpuStorage::F32(dx), shape))
+            }
+            Gradient::Kernel(g) => {
+                let x = contiguous_f32(s1, l1, "input")?;
+                let shape = Shape::from((g.out_channels, g.in_channels, g.kernel, g.kernel));
+                let mut dw = vec![0f32; shape.elem_count()];
+                backward::kernel_gradient(g, x, dy, &mut dw);
+                Ok((CpuStorage::F32(dw), shape))
+            }
+        }
     }
 }
 
