@@ -9,6 +9,7 @@
 pub mod batch_norm;
 pub mod conv;
 pub mod conv_grad;
+pub mod dropout;
 pub mod engine;
 pub mod pool;
 pub mod pre_activation;

@@ -142,7 +142,7 @@ impl ResidualUnit {
                 pre_activated = Some(a.clone());
             }
             if i == last && train && self.dropout > 0.0 {
-                a = candle_nn::ops::dropout(&a, self.dropout)?;
+                a = crate::dropout::dropout(&a, self.dropout)?;
             }
             t = branch.conv.forward(&a)?;
         }

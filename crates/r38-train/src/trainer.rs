@@ -7,10 +7,9 @@
 //! runs average the per-device gradients (`rescale_grad = 1 / #devices`). With frozen BN the
 //! result equals that of one pass over all micro-batches as separate devices, exactly.
 //!
-//! Determinism: data order, augmentation and new-layer initialisation are seeded, and a
-//! resumed run reproduces the uninterrupted run's losses bit for bit on the CPU. Dropout is
-//! the exception: `r38_ops` applies `candle_nn::ops::dropout`, whose CPU random numbers
-//! cannot be seeded, so bit-reproducible runs need dropout 0.
+//! Determinism: data order, augmentation, new-layer initialisation and dropout masks
+//! ([`r38_ops::dropout`], reseeded per micro-batch) are seeded, and a resumed run reproduces
+//! the uninterrupted run's losses bit for bit on the CPU.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -170,10 +169,15 @@ pub fn accumulated_gradients(
     task: &Task,
     sgd: &Sgd,
     batches: &[(Tensor, Tensor)],
+    dropout_seeds: impl IntoIterator<Item = u64>,
 ) -> Result<(GradStore, f64)> {
+    let mut dropout_seeds = dropout_seeds.into_iter();
     let mut acc: Option<GradStore> = None;
     let mut loss_sum = 0.0;
     for (x, y) in batches {
+        if let Some(seed) = dropout_seeds.next() {
+            r38_ops::dropout::seed(seed);
+        }
         let out = net.forward_t(x, true)?;
         let loss = task.loss(&out, y)?;
         loss_sum += f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
@@ -273,7 +277,10 @@ pub fn train(
             let b = loader.next_batch()?;
             batches.push((b.images.to_device(device)?, b.targets.to_device(device)?));
         }
-        let (grads, loss) = accumulated_gradients(net, &config.task, &sgd, &batches)?;
+        // Dropout masks depend only on (seed, step, micro-batch): a resumed run draws the same.
+        let seeds = (0..config.accumulate)
+            .map(|m| Rng::derive(config.seed, "dropout", step as u64, m as u64).next_u64());
+        let (grads, loss) = accumulated_gradients(net, &config.task, &sgd, &batches, seeds)?;
         if !loss.is_finite() {
             let keep = summary
                 .last_checkpoint

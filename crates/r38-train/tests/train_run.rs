@@ -101,8 +101,8 @@ fn seg_config(out: PathBuf, steps: usize, resume: bool) -> TrainConfig {
 }
 
 fn tiny_seg_net() -> r38_train::model::Built<r38_seg::SegmentationNet> {
-    // No dropout: candle's CPU dropout cannot be seeded (see the crate docs).
-    let cfg = fashion_config(16).with_dropout(&[(6, 0.0), (7, 0.0)]);
+    // The authors' dropout: the resume test also checks that its masks are reproduced.
+    let cfg = fashion_config(16).with_dropout(&[(6, 0.3), (7, 0.5)]);
     let head = HeadConfig {
         classes: 11,
         hidden: Some(8),
@@ -260,12 +260,15 @@ fn accumulation_equals_the_averaged_device_gradients() {
             (b0.images.clone(), b0.targets.clone()),
             (b1.images.clone(), b1.targets.clone()),
         ],
+        [11, 12],
     )
     .unwrap();
-    // Reference: (loss0 + loss1) / 2 in one graph.
+    // Reference: (loss0 + loss1) / 2 in one graph, with the same dropout masks.
+    r38_ops::dropout::seed(11);
     let l0 = task
         .loss(&built.net.forward_t(&b0.images, true).unwrap(), &b0.targets)
         .unwrap();
+    r38_ops::dropout::seed(12);
     let l1 = task
         .loss(&built.net.forward_t(&b1.images, true).unwrap(), &b1.targets)
         .unwrap();

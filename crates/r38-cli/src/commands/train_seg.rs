@@ -561,11 +561,6 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         BatchNormMode::Frozen
     });
-    if args.dropout6 > 0.0 || args.dropout7 > 0.0 {
-        eprintln!(
-            "note: candle's CPU dropout is not seedable; pass --dropout6 0 --dropout7 0 for a bit-reproducible run"
-        );
-    }
     let task = Task::Segmentation {
         ohem: (!args.no_ohem).then_some(OhemConfig {
             ignore_label: 255,
