@@ -30,7 +30,7 @@ impl Level {
     }
 
     /// The level's output and the pre-activation of its first unit.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let x = match &self.pool {
             Some(pool) => pool.forward(x)?,
             None => x.clone(),
@@ -176,6 +176,11 @@ impl Backbone {
             x = level.forward_t(&x, train)?.0;
         }
         self.bn7.forward_t(&x, train)
+    }
+
+    /// `relu7(bn7(x))` on the last level's output: the features the heads read.
+    pub fn final_pre_activation(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn7.forward_t(x, train)
     }
 
     /// Features after every level (see [`LevelFeatures`]).

@@ -57,7 +57,11 @@ impl Classifier {
 
     /// Class logits `(N, C)`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let features = self.backbone.forward_t(x, train)?;
+        self.classify_features(&self.backbone.forward_t(x, train)?)
+    }
+
+    /// Global average pooling and `linear<C>` on the backbone's final features.
+    pub fn classify_features(&self, features: &Tensor) -> Result<Tensor> {
         self.fc.forward(&features.mean((2, 3))?)
     }
 }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod hub;
 pub mod loading;
 pub mod metadata;
+pub mod stages;
 pub mod weights;
 
 pub use backbone::{Backbone, Level, LevelFeatures};
@@ -33,3 +34,4 @@ pub use config::{
 pub use loading::{build_strict, LoadError, TensorProblem};
 pub use metadata::{ModelMetadata, Preprocess};
 pub use r38_ops::BatchNormMode;
+pub use stages::Stages;

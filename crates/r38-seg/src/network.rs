@@ -49,3 +49,18 @@ impl candle_nn::ModuleT for SegmentationNet {
         SegmentationNet::forward_t(self, x, train)
     }
 }
+
+impl r38_model::Stages for SegmentationNet {
+    /// The backbone's stages, then the head.
+    fn stage_count(&self) -> usize {
+        self.backbone.stage_count() + 1
+    }
+
+    fn forward_stage(&self, stage: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        if stage < self.backbone.stage_count() {
+            self.backbone.forward_stage(stage, x, train)
+        } else {
+            self.head.forward(x)
+        }
+    }
+}

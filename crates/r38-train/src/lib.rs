@@ -23,6 +23,7 @@ pub mod loss;
 pub mod model;
 pub mod optimizer;
 pub mod plot;
+pub mod recompute;
 pub mod rng;
 pub mod scenes;
 pub mod schedule;
@@ -35,6 +36,7 @@ pub use loss::{
 };
 pub use optimizer::{LrRule, MomentumKind, MultiplierPolicy, Multipliers, Param, Sgd, SgdConfig};
 pub use r38_ops::conv_grad::{self, candle_backward_mismatch, conv2d_exact};
+pub use recompute::{micro_batch_gradients, TrainNet};
 pub use rng::Rng;
 pub use schedule::LrSchedule;
 pub use trainer::{train, Event, Summary, Task, TrainConfig};

@@ -19,13 +19,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
-use candle_nn::{ModuleT, VarMap};
+use candle_nn::VarMap;
 
 use crate::checkpoint::{Checkpoints, TrainState};
 use crate::loader::{Loader, Source};
 use crate::log::{MetricsLog, Record};
 use crate::loss::{ohem_softmax_cross_entropy, softmax_cross_entropy, OhemConfig, IGNORE_LABEL};
 use crate::optimizer::{MultiplierPolicy, Sgd, SgdConfig};
+use crate::recompute::{micro_batch_gradients, TrainNet};
 use crate::rng::Rng;
 use crate::schedule::LrSchedule;
 
@@ -90,6 +91,9 @@ pub struct TrainConfig {
     pub policy: MultiplierPolicy,
     /// Continue from the latest checkpoint in `out_dir/checkpoints` if there is one.
     pub resume: bool,
+    /// Recompute each stage's activations during backward instead of keeping them
+    /// ([`crate::recompute`]; frozen BN only).
+    pub recompute: bool,
     /// Free-form run description stored in checkpoints.
     pub run: serde_json::Value,
     /// safetensors metadata of the saved models (e.g. `ModelMetadata::to_map`).
@@ -163,25 +167,23 @@ fn scale_grads(acc: &mut GradStore, sgd: &Sgd, k: f64) -> Result<()> {
     Ok(())
 }
 
-/// One update's averaged gradients and mean loss over `batches` (already on `device`).
+/// One update's averaged gradients and mean loss over `batches` (already on `device`); the
+/// dropout masks of micro-batch `i` come from `dropout_seeds[i]` (0 when missing).
 pub fn accumulated_gradients(
-    net: &dyn ModuleT,
+    net: &dyn TrainNet,
     task: &Task,
     sgd: &Sgd,
     batches: &[(Tensor, Tensor)],
     dropout_seeds: impl IntoIterator<Item = u64>,
+    recompute: bool,
 ) -> Result<(GradStore, f64)> {
     let mut dropout_seeds = dropout_seeds.into_iter();
     let mut acc: Option<GradStore> = None;
     let mut loss_sum = 0.0;
     for (x, y) in batches {
-        if let Some(seed) = dropout_seeds.next() {
-            r38_ops::dropout::seed(seed);
-        }
-        let out = net.forward_t(x, true)?;
-        let loss = task.loss(&out, y)?;
-        loss_sum += f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-        let grads = loss.backward()?;
+        let seed = dropout_seeds.next().unwrap_or(0);
+        let (grads, loss) = micro_batch_gradients(net, task, sgd, x, y, seed, recompute)?;
+        loss_sum += loss;
         match &mut acc {
             None => acc = Some(grads),
             Some(a) => add_grads(a, grads, sgd)?,
@@ -197,7 +199,7 @@ pub fn accumulated_gradients(
 
 /// Runs (or resumes) training of `net`, whose variables all live in `varmap`.
 pub fn train(
-    net: &dyn ModuleT,
+    net: &dyn TrainNet,
     varmap: &VarMap,
     data: Arc<dyn Source>,
     device: &Device,
@@ -280,7 +282,8 @@ pub fn train(
         // Dropout masks depend only on (seed, step, micro-batch): a resumed run draws the same.
         let seeds = (0..config.accumulate)
             .map(|m| Rng::derive(config.seed, "dropout", step as u64, m as u64).next_u64());
-        let (grads, loss) = accumulated_gradients(net, &config.task, &sgd, &batches, seeds)?;
+        let (grads, loss) =
+            accumulated_gradients(net, &config.task, &sgd, &batches, seeds, config.recompute)?;
         if !loss.is_finite() {
             let keep = summary
                 .last_checkpoint

@@ -155,6 +155,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let init = init_tensors(&args.init)?;
     let mut built = r38_train::model::classifier_from(&init, &backbone, classes, &dev, c.seed)?;
+    if !args.bn_frozen && c.recompute {
+        bail!("--recompute needs --bn-frozen: batch statistics would be updated twice");
+    }
     built.net.set_bn_mode(if args.bn_frozen {
         BatchNormMode::Frozen
     } else {

@@ -158,6 +158,10 @@ pub struct CommonArgs {
     /// Compute device: cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Keep only each level's input and recompute its activations during backward (the
+    /// authors' MXNet "mirror" option): less memory for one more forward pass. Frozen BN only.
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 /// Recipe defaults of one command.
@@ -277,6 +281,7 @@ impl CommonArgs {
             sgd,
             policy,
             resume: self.resume,
+            recompute: self.recompute,
             run,
             model_metadata,
         })
@@ -321,7 +326,7 @@ pub fn progress_observer() -> (ProgressBar, impl FnMut(&Event)) {
 /// differ only in what they build and how they validate.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with_progress(
-    net: &dyn candle_nn::ModuleT,
+    net: &dyn r38_train::TrainNet,
     varmap: &candle_nn::VarMap,
     data: Arc<dyn Source>,
     device: &candle_core::Device,
@@ -555,6 +560,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !init.is_empty() {
         println!("new layers: {}", built.new_vars.join(", "));
+    }
+    if args.bn_batch_stats && c.recompute {
+        bail!("--recompute needs frozen BN: batch statistics would be updated twice");
     }
     built.net.set_bn_mode(if args.bn_batch_stats {
         BatchNormMode::BatchStatistics

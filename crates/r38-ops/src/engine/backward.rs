@@ -208,6 +208,9 @@ fn scatter_columns(
                     (w - xoff + s - 1) / s
                 } as usize;
                 let (lo, hi) = (lo.min(wo), hi.clamp(lo.min(wo), wo));
+                if hi == lo {
+                    continue;
+                }
                 if s == 1 {
                     let start = (lo as isize + xoff) as usize;
                     let dst = &mut line[start..start + (hi - lo)];

@@ -211,6 +211,8 @@ fn trainable_conv_gradients_equal_candles() {
         // 1x1, plain and strided.
         check_gradients(n, 6, 3, 9, 7, ConvSpec::new(6, 3, 1));
         check_gradients(n, 6, 3, 10, 8, ConvSpec::new(6, 3, 1).stride(2));
+        // Dilation wider than the map: whole taps fall outside.
+        check_gradients(n, 3, 2, 5, 4, ConvSpec::new(3, 2, 3).dilation(6));
         // The stem's 7x7 and a 5x5.
         check_gradients(n, 3, 4, 15, 13, ConvSpec::new(3, 4, 7).stride(2));
         check_gradients(n, 3, 4, 9, 9, ConvSpec::new(3, 4, 5));
