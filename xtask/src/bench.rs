@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release.
 
-use crate::{root, run_command};
+use crate::{root, run_command, target_dir};
 use anyhow::Result;
 use std::process::Command;
 
@@ -10,5 +10,5 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["build", "--release", "-p", "r38-bench"])
             .current_dir(root()),
     )?;
-    run_command(Command::new(root().join("target/release/r38-bench")).args(args))
+    run_command(Command::new(target_dir().join("release/r38-bench")).args(args))
 }

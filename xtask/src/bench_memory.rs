@@ -2,7 +2,7 @@
 //! a VOC-size image (canvas 504x504) and a Cityscapes frame (2048x1024) in one pass and with
 //! `--max-canvas` tiling.
 
-use crate::{option, root, run_command};
+use crate::{option, root, run_command, target_dir};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -16,7 +16,7 @@ use std::time::Instant;
 pub fn run(args: &[String]) -> Result<()> {
     let dir = option(args, "--out")
         .map(Into::into)
-        .unwrap_or_else(|| root().join("target/bench-memory"));
+        .unwrap_or_else(|| target_dir().join("bench-memory"));
     let only = option(args, "--only");
     std::fs::create_dir_all(&dir)?;
     run_command(
@@ -68,7 +68,7 @@ pub fn run(args: &[String]) -> Result<()> {
             continue;
         }
         let started = Instant::now();
-        let out = Command::new(root().join("target/release/r38"))
+        let out = Command::new(target_dir().join("release/r38"))
             .arg("segment")
             .arg("--weights")
             .arg(&weights)
@@ -105,7 +105,7 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn write_random_network(path: &Path) -> Result<()> {
+pub(crate) fn write_random_network(path: &Path) -> Result<()> {
     let config = BackboneConfig::model_a1(8)?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -121,7 +121,7 @@ fn write_random_network(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_image(path: &Path, width: u32, height: u32) -> Result<()> {
+pub(crate) fn write_image(path: &Path, width: u32, height: u32) -> Result<()> {
     let img = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_memory;
+mod bench_train_memory;
 mod fuzz;
 mod parity;
 mod reference;
@@ -25,6 +26,10 @@ tasks:
   bench-memory [--out DIR] [--only CASE]
                                   peak RSS and time of `r38 segment` (full-size random A1 s8
                                   network): 500x375, and 2048x1024 with and without --max-canvas
+  bench-train-memory [--out DIR] [--steps N]
+                                  peak RSS and time of one `r38 train-seg` step of the
+                                  full-size A1 s8 network on a 504x504 crop, with and without
+                                  --recompute
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
                                   per target (default 1000000), inputs up to B bytes (4096);
@@ -42,6 +47,7 @@ fn main() -> Result<()> {
         "parity" => parity::run(rest),
         "bench" => bench::run(rest),
         "bench-memory" => bench_memory::run(rest),
+        "bench-train-memory" => bench_train_memory::run(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -60,6 +66,13 @@ pub fn root() -> PathBuf {
 }
 
 /// `--name value` from an argument list.
+/// Where cargo puts its builds (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 pub fn option(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)

@@ -1,7 +1,7 @@
 //! Full-size parity: MXNet computes the real-width networks from seeded weights, `r38 forward`
 //! recomputes them from the same `.params` files, and the outputs are compared.
 
-use crate::{option, reference, root, run_command};
+use crate::{option, reference, root, run_command, target_dir};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use std::path::Path;
@@ -16,7 +16,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let python = reference::python(args)?;
     let out = option(args, "--out")
         .map(Into::into)
-        .unwrap_or_else(|| root().join("target/parity"));
+        .unwrap_or_else(|| target_dir().join("parity"));
     let only = option(args, "--only").unwrap_or_else(|| CASES.join(","));
     std::fs::create_dir_all(&out)?;
 
@@ -25,7 +25,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["build", "--release", "-p", "r38-cli"])
             .current_dir(root()),
     )?;
-    let r38 = root().join("target/release/r38");
+    let r38 = target_dir().join("release/r38");
 
     let started = Instant::now();
     run_command(

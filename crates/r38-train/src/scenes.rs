@@ -22,8 +22,9 @@ pub const IGNORE: u8 = 255;
 
 /// Class names of the scenes: `background` then the ten Fashion-MNIST classes.
 pub fn class_names() -> Vec<String> {
-    std::iter::once("background".to_string())
-        .chain(CLASSES.iter().map(|c| c.to_string()))
+    r38_data::datasets::FASHION_SCENES_CLASSES
+        .iter()
+        .map(|c| c.name.to_string())
         .collect()
 }
 
@@ -87,6 +88,41 @@ impl Scenes {
     /// Number of classes (11).
     pub fn num_classes(&self) -> usize {
         CLASSES.len() + 1
+    }
+
+    /// Writes scenes `indices` as a `fashion-scenes` dataset (`r38 eval --dataset
+    /// fashion-scenes`): `root/JPEGImages/scene-<i>.png`, `root/SegmentationClass/scene-<i>.png`
+    /// (palette labels) and the list `root/ImageSets/Segmentation/<split>.txt`.
+    pub fn write_dataset(
+        &self,
+        root: &std::path::Path,
+        split: &str,
+        indices: impl IntoIterator<Item = usize>,
+    ) -> Result<()> {
+        use r38_data::datasets::{write_label_png, DatasetKind, LabelMap};
+        let palette = DatasetKind::FashionScenes.palette();
+        for dir in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let mut list = String::new();
+        for i in indices {
+            let id = format!("scene-{i:05}");
+            let (image, labels) = self.render(i)?;
+            image.save(root.join("JPEGImages").join(format!("{id}.png")))?;
+            let map = LabelMap::new(image.width(), image.height(), labels)?;
+            write_label_png(
+                root.join("SegmentationClass").join(format!("{id}.png")),
+                &map,
+                Some(&palette),
+            )?;
+            list.push_str(&id);
+            list.push('\n');
+        }
+        std::fs::write(
+            root.join("ImageSets/Segmentation").join(format!("{split}.txt")),
+            list,
+        )?;
+        Ok(())
     }
 
     /// Scene `i`: the image and its label map (row-major, `width * height`).
@@ -227,5 +263,42 @@ pub(crate) mod tests {
         }
         assert_ne!(a.render(0).unwrap().1, a.render(1).unwrap().1);
         assert_eq!(class_names().len(), 11);
+    }
+}
+
+#[cfg(test)]
+mod dataset_tests {
+    use super::*;
+    use r38_data::datasets::{DatasetKind, SegDataset, SegmentationDataset};
+
+    #[test]
+    fn class_names_are_background_then_fashion_mnist() {
+        let names = class_names();
+        assert_eq!(names[0], "background");
+        assert_eq!(&names[1..], CLASSES.map(String::from).as_slice());
+    }
+
+    #[test]
+    fn written_scenes_read_back_as_a_fashion_scenes_dataset() {
+        let root = std::env::temp_dir().join(format!("r38-scenes-ds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let scenes = Scenes::new(
+            super::tests::toy_items(20),
+            SceneConfig {
+                size: (40, 32),
+                ..SceneConfig::default()
+            },
+            3,
+            10,
+        );
+        scenes.write_dataset(&root, "val", [2, 7]).unwrap();
+        let ds = SegDataset::open(DatasetKind::FashionScenes, &root, "val").unwrap();
+        assert_eq!(ds.len(), 2);
+        let sample = ds.sample(1).unwrap();
+        assert_eq!(sample.id, "scene-00007");
+        let (image, labels) = scenes.render(7).unwrap();
+        assert_eq!(ds.load_image(&sample).unwrap().as_raw(), image.as_raw());
+        assert_eq!(ds.load_label(&sample).unwrap().data, labels);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

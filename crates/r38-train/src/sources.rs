@@ -285,3 +285,22 @@ pub fn seg_confusion(
     }
     Ok(cm)
 }
+
+/// Held-out evaluation the way a user meets the model: every scene through the segmentation
+/// test protocol ([`r38_seg::TestProtocol`]: probabilities upsampled to the full canvas), against
+/// every full-resolution label (ignore 255 excluded).
+pub fn scene_confusion_full_resolution(
+    net: &r38_seg::SegmentationNet,
+    scenes: &Scenes,
+    protocol: &r38_seg::TestProtocol,
+    limit: Option<usize>,
+) -> Result<ConfusionMatrix> {
+    let n = limit.unwrap_or(usize::MAX).min(scenes.len());
+    let mut cm = ConfusionMatrix::new(scenes.num_classes(), Some(255));
+    for i in 0..n {
+        let (image, labels) = scenes.render(i)?;
+        let prediction = protocol.predict(&[net as &dyn r38_seg::ScoreNet], &image)?;
+        cm.accumulate(&labels, &prediction.labels)?;
+    }
+    Ok(cm)
+}

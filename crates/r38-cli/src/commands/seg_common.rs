@@ -140,6 +140,8 @@ impl ProtocolArgs {
             Some(DatasetKind::Cityscapes | DatasetKind::CityscapesTrainIds) => {
                 TestProtocol::cityscapes()
             }
+            // The scenes are 96x96 canvases: the scale the segmenter was trained and validated at.
+            Some(DatasetKind::FashionScenes) => TestProtocol::single_scale(96).with_flip(true),
             _ => TestProtocol::voc(),
         };
         if let Some(s) = self.scale {

@@ -170,7 +170,12 @@ pub fn run(args: Args) -> Result<()> {
         output_stride: backbone.output_stride(),
         head: head_kind,
         head_dilation: None,
-        preprocess: Preprocess::for_head(&head_kind),
+        // What validation did: the protocol the weights are measured with.
+        preprocess: Preprocess {
+            test_scale: eval.resize,
+            crop: Some(eval.crop),
+            ..Preprocess::for_head(&head_kind)
+        },
         source_file: args.init.as_ref().map(|p| p.display().to_string()),
         source_md5: None,
         released: None,

@@ -495,6 +495,7 @@ pub fn run(args: Args) -> Result<()> {
         label_stride,
         norm: Normalization::default(),
     };
+    let mut held_out_scenes = None;
     let (train_src, val_src, classes, names): (Arc<dyn Source>, Arc<dyn Source>, usize, String) =
         if scenes {
             let root = args.root.clone().unwrap_or_else(|| DEBIAN_ROOT.into());
@@ -506,6 +507,7 @@ pub fn run(args: Args) -> Result<()> {
             let te = Arc::new(FashionMnist::load(&root, Split::Test)?);
             let train = Scenes::new(tr, scfg, c.seed ^ 0x5ce0e5, args.scenes);
             let val = Scenes::new(te, scfg, 0x7e57, args.val_scenes);
+            held_out_scenes = Some(val.clone());
             (
                 Arc::new(SceneSeg {
                     scenes: train,
@@ -587,7 +589,14 @@ pub fn run(args: Args) -> Result<()> {
         output_stride: backbone.output_stride(),
         head: head_kind,
         head_dilation: Some(head.dilation),
-        preprocess: Preprocess::for_head(&head_kind),
+        preprocess: if scenes {
+            Preprocess {
+                test_scale: args.scene_size,
+                ..Preprocess::for_head(&head_kind)
+            }
+        } else {
+            Preprocess::for_head(&head_kind)
+        },
         source_file: args.init.as_ref().map(|p| p.display().to_string()),
         source_md5: None,
         released: None,
@@ -636,6 +645,27 @@ pub fn run(args: Args) -> Result<()> {
         &c.out,
         &format!("mIoU (stride-{label_stride} labels)"),
     )?;
+    if let Some(held_out) = &held_out_scenes {
+        // The validation metric above reads stride-sub-sampled labels; this is the figure at
+        // full resolution through the test protocol, on the final weights.
+        let protocol = r38_seg::TestProtocol::single_scale(args.scene_size).with_flip(true);
+        let cm = r38_train::sources::scene_confusion_full_resolution(
+            &built.net, held_out, &protocol, None,
+        )?;
+        let names = r38_train::scenes::class_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let report = cm.report(Some(&names));
+        println!(
+            "held-out scenes ({}), full resolution, flip: mIoU {:.4}, pixel accuracy {:.4}",
+            held_out.len(),
+            report.mean_iou,
+            report.pixel_accuracy
+        );
+        crate::network::write_atomically(&c.out.join("held_out.json"), |tmp| {
+            std::fs::write(tmp, serde_json::to_string_pretty(&report)?)?;
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 

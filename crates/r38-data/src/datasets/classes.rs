@@ -68,6 +68,24 @@ pub fn voc_colormap() -> Palette {
 }
 
 /// The 21 PASCAL VOC classes (index = train id = label value), with the VOC colour map.
+/// The "fashion scenes" (Fashion-MNIST items composited on canvases, `r38-train`'s synthetic
+/// segmentation set): background, then the ten Fashion-MNIST classes in label order, with the
+/// first eleven VOC colours.
+pub const FASHION_SCENES_CLASSES: [ClassInfo; 11] = [
+    ClassInfo::new("background", [0, 0, 0]),
+    ClassInfo::new("T-shirt/top", [128, 0, 0]),
+    ClassInfo::new("Trouser", [0, 128, 0]),
+    ClassInfo::new("Pullover", [128, 128, 0]),
+    ClassInfo::new("Dress", [0, 0, 128]),
+    ClassInfo::new("Coat", [128, 0, 128]),
+    ClassInfo::new("Sandal", [0, 128, 128]),
+    ClassInfo::new("Shirt", [128, 128, 128]),
+    ClassInfo::new("Sneaker", [64, 0, 0]),
+    ClassInfo::new("Bag", [192, 0, 0]),
+    ClassInfo::new("Ankle boot", [64, 128, 0]),
+];
+
+/// PASCAL VOC 2012: background and the 20 object classes.
 pub const VOC_CLASSES: [ClassInfo; 21] = [
     ClassInfo::new("background", [0, 0, 0]),
     ClassInfo::new("aeroplane", [128, 0, 0]),

@@ -61,7 +61,8 @@ use crate::image_io::ImageLoader;
 pub use cityscapes::{cityscapes_label_id, cityscapes_train_id};
 pub use classes::{
     voc_colormap, CityscapesLabel, ClassInfo, Palette, ADE20K_CLASSES, CITYSCAPES_CLASSES,
-    CITYSCAPES_LABELS, PASCAL_CONTEXT_59_CLASSES, PASCAL_CONTEXT_60_CLASSES, VOC_CLASSES,
+    CITYSCAPES_LABELS, FASHION_SCENES_CLASSES, PASCAL_CONTEXT_59_CLASSES,
+    PASCAL_CONTEXT_60_CLASSES, VOC_CLASSES,
 };
 pub use codec::LabelCodec;
 pub use error::{DatasetError, FileRole, Result};
@@ -290,11 +291,14 @@ pub enum DatasetKind {
     PascalContext60,
     /// PASCAL-Context without background (59 classes; `PascalContextDataset59`).
     PascalContext59,
+    /// The synthetic fashion scenes (11 classes; VOC layout with PNG images, see
+    /// `r38_train::scenes`).
+    FashionScenes,
 }
 
 impl DatasetKind {
     /// All kinds.
-    pub const ALL: [DatasetKind; 7] = [
+    pub const ALL: [DatasetKind; 8] = [
         DatasetKind::Voc,
         DatasetKind::VocAug,
         DatasetKind::Cityscapes,
@@ -302,6 +306,7 @@ impl DatasetKind {
         DatasetKind::Ade20k,
         DatasetKind::PascalContext60,
         DatasetKind::PascalContext59,
+        DatasetKind::FashionScenes,
     ];
 
     /// The canonical name, accepted by [`str::parse`]: `voc`, `voc-aug`, `cityscapes`,
@@ -315,6 +320,7 @@ impl DatasetKind {
             DatasetKind::Ade20k => "ade20k",
             DatasetKind::PascalContext60 => "context60",
             DatasetKind::PascalContext59 => "context59",
+            DatasetKind::FashionScenes => "fashion-scenes",
         }
     }
 
@@ -331,6 +337,7 @@ impl DatasetKind {
             DatasetKind::Ade20k => &ADE20K_CLASSES,
             DatasetKind::PascalContext60 => &PASCAL_CONTEXT_60_CLASSES,
             DatasetKind::PascalContext59 => &PASCAL_CONTEXT_59_CLASSES,
+            DatasetKind::FashionScenes => &FASHION_SCENES_CLASSES,
         }
     }
 
@@ -345,6 +352,7 @@ impl DatasetKind {
             DatasetKind::PascalContext59 => {
                 ade20k::reduce_zero_codec(PASCAL_CONTEXT_59_CLASSES.len(), |t| t, IGNORE_LABEL)
             }
+            DatasetKind::FashionScenes => LabelCodec::identity(FASHION_SCENES_CLASSES.len()),
         }
     }
 
@@ -368,6 +376,7 @@ impl DatasetKind {
             DatasetKind::Voc => Some(&voc::VOC),
             DatasetKind::VocAug => Some(&voc::VOC_AUG),
             DatasetKind::PascalContext60 | DatasetKind::PascalContext59 => Some(&voc::CONTEXT),
+            DatasetKind::FashionScenes => Some(&voc::FASHION_SCENES),
             _ => None,
         }
     }
@@ -397,6 +406,7 @@ impl FromStr for DatasetKind {
                 DatasetKind::PascalContext60
             }
             "context59" | "context-59" | "pascal-context-59" => DatasetKind::PascalContext59,
+            "fashion-scenes" | "scenes" => DatasetKind::FashionScenes,
             _ => return Err(DatasetError::UnknownDataset(s.into())),
         })
     }

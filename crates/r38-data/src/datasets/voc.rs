@@ -26,6 +26,8 @@ pub(crate) struct VocLayout {
     pub lists: &'static str,
     /// Directory of the label PNGs, relative to the root.
     pub labels: &'static str,
+    /// Extension of the files in `JPEGImages/` (`jpg`; `png` for the lossless fashion scenes).
+    pub image_ext: &'static str,
 }
 
 /// PASCAL VOC 2012 with its own labels.
@@ -34,6 +36,7 @@ pub(crate) const VOC: VocLayout = VocLayout {
     year_dir: "VOC2012",
     lists: "ImageSets/Segmentation",
     labels: "SegmentationClass",
+    image_ext: "jpg",
 };
 
 /// PASCAL VOC 2012 with the SBD-augmented labels.
@@ -42,6 +45,7 @@ pub(crate) const VOC_AUG: VocLayout = VocLayout {
     year_dir: "VOC2012",
     lists: "ImageSets/Segmentation",
     labels: "SegmentationClassAug",
+    image_ext: "jpg",
 };
 
 /// PASCAL-Context, as written by mmsegmentation's `tools/dataset_converters/pascal_context.py`.
@@ -50,6 +54,17 @@ pub(crate) const CONTEXT: VocLayout = VocLayout {
     year_dir: "VOC2010",
     lists: "ImageSets/SegmentationContext",
     labels: "SegmentationClassContext",
+    image_ext: "jpg",
+};
+
+/// The fashion scenes written by `cargo xtask train-scenes` (and shipped under `samples/`):
+/// VOC's layout with PNG images, in a `FashionScenes/` directory.
+pub(crate) const FASHION_SCENES: VocLayout = VocLayout {
+    dataset: "fashion scenes",
+    year_dir: "FashionScenes",
+    lists: "ImageSets/Segmentation",
+    labels: "SegmentationClass",
+    image_ext: "png",
 };
 
 impl VocLayout {
@@ -79,7 +94,9 @@ impl VocLayout {
         Ok(ids
             .into_iter()
             .map(|id| SegSample {
-                image_path: root.join("JPEGImages").join(format!("{id}.jpg")),
+                image_path: root
+                    .join("JPEGImages")
+                    .join(format!("{id}.{}", self.image_ext)),
                 label_path: labelled.then(|| label_dir.join(format!("{id}.png"))),
                 id,
             })
