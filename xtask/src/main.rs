@@ -4,6 +4,7 @@
 mod bench;
 mod bench_memory;
 mod bench_train_memory;
+mod demo_models;
 mod fuzz;
 mod parity;
 mod reference;
@@ -30,6 +31,14 @@ tasks:
                                   peak RSS and time of one `r38 train-seg` step of the
                                   full-size A1 s8 network on a 504x504 crop, with and without
                                   --recompute
+  train-fashion [--root DIR] [--out DIR] [--epochs N] [--resume] [--export-only]
+                                  train the shipped Fashion-MNIST classifier from scratch (real
+                                  data: Debian dataset-fashion-mnist), export it to weights/ and
+                                  write samples/fashion-items
+  train-scenes [--root DIR] [--init FILE] [--out DIR] [--steps N] [--resume] [--export-only]
+                                  fine-tune the shipped classifier into the fashion-scenes
+                                  segmenter (full recipe: OHEM, frozen BN, dropout), export it
+                                  and write samples/fashion-scenes
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
                                   per target (default 1000000), inputs up to B bytes (4096);
@@ -48,6 +57,8 @@ fn main() -> Result<()> {
         "bench" => bench::run(rest),
         "bench-memory" => bench_memory::run(rest),
         "bench-train-memory" => bench_train_memory::run(rest),
+        "train-fashion" => demo_models::train_fashion(rest),
+        "train-scenes" => demo_models::train_scenes(rest),
         "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

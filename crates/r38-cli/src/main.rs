@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Classify and segment the shipped samples with the shipped small models.
+    Demo(commands::demo::Args),
     Inspect(commands::inspect::Args),
     Convert(commands::convert::Args),
     /// Print a Hugging Face model card (README.md) for a file written by `r38 convert`.
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Card(a) => commands::card::run(a),

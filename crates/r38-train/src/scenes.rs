@@ -119,7 +119,8 @@ impl Scenes {
             list.push('\n');
         }
         std::fs::write(
-            root.join("ImageSets/Segmentation").join(format!("{split}.txt")),
+            root.join("ImageSets/Segmentation")
+                .join(format!("{split}.txt")),
             list,
         )?;
         Ok(())

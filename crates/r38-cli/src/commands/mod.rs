@@ -1,6 +1,7 @@
 pub mod card;
 pub mod classify;
 pub mod convert;
+pub mod demo;
 pub mod eval;
 pub mod forward;
 pub mod inspect;

@@ -1,0 +1,231 @@
+//! `r38 demo`: first contact. Classifies and segments the shipped samples with the two small
+//! ResNet-38-family models this project trained (`weights/`), writes label maps, overlays and a
+//! report, and says how to do the same with the authors' full-size weights.
+
+use super::classify::{class_names, classify, transform_for};
+use super::seg_common::{overlay, save_png};
+use crate::network::{check_overwrite, load, write_atomically, HeadChoice, ModelArgs, Network};
+use anyhow::{bail, Context, Result};
+use r38_data::datasets::{write_label_png, DatasetKind, LabelMap, SegDataset, SegmentationDataset};
+use r38_data::ImageLoader;
+use r38_seg::{ConfusionMatrix, TestProtocol};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Run the shipped models on the shipped samples.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder with fashion-mnist-classifier.safetensors and fashion-scenes-segmenter.safetensors
+    /// (default: the repository's weights/).
+    #[arg(long)]
+    pub weights_dir: Option<PathBuf>,
+    /// Folder with fashion-items/ and fashion-scenes/ (default: the repository's samples/).
+    #[arg(long)]
+    pub samples_dir: Option<PathBuf>,
+    /// Where to write the outputs.
+    #[arg(long, default_value = "r38-demo")]
+    pub out_dir: PathBuf,
+    /// Replace the outputs of an earlier run.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `dir` if given, else the repository's folder of that name (when run from a clone), else
+/// `./name`.
+fn locate(dir: &Option<PathBuf>, name: &str) -> PathBuf {
+    if let Some(d) = dir {
+        return d.clone();
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
+    if repo.is_dir() {
+        repo
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+fn model_args(weights: PathBuf) -> ModelArgs {
+    ModelArgs {
+        weights,
+        arch: None,
+        output_stride: None,
+        pool_style: None,
+        device: "cpu".into(),
+    }
+}
+
+/// The true class of a sample item, from its file name `<index>-<class>.png`.
+fn true_class(path: &Path, names: &[String]) -> Option<usize> {
+    let stem = path.file_stem()?.to_string_lossy().to_lowercase();
+    let tail = stem.split_once('-')?.1.to_string();
+    names
+        .iter()
+        .position(|n| n.to_lowercase().replace(['/', ' '], "-") == tail)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let weights = locate(&args.weights_dir, "weights");
+    let samples = locate(&args.samples_dir, "samples");
+    let out = &args.out_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let report_md = out.join("report.md");
+    let report_json = out.join("report.json");
+    check_overwrite(&report_md, args.overwrite)?;
+    check_overwrite(&report_json, args.overwrite)?;
+    let loader = ImageLoader::new();
+    let device = candle_core::Device::Cpu;
+    let mut md = String::from("# r38 demo\n\n");
+
+    // Classification of the shipped Fashion-MNIST test items.
+    let classifier_path = weights.join("fashion-mnist-classifier.safetensors");
+    let classifier = load(&model_args(classifier_path.clone()), Some(HeadChoice::Cls))?;
+    let names = class_names(&classifier);
+    let transform = transform_for(&classifier);
+    let mut items: Vec<PathBuf> = std::fs::read_dir(samples.join("fashion-items"))
+        .with_context(|| format!("{}: cannot read", samples.join("fashion-items").display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    items.sort();
+    if items.is_empty() {
+        bail!(
+            "{}: no sample items",
+            samples.join("fashion-items").display()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "## Classification: `{}`\n\n| image | true class | prediction | probability | 2nd | 3rd |\n|---|---|---|---:|---|---|",
+        classifier_path.display()
+    );
+    let mut correct = 0;
+    let mut classified = Vec::new();
+    for path in &items {
+        let image = loader.load_rgb8(path)?;
+        let top = classify(&classifier, &names, &transform, &image, &device, 3)
+            .with_context(|| format!("{}", path.display()))?;
+        let truth = true_class(path, &names);
+        correct += usize::from(truth == Some(top[0].0));
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let _ = writeln!(
+            md,
+            "| {file} | {} | {} | {:.1}% | {} | {} |",
+            truth.map_or("?", |t| names[t].as_str()),
+            top[0].2,
+            100.0 * top[0].1,
+            top[1].2,
+            top[2].2
+        );
+        classified.push(serde_json::json!({
+            "image": path, "true_class": truth.map(|t| &names[t]),
+            "top": top.iter().map(|(i, p, n)| serde_json::json!({"index": i, "probability": p, "name": n})).collect::<Vec<_>>(),
+        }));
+    }
+    let _ = writeln!(md, "\n{correct} of {} correct.\n", items.len());
+    println!("classified {} items: {correct} correct", items.len());
+
+    // Segmentation of the shipped fashion scenes.
+    let segmenter_path = weights.join("fashion-scenes-segmenter.safetensors");
+    let Network::Segmentation(segmenter) =
+        load(&model_args(segmenter_path.clone()), Some(HeadChoice::Seg))?.network
+    else {
+        unreachable!("load with HeadChoice::Seg returns a segmentation network")
+    };
+    let scenes = SegDataset::open(
+        DatasetKind::FashionScenes,
+        samples.join("fashion-scenes"),
+        "val",
+    )?;
+    let protocol = TestProtocol::single_scale(96).with_flip(true);
+    let palette = DatasetKind::FashionScenes.palette();
+    let class_list = DatasetKind::FashionScenes.classes();
+    let mut total = ConfusionMatrix::new(class_list.len(), Some(255));
+    let _ = writeln!(
+        md,
+        "## Segmentation: `{}`\n\nTest protocol: single scale 96, flipping. Outputs: `<scene>.png` (palette label map), `<scene>_overlay.png`.\n\n| scene | pixel accuracy | classes found |\n|---|---:|---|",
+        segmenter_path.display()
+    );
+    let mut segmented = Vec::new();
+    for i in 0..scenes.len() {
+        let sample = scenes.sample(i)?;
+        let image = scenes.load_image(&sample)?;
+        let truth = scenes.load_label(&sample)?;
+        let prediction = protocol
+            .predict(&[&segmenter as &dyn r38_seg::ScoreNet], &image)
+            .with_context(|| format!("{}: segmentation", sample.image_path.display()))?;
+        let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
+        let label_png = out.join(format!("{}.png", sample.id));
+        let overlay_png = out.join(format!("{}_overlay.png", sample.id));
+        for p in [&label_png, &overlay_png] {
+            check_overwrite(p, args.overwrite)?;
+        }
+        let map = LabelMap::new(prediction.width, prediction.height, labels.clone())?;
+        write_atomically(&label_png, |tmp| {
+            Ok(write_label_png(tmp, &map, Some(&palette))?)
+        })?;
+        save_png(&overlay_png, &overlay(&image, &labels, &palette))?;
+        let mut cm = ConfusionMatrix::new(class_list.len(), Some(255));
+        cm.accumulate(&truth.data, &labels)?;
+        total.accumulate(&truth.data, &labels)?;
+        let mut found: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        found.sort_unstable();
+        found.dedup();
+        let found: Vec<&str> = found
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| class_list[c].name)
+            .collect();
+        let accuracy = cm.report(None).pixel_accuracy;
+        let _ = writeln!(
+            md,
+            "| {} | {:.1}% | {} |",
+            sample.id,
+            100.0 * accuracy,
+            found.join(", ")
+        );
+        segmented.push(serde_json::json!({
+            "scene": sample.id, "labels": label_png, "overlay": overlay_png,
+            "pixel_accuracy": accuracy, "classes_found": found,
+        }));
+    }
+    let names_ref: Vec<&str> = class_list.iter().map(|c| c.name).collect();
+    let report = total.report(Some(&names_ref));
+    let _ = writeln!(
+        md,
+        "\nAll {} scenes: mIoU {:.3} over the classes present, pixel accuracy {:.1}%.\n",
+        scenes.len(),
+        report.mean_iou_present.unwrap_or(report.mean_iou),
+        100.0 * report.pixel_accuracy
+    );
+    println!(
+        "segmented {} scenes: pixel accuracy {:.1}%, outputs in {}",
+        scenes.len(),
+        100.0 * report.pixel_accuracy,
+        out.display()
+    );
+    md.push_str(NEXT_STEPS);
+    let json = serde_json::json!({
+        "classification": {"weights": classifier_path, "items": classified, "correct": correct},
+        "segmentation": {"weights": segmenter_path, "scenes": segmented, "metrics": report},
+    });
+    write_atomically(&report_json, |tmp| {
+        Ok(std::fs::write(tmp, serde_json::to_string_pretty(&json)?)?)
+    })?;
+    write_atomically(&report_md, |tmp| Ok(std::fs::write(tmp, &md)?))?;
+    println!("report: {}\n{NEXT_STEPS}", report_md.display());
+    Ok(())
+}
+
+const NEXT_STEPS: &str = "\
+## The same with the authors' full-size weights
+
+    r38 inspect ilsvrc-cls_rna-a1_cls1000_ep-0001.params      # what the file is (MD5-checked)
+    r38 classify --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.params photo.jpg
+    r38 segment --weights voc_rna-a1_cls21_s8_ep-0001.params --dataset voc --out-dir out photo.jpg
+    r38 eval --weights voc_rna-a1_cls21_s8_ep-0001.params --dataset voc --root VOCdevkit/VOC2012
+
+(See README.md for where the files survive; `--weights hf://OWNER/REPO/FILE` reads them from
+the Hugging Face Hub.)
+";
