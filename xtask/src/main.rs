@@ -8,6 +8,7 @@ mod demo_models;
 mod fuzz;
 mod parity;
 mod reference;
+mod reproduce;
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,14 @@ tasks:
                                   peak RSS and time of one `r38 train-seg` step of the
                                   full-size A1 s8 network on a 504x504 crop, with and without
                                   --recompute
+  reproduce [--imagenet DIR] [--voc DIR] [--cityscapes DIR] [--ade20k DIR]
+            [--weights-dir DIR] [--weights ROW=FILE|hf://...] [--only ROW,...] [--limit N]
+            [--out DIR] [--demo] [--debug]
+                                  the authors' published table, measured with `r38 eval`:
+                                  rows imagenet-a, imagenet-a1, voc, voc-coco, cityscapes,
+                                  ade20k; missing data or weights skip a row; resumable;
+                                  --demo: the shipped segmenter on samples/ (runs in CI);
+                                  --debug: use the debug build (CI)
   train-fashion [--root DIR] [--out DIR] [--epochs N] [--resume] [--export-only]
                                   train the shipped Fashion-MNIST classifier from scratch (real
                                   data: Debian dataset-fashion-mnist), export it to weights/ and
@@ -57,6 +66,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(rest),
         "bench-memory" => bench_memory::run(rest),
         "bench-train-memory" => bench_train_memory::run(rest),
+        "reproduce" => reproduce::run(rest),
         "train-fashion" => demo_models::train_fashion(rest),
         "train-scenes" => demo_models::train_scenes(rest),
         "fuzz" => fuzz::run(rest),

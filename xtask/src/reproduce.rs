@@ -1,0 +1,322 @@
+//! `cargo xtask reproduce`: the authors' published table (reference §8.1), measured here.
+//!
+//! Every row is one of the authors' released files (`weights/released.json`) evaluated with
+//! `r38 eval` on its benchmark with the published protocol. The table prints the published
+//! figure, the measured one and the difference, and is written as `report.md` and
+//! `report.json`. A row whose dataset or weight file is missing is skipped with the reason.
+//! Rows resume: `r38 eval` caches each prediction, and a finished row's JSON is reused.
+//! `--demo` runs the same machinery on the shipped fashion-scenes segmenter and samples.
+
+use crate::{option, root, run_command, target_dir};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One published configuration.
+struct Row {
+    id: String,
+    /// A weight file name (looked up in `--weights-dir`), a path, or an hf:// name.
+    weights: String,
+    dataset: &'static str,
+    /// The command-line option that names the dataset root.
+    root_option: &'static str,
+    /// (metric, published value, how to read it from `r38 eval --json`).
+    metrics: Vec<(String, f64, Measure)>,
+    protocol: String,
+}
+
+#[derive(Clone, Copy)]
+enum Measure {
+    Top1Error,
+    Top5Error,
+    MeanIou,
+    PixelAccuracy,
+}
+
+impl Measure {
+    fn read(self, report: &serde_json::Value) -> Option<f64> {
+        let pct = |v: &serde_json::Value| v.as_f64().map(|x| 100.0 * x);
+        match self {
+            Measure::Top1Error => report["top1_error"].as_f64(),
+            Measure::Top5Error => report["top5_error"].as_f64(),
+            Measure::MeanIou => pct(&report["metrics"]["mean_iou"]),
+            Measure::PixelAccuracy => pct(&report["metrics"]["pixel_accuracy"]),
+        }
+    }
+
+    fn of(metric: &str) -> Option<Measure> {
+        Some(match metric {
+            "top-1 error %" => Measure::Top1Error,
+            "top-5 error %" => Measure::Top5Error,
+            "mIoU %" => Measure::MeanIou,
+            "pixel accuracy %" => Measure::PixelAccuracy,
+            _ => return None,
+        })
+    }
+}
+
+/// The rows of the authors' released files.
+fn published_rows() -> Vec<Row> {
+    r38_model::weights::released::released_files()
+        .iter()
+        .map(|f| {
+            let name = &f.file_name;
+            let (id, dataset, root_option) = if name.starts_with("ilsvrc") {
+                let arch = format!("{:?}", f.arch).to_lowercase();
+                (format!("imagenet-{arch}"), "imagenet", "--imagenet")
+            } else if name.starts_with("voc") {
+                let id = if name.contains("coco") {
+                    "voc-coco"
+                } else {
+                    "voc"
+                };
+                (id.to_string(), "voc", "--voc")
+            } else if name.starts_with("cityscapes") {
+                ("cityscapes".into(), "cityscapes", "--cityscapes")
+            } else {
+                ("ade20k".into(), "ade20k", "--ade20k")
+            };
+            Row {
+                id,
+                weights: name.clone(),
+                dataset,
+                root_option,
+                metrics: f
+                    .results
+                    .iter()
+                    .filter_map(|r| Some((r.metric.clone(), r.value, Measure::of(&r.metric)?)))
+                    .collect(),
+                protocol: f
+                    .results
+                    .first()
+                    .map(|r| r.protocol.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The shipped segmenter on the shipped scenes; its reference is its own held-out figure.
+fn demo_rows() -> Result<Vec<Row>> {
+    let weights = root().join(crate::demo_models::SEGMENTER);
+    let file = r38_model::weights::load(&weights)
+        .with_context(|| format!("{}: the shipped segmenter", weights.display()))?;
+    let recorded: f64 = file
+        .metadata
+        .get("r38.held_out_miou")
+        .and_then(|v| v.parse().ok())
+        .context("the shipped segmenter records no r38.held_out_miou")?;
+    Ok(vec![Row {
+        id: "demo-scenes".into(),
+        weights: weights.display().to_string(),
+        dataset: "fashion-scenes",
+        root_option: "--scenes",
+        metrics: vec![("mIoU %".into(), 100.0 * recorded, Measure::MeanIou)],
+        protocol: "8 shipped held-out scenes (samples/fashion-scenes); reference: the file's own \
+                   mIoU on 500 held-out scenes (r38.held_out_miou)"
+            .into(),
+    }])
+}
+
+struct Outcome {
+    row: Row,
+    /// Measured values, in the order of `row.metrics`, or why the row was skipped.
+    measured: std::result::Result<Vec<Option<f64>>, String>,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let demo = args.iter().any(|a| a == "--demo");
+    let debug = args.iter().any(|a| a == "--debug");
+    let out: PathBuf = option(args, "--out")
+        .map(Into::into)
+        .unwrap_or_else(|| target_dir().join(if demo { "reproduce-demo" } else { "reproduce" }));
+    let limit = option(args, "--limit");
+    let only: Option<Vec<String>> =
+        option(args, "--only").map(|o| o.split(',').map(str::to_string).collect());
+    let weights_dir = option(args, "--weights-dir").map(PathBuf::from);
+    let mut rows = if demo { demo_rows()? } else { published_rows() };
+    if let Some(only) = &only {
+        let known: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        if let Some(bad) = only.iter().find(|o| !known.contains(o)) {
+            bail!("--only {bad}: not a row (rows: {})", known.join(", "));
+        }
+        rows.retain(|r| only.contains(&r.id));
+    }
+    let mut build = Command::new("cargo");
+    build.args(["build", "-p", "r38-cli"]).current_dir(root());
+    if !debug {
+        build.arg("--release");
+    }
+    run_command(&mut build)?;
+    let r38 = target_dir().join(if debug { "debug/r38" } else { "release/r38" });
+    std::fs::create_dir_all(out.join("rows"))?;
+
+    let total = rows.len();
+    let mut outcomes = Vec::new();
+    for (n, row) in rows.into_iter().enumerate() {
+        eprintln!("[{}/{total}] {} ({})", n + 1, row.id, row.weights);
+        let measured = run_row(&row, args, demo, &weights_dir, &r38, &out, limit.as_deref());
+        if let Err(why) = &measured {
+            eprintln!("  skipped: {why}");
+        }
+        outcomes.push(Outcome { row, measured });
+    }
+    let (md, json) = report(&outcomes, limit.as_deref());
+    println!("{md}");
+    std::fs::write(out.join("report.md"), &md)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!("wrote {} and report.json", out.join("report.md").display());
+    Ok(())
+}
+
+/// Runs (or reuses) one row's evaluation; `Err` is the reason it was skipped.
+fn run_row(
+    row: &Row,
+    args: &[String],
+    demo: bool,
+    weights_dir: &Option<PathBuf>,
+    r38: &Path,
+    out: &Path,
+    limit: Option<&str>,
+) -> std::result::Result<Vec<Option<f64>>, String> {
+    let dataset_root: PathBuf = if demo {
+        root().join("samples/fashion-scenes")
+    } else {
+        option(args, row.root_option)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("no dataset: pass {} DIR", row.root_option))?
+    };
+    if !dataset_root.exists() {
+        return Err(format!("{}: does not exist", dataset_root.display()));
+    }
+    let weights = resolve_weights(row, args, weights_dir)?;
+    let json = out.join("rows").join(format!("{}.json", row.id));
+    let stamp = out.join("rows").join(format!("{}.args", row.id));
+    let mut cmd = Command::new(r38);
+    cmd.arg("eval")
+        .args(["--weights", &weights])
+        .args(["--dataset", row.dataset])
+        .arg("--root")
+        .arg(&dataset_root)
+        .arg("--json")
+        .arg(&json)
+        .arg("--overwrite");
+    if row.dataset != "imagenet" {
+        cmd.arg("--cache-dir").arg(out.join("cache").join(&row.id));
+    }
+    if let Some(n) = limit {
+        cmd.args(["--limit", n]);
+    }
+    // A finished row is reused when it ran with the same arguments.
+    let signature = format!("{cmd:?}");
+    let finished = json.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == signature);
+    if !finished {
+        let status = cmd
+            .status()
+            .map_err(|e| format!("{}: {e}", r38.display()))?;
+        if !status.success() {
+            return Err(format!("r38 eval failed ({status})"));
+        }
+        std::fs::write(&stamp, &signature).map_err(|e| e.to_string())?;
+    } else {
+        eprintln!("  reusing {}", json.display());
+    }
+    let report: serde_json::Value = std::fs::read_to_string(&json)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))?;
+    Ok(row
+        .metrics
+        .iter()
+        .map(|(_, _, m)| m.read(&report))
+        .collect())
+}
+
+/// `--weights ROW=SPEC` (a path or hf:// name), else `--weights-dir/<file name>`.
+fn resolve_weights(
+    row: &Row,
+    args: &[String],
+    weights_dir: &Option<PathBuf>,
+) -> std::result::Result<String, String> {
+    let prefix = format!("{}=", row.id);
+    let explicit = args
+        .windows(2)
+        .filter(|w| w[0] == "--weights")
+        .find_map(|w| w[1].strip_prefix(&prefix).map(str::to_string));
+    if let Some(spec) = explicit {
+        if spec.starts_with("hf://") || Path::new(&spec).exists() {
+            return Ok(spec);
+        }
+        return Err(format!("{spec}: no such weight file"));
+    }
+    let path = Path::new(&row.weights);
+    if path.is_absolute() {
+        return if path.exists() {
+            Ok(row.weights.clone())
+        } else {
+            Err(format!("{}: no such weight file", path.display()))
+        };
+    }
+    let dir = weights_dir.as_ref().ok_or_else(|| {
+        format!(
+            "no weights: pass --weights-dir DIR (holding {}) or --weights {}=FILE",
+            row.weights, row.id
+        )
+    })?;
+    let file = dir.join(&row.weights);
+    if file.exists() {
+        Ok(file.display().to_string())
+    } else {
+        Err(format!("{}: no such weight file", file.display()))
+    }
+}
+
+fn report(outcomes: &[Outcome], limit: Option<&str>) -> (String, serde_json::Value) {
+    let mut md = String::from("# Reproduction of the published results\n\n");
+    if let Some(n) = limit {
+        md.push_str(&format!(
+            "A sample: the first {n} images of each split (`--limit {n}`).\n\n"
+        ));
+    }
+    md.push_str("| row | metric | published | measured | difference | protocol |\n|---|---|---:|---:|---:|---|\n");
+    let mut rows = Vec::new();
+    for o in outcomes {
+        match &o.measured {
+            Ok(values) => {
+                for ((metric, published, _), value) in o.row.metrics.iter().zip(values) {
+                    let (m, d) = match value {
+                        Some(v) => (format!("{v:.2}"), format!("{:+.2}", v - published)),
+                        None => ("?".into(), "?".into()),
+                    };
+                    md.push_str(&format!(
+                        "| {} | {metric} | {published:.2} | {m} | {d} | {} |\n",
+                        o.row.id, o.row.protocol
+                    ));
+                    rows.push(serde_json::json!({
+                        "row": o.row.id, "weights": o.row.weights, "metric": metric,
+                        "published": published, "measured": value,
+                        "difference": value.map(|v| v - published), "protocol": o.row.protocol,
+                    }));
+                }
+            }
+            Err(why) => {
+                md.push_str(&format!(
+                    "| {} | – | {} | skipped | – | {why} |\n",
+                    o.row.id,
+                    o.row
+                        .metrics
+                        .iter()
+                        .map(|(m, v, _)| format!("{m} {v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                rows.push(
+                    serde_json::json!({"row": o.row.id, "weights": o.row.weights, "skipped": why}),
+                );
+            }
+        }
+    }
+    (md, serde_json::json!({ "limit": limit, "rows": rows }))
+}
