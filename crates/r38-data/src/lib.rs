@@ -19,6 +19,18 @@
 //! Sizes are `(width, height)` throughout, as in Pillow and the `image` crate; tensors are
 //! `(N, C, H, W)`.
 
+//!
+//! ```
+//! use r38_data::image::RgbImage;
+//! use r38_data::ClassifyTransform;
+//!
+//! // The authors' ImageNet test protocol: shorter side to 320 (Pillow bicubic), centre crop
+//! // 320, ImageNet mean/std; an NCHW batch of one.
+//! let photo = RgbImage::from_fn(500, 375, |x, y| r38_data::image::Rgb([x as u8, y as u8, 0]));
+//! let batch = ClassifyTransform::default().apply(&photo, &candle_core::Device::Cpu)?;
+//! assert_eq!(batch.dims(), &[1, 3, 320, 320]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod datasets;

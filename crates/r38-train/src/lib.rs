@@ -12,6 +12,21 @@
 //! updates against MXNet 1.9.1 (`tools/mxnet_training_reference.py`), and short training runs
 //! with resume.
 
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use r38_train::{softmax_cross_entropy, LrSchedule, IGNORE_LABEL};
+//!
+//! // Scores (N, C, H, W) and labels (N, H, W): pixels labelled 255 do not count.
+//! let scores = Tensor::new(&[[[[2f32, 0.0]], [[0.0, 5.0]]]], &Device::Cpu)?; // (1, 2, 1, 2)
+//! let labels = Tensor::new(&[[[0u32, IGNORE_LABEL]]], &Device::Cpu)?;
+//! let loss = softmax_cross_entropy(&scores, &labels, IGNORE_LABEL)?.to_scalar::<f32>()?;
+//! assert!((loss - (1.0 + (-2f32).exp()).ln()).abs() < 1e-6);
+//! // Poly with power 1 is a linear decay to `floor` at update `total`.
+//! let poly = LrSchedule::Poly { base: 0.01, total: 100, power: 1.0, floor: 0.0 };
+//! assert!((poly.lr(50) - 0.005).abs() < 1e-12);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod augment;
