@@ -6,7 +6,8 @@ use candle_core::D;
 use r38_data::{imagenet_class, ClassifyTransform, ImageLoader, Interpolation};
 use std::path::PathBuf;
 
-/// Classify images: RGB, shorter side 320 (bicubic), centre crop 320, ImageNet mean/std.
+/// Classify images with the file's recorded test transform (the authors' ImageNet protocol:
+/// RGB, shorter side 320 (bicubic), centre crop 320, ImageNet mean/std).
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
