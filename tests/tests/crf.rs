@@ -8,6 +8,7 @@
 
 use candle_core::Tensor;
 use r38_data::datasets::read_label_png;
+use r38_seg::crf::{BilateralKernel, GaussianKernel};
 use r38_seg::{CrfConfig, DenseCrf};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -55,14 +56,19 @@ fn meta(name: &str) -> Meta {
 
 impl CrfParams {
     fn config(&self) -> CrfConfig {
-        let mut c = CrfConfig::default();
-        c.iterations = self.iterations;
-        c.gaussian.sxy = self.gaussian_sxy;
-        c.gaussian.compat = self.gaussian_compat;
-        c.bilateral.sxy = self.bilateral_sxy;
-        c.bilateral.srgb = self.bilateral_srgb;
-        c.bilateral.compat = self.bilateral_compat;
-        c
+        CrfConfig {
+            iterations: self.iterations,
+            gaussian: GaussianKernel {
+                sxy: self.gaussian_sxy,
+                compat: self.gaussian_compat,
+            },
+            bilateral: BilateralKernel {
+                sxy: self.bilateral_sxy,
+                srgb: self.bilateral_srgb,
+                compat: self.bilateral_compat,
+            },
+            ..CrfConfig::default()
+        }
     }
 }
 

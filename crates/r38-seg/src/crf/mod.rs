@@ -203,7 +203,7 @@ impl DenseCrf {
     /// `width · height · 3` bytes). Kernels with a zero weight are skipped.
     pub fn new(config: CrfConfig, rgb: &[u8], width: usize, height: usize) -> SegResult<Self> {
         config.validate()?;
-        let n = width.checked_mul(height).unwrap_or(usize::MAX);
+        let n = width.saturating_mul(height);
         if width == 0 || height == 0 || n > u32::MAX as usize / 8 {
             return Err(SegError::InvalidArgument(format!(
                 "CRF on a {width}x{height} image: expected a non-empty image under 2^29 pixels"
@@ -471,8 +471,10 @@ mod tests {
         let mut c = CrfConfig::default();
         c.gaussian.compat = f32::INFINITY;
         assert!(DenseCrf::new(c, &rgb, 4, 4).is_err());
-        let mut c = CrfConfig::default();
-        c.min_probability = 0.0;
+        let c = CrfConfig {
+            min_probability: 0.0,
+            ..CrfConfig::default()
+        };
         assert!(DenseCrf::new(c, &rgb, 4, 4).is_err());
     }
 
