@@ -58,6 +58,11 @@ struct KeyTable {
 
 const EMPTY: u32 = u32::MAX;
 
+/// Key equality as a plain loop: keys are a handful of integers, too short for `memcmp`.
+fn same_key(a: &[i32], b: &[i32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 impl KeyTable {
     fn with_capacity(dim: usize, expected: usize) -> Self {
         let size = (expected.max(8) * 2).next_power_of_two();
@@ -105,7 +110,7 @@ impl KeyTable {
                 self.slots[h] = id;
                 return Some(id);
             }
-            if self.key(v as usize) == key {
+            if same_key(self.key(v as usize), key) {
                 return Some(v);
             }
             h = (h + 1) & self.mask;
@@ -119,7 +124,7 @@ impl KeyTable {
             if v == EMPTY {
                 return None;
             }
-            if self.key(v as usize) == key {
+            if same_key(self.key(v as usize), key) {
                 return Some(v);
             }
             h = (h + 1) & self.mask;
@@ -169,9 +174,17 @@ fn scale_factors(dim: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Lift one feature vector, find the enclosing simplex and write its vertex keys (row-major,
-/// `(d + 1) x d`) and barycentric weights (`d + 1`).
-fn embed(feature: &[f32], scale: &[f32], s: &mut Scratch, keys: &mut [i32], weights: &mut [f32]) {
+/// Lift one feature vector and find the enclosing simplex: writes the first `d` coordinates
+/// of its remainder-0 corner, their ranks, and the `d + 1` barycentric weights. Vertex `k` of
+/// the simplex is then [`vertex_key`]`(corner, rank, k)`.
+fn embed(
+    feature: &[f32],
+    scale: &[f32],
+    s: &mut Scratch,
+    corner: &mut [i32],
+    ranks: &mut [u8],
+    weights: &mut [f32],
+) {
     let d = feature.len();
     let d1 = d + 1;
     let inv_d1 = 1.0f32 / d1 as f32;
@@ -192,7 +205,7 @@ fn embed(feature: &[f32], scale: &[f32], s: &mut Scratch, keys: &mut [i32], weig
     let rem0 = &mut s.rem0;
     let mut shift = 0f32;
     for (r, &e) in rem0.iter_mut().zip(elevated.iter()) {
-        let v = (inv_d1 * e).round_ties_even();
+        let v = round_ties_even(inv_d1 * e);
         *r = v * d1f;
         shift += v;
     }
@@ -235,18 +248,34 @@ fn embed(feature: &[f32], scale: &[f32], s: &mut Scratch, keys: &mut [i32], weig
     bary[0] += 1.0 + bary[d + 1];
     weights.copy_from_slice(&bary[..d1]);
 
-    // Vertex k of the simplex is the remainder-0 point plus the canonical offset
-    // (k for coordinates of rank <= d - k, k - (d + 1) for the others).
-    for k in 0..=d {
-        for i in 0..d {
-            let r = rank[i] as usize;
-            let offset = if r <= d - k {
-                k as i32
-            } else {
-                k as i32 - d1 as i32
-            };
-            keys[k * d + i] = rem0[i] as i32 + offset;
-        }
+    for i in 0..d {
+        corner[i] = rem0[i] as i32;
+        ranks[i] = rank[i] as u8;
+    }
+}
+
+/// Vertex `k` of a simplex: its remainder-0 corner plus the canonical offset (`k` for
+/// coordinates of rank `<= d - k`, `k - (d + 1)` for the others).
+fn vertex_key(corner: &[i32], ranks: &[u8], k: usize, key: &mut [i32]) {
+    let d = corner.len();
+    for i in 0..d {
+        let offset = if usize::from(ranks[i]) <= d - k {
+            k as i32
+        } else {
+            k as i32 - (d as i32 + 1)
+        };
+        key[i] = corner[i] + offset;
+    }
+}
+
+/// Round half to even in `f32` without a libm call (`rintf` is not inlined on baseline
+/// x86-64): adding and subtracting 1.5 · 2^23 leaves the rounded integer for `|x| < 2^22`.
+fn round_ties_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + MAGIC) - MAGIC
+    } else {
+        x.round_ties_even()
     }
 }
 
@@ -270,29 +299,32 @@ impl Permutohedral {
         let scale = scale_factors(dim);
 
         // The geometry of every point is independent: compute it in parallel…
-        let mut keys = vec![0i32; points * d1 * dim];
+        let mut corners = vec![0i32; points * dim];
+        let mut ranks = vec![0u8; points * dim];
         let mut weight = vec![0f32; points * d1];
         features
             .par_chunks(dim)
-            .zip(keys.par_chunks_mut(d1 * dim))
+            .zip(corners.par_chunks_mut(dim))
+            .zip(ranks.par_chunks_mut(dim))
             .zip(weight.par_chunks_mut(d1))
             .with_min_len(CHUNK)
             .for_each_init(
                 || Scratch::new(dim),
-                |s, ((f, k), w)| embed(f, &scale, s, k, w),
+                |s, (((f, c), r), w)| embed(f, &scale, s, c, r, w),
             );
 
-        // …then number the vertices in point order (sequential: one shared table).
-        let mut table = KeyTable::with_capacity(dim, points.max(1) * 2);
-        let vertex: Vec<u32> = keys
-            .chunks_exact(dim)
-            .map(|key| {
-                table
-                    .find(key, true)
-                    .expect("insert always yields a vertex")
-            })
-            .collect();
-        drop(keys);
+        // …then number the vertices in point order (sequential: one shared table). Smooth
+        // features put many points on each vertex, so the table starts small and grows.
+        let mut table = KeyTable::with_capacity(dim, (points / 8).max(1024));
+        let mut vertex = Vec::with_capacity(points * d1);
+        let mut key = vec![0i32; dim];
+        for (c, r) in corners.chunks_exact(dim).zip(ranks.chunks_exact(dim)) {
+            for k in 0..d1 {
+                vertex_key(c, r, k, &mut key);
+                vertex.push(table.find(&key, true).expect("insert always yields a vertex"));
+            }
+        }
+        drop((corners, ranks));
         let vertices = table.len();
 
         // Splat lists: counting sort of the entries by vertex keeps point order inside a vertex.
@@ -550,9 +582,13 @@ mod tests {
         for dim in [1, 2, 3, 5] {
             let scale = scale_factors(dim);
             let mut scratch = Scratch::new(dim);
+            let (mut corner, mut ranks) = (vec![0; dim], vec![0; dim]);
             let (mut keys, mut weights) = (vec![0; (dim + 1) * dim], vec![0.0; dim + 1]);
             for f in features.chunks_exact(dim) {
-                embed(f, &scale, &mut scratch, &mut keys, &mut weights);
+                embed(f, &scale, &mut scratch, &mut corner, &mut ranks, &mut weights);
+                for k in 0..=dim {
+                    vertex_key(&corner, &ranks, k, &mut keys[k * dim..(k + 1) * dim]);
+                }
                 let sum: f32 = weights.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "dim {dim}: sum {sum}");
                 assert!(weights.iter().all(|&w| w >= -1e-6), "{weights:?}");
