@@ -14,8 +14,10 @@
 //!
 //! The numerical conventions follow Krähenbühl's `densecrf` (as packaged by `pydensecrf2`)
 //! so that [`super::DenseCrf`] reproduces it: the same lattice scale, the same nearest-remainder
-//! rounding, the same `1 / (1 + 2^-d)` output factor, all in `f32`. Only the order in which
-//! lattice vertices are numbered differs, and no result depends on it.
+//! rounding, the same `1 / (1 + 2^-d)` output factor, all in `f32`. The order in which
+//! lattice vertices are numbered differs, and no result depends on it. On one thread every
+//! sum is taken in densecrf's order; with several, each splats a run of points into its own
+//! copy of the lattice and the copies are added, which changes only the last bits.
 
 use rayon::prelude::*;
 
@@ -35,11 +37,6 @@ pub struct Permutohedral {
     vertex: Vec<u32>,
     /// The matching barycentric weights.
     weight: Vec<f32>,
-    /// Splat as a gather: the entries (indices into `vertex` / `weight`) that land on vertex
-    /// `v` are `splat_entries[splat_start[v]..splat_start[v + 1]]`, in increasing point order,
-    /// so each vertex sums its contributions in the same order as a sequential scatter would.
-    splat_start: Vec<u32>,
-    splat_entries: Vec<u32>,
     /// Blur neighbours along axis `a` of vertex `v`: `neighbours[a * vertices + v]`. The index
     /// `vertices` stands for "no such vertex" and reads the all-zero row kept after the last one.
     neighbours: Vec<[u32; 2]>,
@@ -321,26 +318,15 @@ impl Permutohedral {
         for (c, r) in corners.chunks_exact(dim).zip(ranks.chunks_exact(dim)) {
             for k in 0..d1 {
                 vertex_key(c, r, k, &mut key);
-                vertex.push(table.find(&key, true).expect("insert always yields a vertex"));
+                vertex.push(
+                    table
+                        .find(&key, true)
+                        .expect("insert always yields a vertex"),
+                );
             }
         }
         drop((corners, ranks));
         let vertices = table.len();
-
-        // Splat lists: counting sort of the entries by vertex keeps point order inside a vertex.
-        let mut splat_start = vec![0u32; vertices + 1];
-        for &v in &vertex {
-            splat_start[v as usize + 1] += 1;
-        }
-        for v in 0..vertices {
-            splat_start[v + 1] += splat_start[v];
-        }
-        let mut fill = splat_start.clone();
-        let mut splat_entries = vec![0u32; vertex.len()];
-        for (entry, &v) in vertex.iter().enumerate() {
-            splat_entries[fill[v as usize] as usize] = entry as u32;
-            fill[v as usize] += 1;
-        }
 
         // Neighbours along axis a: the key moves by +d on coordinate a and by -1 on the others
         // (and the opposite way for the second neighbour). For a = d only the implied last
@@ -377,8 +363,6 @@ impl Permutohedral {
             vertices,
             vertex,
             weight,
-            splat_start,
-            splat_entries,
             neighbours,
             alpha: 1.0 / (1.0 + 2f32.powi(-(dim as i32))),
         }
@@ -472,38 +456,63 @@ impl Permutohedral {
         let d1 = self.dim + 1;
         // One extra zero row at the end serves the missing neighbours of the blur.
         let len = (self.vertices + 1) * c;
-        let LatticeBuffers { lattice, next } = buffers;
+        let LatticeBuffers { lattice, next, .. } = buffers;
         lattice.clear();
         lattice.resize(len, 0.0);
         next.clear();
         next.resize(len, 0.0);
 
-        // Splat, as a gather over each vertex's sorted entries.
-        lattice[..self.vertices * c]
-            .par_chunks_mut(c)
-            .with_min_len(CHUNK / 4)
-            .enumerate()
-            .for_each(|(v, acc)| {
-                let (a, b) = (self.splat_start[v], self.splat_start[v + 1]);
-                for &entry in &self.splat_entries[a as usize..b as usize] {
-                    let point = entry as usize / d1;
-                    let w = self.weight[entry as usize];
+        // Splat: each thread scatters a contiguous run of points into its own lattice copy
+        // (cache-resident, read in point order), then the copies are summed in run order.
+        let runs = rayon::current_num_threads()
+            .clamp(1, 8)
+            .min(self.points.max(1));
+        let per_run = self.points.div_ceil(runs);
+        let vc = self.vertices * c;
+        let mut partial = std::mem::take(&mut buffers.partial);
+        partial.clear();
+        partial.resize(runs.saturating_sub(1) * vc, 0.0);
+        {
+            let mut targets: Vec<&mut [f32]> = vec![&mut lattice[..vc]];
+            targets.extend(partial.chunks_mut(vc.max(1)).take(runs - 1));
+            targets.into_par_iter().enumerate().for_each(|(r, dst)| {
+                let end = ((r + 1) * per_run).min(self.points);
+                for point in r * per_run..end {
                     let row = &values[point * c..(point + 1) * c];
-                    match scale {
-                        Some(s) => {
-                            let s = s[point];
-                            for (x, &y) in acc.iter_mut().zip(row) {
-                                *x += w * (y * s);
+                    let sc = scale.map(|s| s[point]);
+                    for j in 0..d1 {
+                        let v = self.vertex[point * d1 + j] as usize;
+                        let w = self.weight[point * d1 + j];
+                        let acc = &mut dst[v * c..(v + 1) * c];
+                        match sc {
+                            Some(sc) => {
+                                for (x, &y) in acc.iter_mut().zip(row) {
+                                    *x += w * (y * sc);
+                                }
                             }
-                        }
-                        None => {
-                            for (x, &y) in acc.iter_mut().zip(row) {
-                                *x += w * y;
+                            None => {
+                                for (x, &y) in acc.iter_mut().zip(row) {
+                                    *x += w * y;
+                                }
                             }
                         }
                     }
                 }
             });
+        }
+        if runs > 1 {
+            lattice[..vc]
+                .par_chunks_mut(4096)
+                .enumerate()
+                .for_each(|(i, dst)| {
+                    for part in partial.chunks(vc) {
+                        for (x, &y) in dst.iter_mut().zip(&part[i * 4096..]) {
+                            *x += y;
+                        }
+                    }
+                });
+        }
+        buffers.partial = partial;
 
         // Blur along each axis in turn, ping-ponging between the two buffers.
         for axis in 0..d1 {
@@ -558,6 +567,7 @@ impl Permutohedral {
 pub(crate) struct LatticeBuffers {
     lattice: Vec<f32>,
     next: Vec<f32>,
+    partial: Vec<f32>,
 }
 
 #[cfg(test)]
@@ -585,7 +595,14 @@ mod tests {
             let (mut corner, mut ranks) = (vec![0; dim], vec![0; dim]);
             let (mut keys, mut weights) = (vec![0; (dim + 1) * dim], vec![0.0; dim + 1]);
             for f in features.chunks_exact(dim) {
-                embed(f, &scale, &mut scratch, &mut corner, &mut ranks, &mut weights);
+                embed(
+                    f,
+                    &scale,
+                    &mut scratch,
+                    &mut corner,
+                    &mut ranks,
+                    &mut weights,
+                );
                 for k in 0..=dim {
                     vertex_key(&corner, &ranks, k, &mut keys[k * dim..(k + 1) * dim]);
                 }
@@ -670,6 +687,26 @@ mod tests {
                 let r = fc[i * 4 + k] / f1[i];
                 assert!((r - 3.5).abs() < 1e-4, "point {i}: {r}");
             }
+        }
+    }
+
+    /// One thread sums in point order; several sum per-thread copies: the same up to rounding.
+    #[test]
+    fn thread_count_changes_only_rounding() {
+        let f = grid(40, 30, 2.5);
+        let values: Vec<f32> = (0..1200 * 3)
+            .map(|i| ((i * 31) % 17) as f32 / 17.0)
+            .collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| Permutohedral::new(&f, 2).filter(&values, 3))
+        };
+        let (one, three) = (run(1), run(3));
+        for (a, b) in one.iter().zip(&three) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
         }
     }
 
