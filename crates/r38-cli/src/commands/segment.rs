@@ -1,7 +1,8 @@
 //! `r38 segment`: label maps, colour overlays and probabilities for image files.
 
 use super::seg_common::{
-    as_score_nets, check_overwrite, overlay, save_png, EnsembleArgs, ProtocolArgs,
+    apply_crf, as_score_nets, check_overwrite, overlay, save_png, CrfArgs, EnsembleArgs,
+    ProtocolArgs,
 };
 use crate::network::write_atomically;
 use anyhow::{Context, Result};
@@ -17,6 +18,8 @@ pub struct Args {
     pub models: EnsembleArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub crf: CrfArgs,
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -43,6 +46,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let crf = args.crf.config()?;
     let nets = args.models.load()?;
     let protocol = args.protocol.protocol(args.dataset);
     let palette = args
@@ -54,7 +58,15 @@ pub fn run(args: Args) -> Result<()> {
     let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
     let mut failures = Vec::new();
     for path in &args.images {
-        let result = segment_one(&args, &nets, &protocol, &palette, &loader, path);
+        let result = segment_one(
+            &args,
+            &nets,
+            &protocol,
+            crf.as_ref(),
+            &palette,
+            &loader,
+            path,
+        );
         match result {
             Ok(written) => eprintln!("{} -> {}", path.display(), written.join(", ")),
             Err(e) if args.keep_going => {
@@ -79,6 +91,7 @@ fn segment_one(
     args: &Args,
     nets: &[r38_seg::SegmentationNet],
     protocol: &r38_seg::TestProtocol,
+    crf: Option<&r38_seg::CrfConfig>,
     palette: &r38_data::datasets::Palette,
     loader: &ImageLoader,
     path: &std::path::Path,
@@ -104,9 +117,10 @@ fn segment_one(
         check_overwrite(t, args.overwrite)?;
     }
     let image = loader.load_rgb8(path)?;
-    let prediction = protocol
+    let mut prediction = protocol
         .predict(&as_score_nets(nets), &image)
         .with_context(|| format!("{}: segmentation", path.display()))?;
+    apply_crf(crf, &image, &mut prediction).with_context(|| format!("{}: CRF", path.display()))?;
     let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
     let map = LabelMap::new(prediction.width, prediction.height, labels.clone())?;
     write_atomically(&out(".png"), |tmp| {
