@@ -151,7 +151,11 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     Ok(ModelMetadata {
         arch,
         output_stride: config.output_stride(),
-        preprocess: r38_model::Preprocess::for_head(&head),
+        // The file's recorded preprocessing (its input size, mean/std), else the authors'.
+        preprocess: stored
+            .as_ref()
+            .map(|m| m.preprocess.clone())
+            .unwrap_or_else(|| r38_model::Preprocess::for_head(&head)),
         config,
         head,
         head_dilation: stored.as_ref().and_then(|m| m.head_dilation),
