@@ -183,7 +183,7 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
     let init: PathBuf = option(args, "--init")
         .map(Into::into)
         .unwrap_or_else(|| root().join(CLASSIFIER));
-    let steps = option(args, "--steps").unwrap_or_else(|| "1500".into());
+    let steps = option(args, "--steps").unwrap_or_else(|| "2500".into());
     let mut cmd = r38()?;
     cmd.arg("train-seg")
         .args(["--dataset", "fashion-scenes", "--root"])
@@ -200,9 +200,13 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
             "--steps",
             &steps,
         ])
-        .args(["--batch-size", "16", "--accumulate", "1", "--lr", "0.01"])
+        .args(["--batch-size", "16", "--accumulate", "1", "--lr", "0.02"])
+        // The classifier's BN statistics are those of grey items on black: re-estimated once
+        // on the coloured scenes, then frozen as the recipe has them. Clipping guards the
+        // first steps against channels that scenes leave (nearly) constant.
+        .args(["--bn-recalibrate", "100", "--clip-gradient", "5"])
         .args(["--schedule", "poly", "--power", "1"])
-        .args(["--lr-mult", "alex", "--new-lr-mult", "alex10"])
+        .args(["--lr-mult", "alex", "--new-lr-mult", "alex"])
         .args([
             "--workers",
             "2",

@@ -35,7 +35,9 @@ fn demo_classifies_and_segments_the_shipped_samples() {
             assert!(path.is_file(), "{} missing", path.display());
         }
     }
-    let accuracy = report["segmentation"]["metrics"]["pixel_accuracy"].as_f64().unwrap();
+    let accuracy = report["segmentation"]["metrics"]["pixel_accuracy"]
+        .as_f64()
+        .unwrap();
     assert!(accuracy > 0.8, "pixel accuracy {accuracy}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("authors' full-size weights"));

@@ -342,3 +342,33 @@ pub fn train(
     crate::plot::write_png(&log.records()?, &config.out_dir.join("curve.png"))?;
     Ok(summary)
 }
+
+/// Re-estimates BN running statistics on `data` before frozen-BN fine-tuning: `batches`
+/// forward passes of `batch_size` training samples, no update of any weight. `net` must be in
+/// [`r38_model::BatchNormMode::BatchStatistics`] (each pass moves the statistics 10% towards
+/// the batch's, MXNet's momentum 0.9); the caller freezes BN again afterwards. For a domain
+/// far from the initial weights' (grey 28x28 items -> coloured scenes), where the stored
+/// statistics would mis-normalise every layer.
+pub fn recalibrate_batch_norm(
+    net: &dyn candle_nn::ModuleT,
+    data: &dyn Source,
+    batches: usize,
+    batch_size: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<()> {
+    let mut rng = Rng::derive(seed, "bn-recalibration", 0, 0);
+    let n = data.len();
+    if n == 0 {
+        bail!("no samples to re-estimate BN statistics on");
+    }
+    for b in 0..batches {
+        let examples = (0..batch_size)
+            .map(|k| data.example((rng.next_u64() as usize).wrapping_add(b + k) % n, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = crate::loader::collate(b, &examples)?;
+        // Forward only: the graph is dropped with the output.
+        net.forward_t(&batch.images.to_device(device)?, true)?;
+    }
+    Ok(())
+}

@@ -448,6 +448,10 @@ pub struct Args {
     /// BN batch statistics instead of the frozen ImageNet statistics.
     #[arg(long)]
     pub bn_batch_stats: bool,
+    /// Before training, re-estimate the frozen BN statistics on this many training batches
+    /// (no weight changes); for data far from the initial weights' (0: the authors' recipe).
+    #[arg(long, default_value_t = 0)]
+    pub bn_recalibrate: usize,
     /// fashion-scenes: training scenes.
     #[arg(long, default_value_t = 10000)]
     pub scenes: usize,
@@ -565,6 +569,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     if args.bn_batch_stats && c.recompute {
         bail!("--recompute needs frozen BN: batch statistics would be updated twice");
+    }
+    if args.bn_recalibrate > 0 && !args.bn_batch_stats {
+        built.net.set_bn_mode(BatchNormMode::BatchStatistics);
+        r38_train::trainer::recalibrate_batch_norm(
+            &built.net,
+            train_src.as_ref(),
+            args.bn_recalibrate,
+            c.batch_size.unwrap_or(SEG_RECIPE.batch_size) / c.accumulate.max(1),
+            c.seed,
+            &dev,
+        )?;
+        println!(
+            "re-estimated the BN statistics on {} training batches",
+            args.bn_recalibrate
+        );
     }
     built.net.set_bn_mode(if args.bn_batch_stats {
         BatchNormMode::BatchStatistics
