@@ -183,7 +183,7 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
     let init: PathBuf = option(args, "--init")
         .map(Into::into)
         .unwrap_or_else(|| root().join(CLASSIFIER));
-    let steps = option(args, "--steps").unwrap_or_else(|| "2500".into());
+    let steps = option(args, "--steps").unwrap_or_else(|| "3000".into());
     let mut cmd = r38()?;
     cmd.arg("train-seg")
         .args(["--dataset", "fashion-scenes", "--root"])
@@ -200,11 +200,10 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
             "--steps",
             &steps,
         ])
-        .args(["--batch-size", "16", "--accumulate", "1", "--lr", "0.02"])
-        // The classifier's BN statistics are those of grey items on black: re-estimated once
-        // on the coloured scenes, then frozen as the recipe has them. Clipping guards the
-        // first steps against channels that scenes leave (nearly) constant.
-        .args(["--bn-recalibrate", "100", "--clip-gradient", "5"])
+        .args(["--batch-size", "16", "--accumulate", "1", "--lr", "0.01"])
+        // Grey items on dark canvases, the classifier's own domain; its BN statistics are
+        // re-estimated once on the scenes, then frozen as the recipe has them.
+        .args(["--scene-grey", "--bn-recalibrate", "100"])
         .args(["--schedule", "poly", "--power", "1"])
         .args(["--lr-mult", "alex", "--new-lr-mult", "alex"])
         .args([
@@ -239,13 +238,17 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
         BTreeMap::from([
             ("r38.class_names".into(), serde_json::to_string(&r38_train::scenes::class_names())?),
             ("r38.trained_by".into(), "cargo xtask train-scenes (r38 train-seg --dataset fashion-scenes, from the shipped classifier, CPU)".into()),
-            ("r38.training_data".into(), "10,000 fashion scenes from Fashion-MNIST train items".into()),
+            ("r38.training_data".into(), "10,000 grey fashion scenes (96x96) from Fashion-MNIST train items".into()),
             ("r38.held_out_miou".into(), format!("{miou:.4}")),
         ]),
     )?;
     // Eight held-out scenes (t10k items) in the fashion-scenes dataset layout.
     let test = Arc::new(FashionMnist::load(&data, Split::Test)?);
-    let scenes = Scenes::new(test, SceneConfig::default(), HELD_OUT_SEED, 500);
+    let config = SceneConfig {
+        colour: false,
+        ..SceneConfig::default()
+    };
+    let scenes = Scenes::new(test, config, HELD_OUT_SEED, 500);
     let dir = root().join("samples/fashion-scenes");
     scenes.write_dataset(&dir, "val", 0..8)?;
     println!("wrote {}", dir.display());

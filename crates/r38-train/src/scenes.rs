@@ -41,6 +41,9 @@ pub struct SceneConfig {
     pub mask_threshold: u8,
     /// Mark a one-pixel band along label boundaries as ignore.
     pub ignore_borders: bool,
+    /// Random colours for the background and each item; `false`: light grey items on a dark
+    /// grey canvas (with the same per-channel noise), the look of Fashion-MNIST itself.
+    pub colour: bool,
 }
 
 impl Default for SceneConfig {
@@ -51,6 +54,7 @@ impl Default for SceneConfig {
             scale: (1.0, 2.0),
             mask_threshold: 40,
             ignore_borders: true,
+            colour: true,
         }
     }
 }
@@ -131,7 +135,11 @@ impl Scenes {
         let (w, h) = self.config.size;
         let (wu, hu) = (w as usize, h as usize);
         let mut rng = Rng::derive(self.seed, "scene", i as u64, 0);
-        let bg: [f64; 3] = std::array::from_fn(|_| rng.range(0.0, 255.0));
+        let bg: [f64; 3] = if self.config.colour {
+            std::array::from_fn(|_| rng.range(0.0, 255.0))
+        } else {
+            [rng.range(0.0, 80.0); 3]
+        };
         let mut img: Vec<f64> = Vec::with_capacity(wu * hu * 3);
         for _ in 0..wu * hu {
             for c in bg {
@@ -151,14 +159,18 @@ impl Scenes {
             let x0 = rng.below((w - iw) as usize + 1);
             let y0 = rng.below((h - ih) as usize + 1);
             // A colour far enough from the background to be visible.
-            let colour: [f64; 3] = std::array::from_fn(|c| {
-                let v = rng.range(0.0, 255.0);
-                if (v - bg[c]).abs() < 64.0 {
-                    (bg[c] + 128.0) % 256.0
-                } else {
-                    v
-                }
-            });
+            let colour: [f64; 3] = if self.config.colour {
+                std::array::from_fn(|c| {
+                    let v = rng.range(0.0, 255.0);
+                    if (v - bg[c]).abs() < 64.0 {
+                        (bg[c] + 128.0) % 256.0
+                    } else {
+                        v
+                    }
+                })
+            } else {
+                [rng.range(176.0, 255.0); 3]
+            };
             for y in 0..ih as usize {
                 for x in 0..iw as usize {
                     let g = item[y * iw as usize + x];
@@ -271,6 +283,24 @@ pub(crate) mod tests {
 mod dataset_tests {
     use super::*;
     use r38_data::datasets::{DatasetKind, SegDataset, SegmentationDataset};
+
+    #[test]
+    fn grey_scenes_are_grey_up_to_the_canvas_noise() {
+        let config = SceneConfig {
+            colour: false,
+            ..SceneConfig::default()
+        };
+        let grey = Scenes::new(super::tests::toy_items(20), config, 5, 4);
+        for i in 0..4 {
+            let (image, labels) = grey.render(i).unwrap();
+            // Channels differ only by the canvas noise (+-12 per channel).
+            assert!(image.pixels().all(|p| {
+                let (lo, hi) = (p.0.iter().min().unwrap(), p.0.iter().max().unwrap());
+                hi - lo <= 24
+            }));
+            assert!(labels.iter().any(|&l| l > 0 && l != IGNORE));
+        }
+    }
 
     #[test]
     fn class_names_are_background_then_fashion_mnist() {

@@ -461,6 +461,9 @@ pub struct Args {
     /// fashion-scenes: canvas side.
     #[arg(long, default_value_t = 96)]
     pub scene_size: u32,
+    /// fashion-scenes: grey items on dark canvases instead of random colours.
+    #[arg(long)]
+    pub scene_grey: bool,
 }
 
 /// The segmentation recipe (Cityscapes stage 1: batch 16, lr 0.0016 fixed, 140 epochs,
@@ -505,6 +508,7 @@ pub fn run(args: Args) -> Result<()> {
             let root = args.root.clone().unwrap_or_else(|| DEBIAN_ROOT.into());
             let scfg = SceneConfig {
                 size: (args.scene_size, args.scene_size),
+                colour: !args.scene_grey,
                 ..SceneConfig::default()
             };
             let tr = Arc::new(FashionMnist::load(&root, Split::Train)?);
