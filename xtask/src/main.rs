@@ -46,8 +46,9 @@ tasks:
                                   write samples/fashion-items
   train-scenes [--root DIR] [--init FILE] [--out DIR] [--steps N] [--resume] [--export-only]
                                   fine-tune the shipped classifier into the fashion-scenes
-                                  segmenter (full recipe: OHEM, frozen BN, dropout), export it
-                                  and write samples/fashion-scenes
+                                  segmenter (full recipe: OHEM, frozen BN, dropout; two stages,
+                                  DIR/stage1 and DIR/stage2), export it and write
+                                  samples/fashion-scenes
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
                                   per target (default 1000000), inputs up to B bytes (4096);
