@@ -67,41 +67,42 @@ pub fn run(args: &[String]) -> Result<()> {
         if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
-        let started = Instant::now();
-        let out = Command::new(target_dir().join("release/r38"))
-            .arg("segment")
+        let mut cmd = Command::new(target_dir().join("release/r38"));
+        cmd.arg("segment")
             .arg("--weights")
             .arg(&weights)
             .arg(image)
             .arg("--out-dir")
             .arg(dir.join("out"))
             .arg("--overwrite")
-            .args(extra)
-            .env("R38_REPORT_PEAK_RSS", "1")
-            .output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            // A single pass over a whole Cityscapes frame can exceed the machine's memory.
-            use std::os::unix::process::ExitStatusExt;
-            let why = match out.status.signal() {
-                Some(9) => "killed (SIGKILL: out of memory)".to_string(),
-                _ => format!("failed: {}", stderr.lines().last().unwrap_or("")),
-            };
-            println!(
-                "| {name} | {:.1} s | {why} |",
-                started.elapsed().as_secs_f64()
-            );
-            continue;
-        }
-        let rss = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("r38: peak RSS "))
-            .context("r38 did not report its peak RSS")?;
-        println!(
-            "| {name} | {:.1} s | {rss} |",
-            started.elapsed().as_secs_f64()
-        );
+            .args(extra);
+        measured_row(name, &mut cmd)?;
     }
+    Ok(())
+}
+
+/// Runs `cmd` (an `r38` command) and prints a table row `| name | wall time | peak RSS |`; a
+/// failed run (e.g. killed for memory) is a row with the reason, not an error.
+pub(crate) fn measured_row(name: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    let out = cmd.env("R38_REPORT_PEAK_RSS", "1").output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // A single pass over a whole Cityscapes frame can exceed the machine's memory.
+        use std::os::unix::process::ExitStatusExt;
+        let why = match out.status.signal() {
+            Some(9) => "killed (SIGKILL: out of memory)".to_string(),
+            _ => format!("failed: {}", stderr.lines().last().unwrap_or("")),
+        };
+        println!("| {name} | {seconds:.1} s | {why} |");
+        return Ok(());
+    }
+    let rss = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("r38: peak RSS "))
+        .context("r38 did not report its peak RSS")?;
+    println!("| {name} | {seconds:.1} s | {rss} |");
     Ok(())
 }
 

@@ -1,13 +1,12 @@
 //! Peak memory and time of one training step of the full-size A1 s8 + "2 conv" network on a
 //! 504x504 crop (batch 1), through `r38 train-seg`, with and without `--recompute`.
 
-use crate::bench_memory::{write_image, write_random_network};
+use crate::bench_memory::{measured_row, write_image, write_random_network};
 use crate::{option, root, run_command, target_dir};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use r38_data::datasets::{voc_colormap, write_label_png};
 use r38_data::LabelMap;
 use std::process::Command;
-use std::time::Instant;
 
 pub fn run(args: &[String]) -> Result<()> {
     let dir = option(args, "--out")
@@ -49,7 +48,6 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("| training step, A1 s8 + 2 conv, crop 504x504, batch 1 | wall time | peak RSS |");
     println!("|---|---|---|");
     for recompute in [false, true] {
-        let started = Instant::now();
         let mut cmd = Command::new(target_dir().join("release/r38"));
         cmd.arg("train-seg")
             .args(["--dataset", "voc", "--root"])
@@ -59,38 +57,16 @@ pub fn run(args: &[String]) -> Result<()> {
             .arg("--out")
             .arg(dir.join("train-step"))
             .args(["--overwrite", "--no-val", "--workers", "1"])
-            .args(["--batch-size", "1", "--accumulate", "1", "--steps", &steps])
-            .env("R38_REPORT_PEAK_RSS", "1");
+            .args(["--batch-size", "1", "--accumulate", "1", "--steps", &steps]);
         if recompute {
             cmd.arg("--recompute");
         }
-        let out = cmd.output()?;
         let name = if recompute {
             "with --recompute"
         } else {
             "activations kept"
         };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            use std::os::unix::process::ExitStatusExt;
-            let why = match out.status.signal() {
-                Some(9) => "killed (SIGKILL: out of memory)".to_string(),
-                _ => format!("failed: {}", stderr.lines().last().unwrap_or("")),
-            };
-            println!(
-                "| {name} | {:.1} s | {why} |",
-                started.elapsed().as_secs_f64()
-            );
-            continue;
-        }
-        let rss = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("r38: peak RSS "))
-            .context("r38 did not report its peak RSS")?;
-        println!(
-            "| {name} | {:.1} s | {rss} |",
-            started.elapsed().as_secs_f64()
-        );
+        measured_row(name, &mut cmd)?;
     }
     Ok(())
 }
