@@ -3,12 +3,12 @@
 //! report, and says how to do the same with the authors' full-size weights.
 
 use super::classify::{class_names, classify, transform_for};
-use super::seg_common::{overlay, save_png};
+use super::seg_common::{overlay, save_png, scenes_protocol};
 use crate::network::{check_overwrite, load, write_atomically, HeadChoice, ModelArgs, Network};
 use anyhow::{bail, Context, Result};
 use r38_data::datasets::{write_label_png, DatasetKind, LabelMap, SegDataset, SegmentationDataset};
 use r38_data::ImageLoader;
-use r38_seg::{ConfusionMatrix, TestProtocol};
+use r38_seg::ConfusionMatrix;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -138,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         samples.join("fashion-scenes"),
         "val",
     )?;
-    let protocol = TestProtocol::single_scale(96).with_flip(true);
+    let protocol = scenes_protocol(96);
     let palette = DatasetKind::FashionScenes.palette();
     let class_list = DatasetKind::FashionScenes.classes();
     let mut total = ConfusionMatrix::new(class_list.len(), Some(255));

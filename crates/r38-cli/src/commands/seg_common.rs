@@ -141,8 +141,7 @@ impl ProtocolArgs {
             Some(DatasetKind::Cityscapes | DatasetKind::CityscapesTrainIds) => {
                 TestProtocol::cityscapes()
             }
-            // The scenes are 96x96 canvases: the scale the segmenter was trained and validated at.
-            Some(DatasetKind::FashionScenes) => TestProtocol::single_scale(96).with_flip(true),
+            Some(DatasetKind::FashionScenes) => scenes_protocol(96),
             _ => TestProtocol::voc(),
         };
         if let Some(s) = self.scale {
@@ -240,6 +239,12 @@ pub fn apply_crf(
         prediction.probabilities = q;
     }
     Ok(())
+}
+
+/// The fashion scenes' protocol: the canvas side as the single test scale (what the segmenter
+/// was trained and validated at), flipping.
+pub fn scenes_protocol(canvas: u32) -> TestProtocol {
+    TestProtocol::single_scale(canvas).with_flip(true)
 }
 
 pub fn as_score_nets(nets: &[SegmentationNet]) -> Vec<&dyn ScoreNet> {
