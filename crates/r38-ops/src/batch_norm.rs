@@ -105,15 +105,10 @@ impl BatchNorm {
         let (mean, var) = if batch {
             let (mean, var) = pre_activation::channel_moments(x)?;
             let c = mean.len();
-            let m = MXNET_MOMENTUM;
-            let (bm, bv) = (
-                Tensor::from_slice(&mean, c, x.device())?,
-                Tensor::from_slice(&var, c, x.device())?,
-            );
-            self.moving_mean
-                .set(&((self.moving_mean.as_tensor() * m)? + (bm * (1.0 - m))?)?)?;
-            self.moving_var
-                .set(&((self.moving_var.as_tensor() * m)? + (bv * (1.0 - m))?)?)?;
+            self.update_running(
+                &Tensor::from_slice(&mean, c, x.device())?,
+                &Tensor::from_slice(&var, c, x.device())?,
+            )?;
             (mean, var)
         } else {
             (
@@ -137,12 +132,17 @@ impl BatchNorm {
         let mean = flat.mean(D::Minus1)?;
         let centered = flat.broadcast_sub(&mean.unsqueeze(1)?)?;
         let var = centered.sqr()?.mean(D::Minus1)?;
+        self.update_running(&mean.detach(), &var.detach())?;
+        Ok((mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?))
+    }
+
+    /// MXNet's running update: `moving = 0.9 * moving + 0.1 * batch`.
+    fn update_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
         let m = MXNET_MOMENTUM;
         self.moving_mean
-            .set(&((self.moving_mean.as_tensor() * m)? + (mean.detach() * (1.0 - m))?)?)?;
+            .set(&((self.moving_mean.as_tensor() * m)? + (mean * (1.0 - m))?)?)?;
         self.moving_var
-            .set(&((self.moving_var.as_tensor() * m)? + (var.detach() * (1.0 - m))?)?)?;
-        Ok((mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?))
+            .set(&((self.moving_var.as_tensor() * m)? + (var * (1.0 - m))?)?)
     }
 }
 
