@@ -12,7 +12,12 @@ checkpoint name, e.g. res4b3_branch2a_weight, its offset and shape), the input
 from `input.npy`. Writes `out_torch.npy` and prints one line `TORCH-RESULT {json}` with the
 median time and the process's peak RSS (ru_maxrss).
 
-Usage: python tools/torch_reference.py --dir DIR [--reps 5] [--warmup 1] [--threads 2]
+With `--train`, each repetition is one training step instead: forward, mean softmax
+cross-entropy over the pixels of `labels.npy` other than 255, backward to every weight except
+the BN statistics (frozen, eval-mode BN); `out_torch.npy` is then the gradient of
+`conv1a_weight` and the result also carries the loss.
+
+Usage: python tools/torch_reference.py --dir DIR [--reps 5] [--warmup 1] [--threads 2] [--train]
 """
 
 import argparse
@@ -112,9 +117,10 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--train", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
+    torch.set_grad_enabled(a.train)
 
     with open(os.path.join(a.dir, "net.json")) as f:
         desc = json.load(f)
@@ -127,6 +133,8 @@ def main():
         weights[name] = torch.from_numpy(flat[e["offset"] : e["offset"] + n].reshape(e["shape"]))
     x = torch.from_numpy(np.load(os.path.join(a.dir, "input.npy")))
     net = Net(desc, weights).eval()
+    if a.train:
+        return train_steps(a, net, weights, x)
 
     with torch.inference_mode():
         for _ in range(a.warmup):
@@ -151,6 +159,44 @@ def main():
         "peak_rss_mib": rss_kib / 1024.0,
         "levels": [{"name": k, "median_ms": statistics.median(v)} for k, v in parts.items()],
         "output_shape": list(y.shape),
+    }
+    print("TORCH-RESULT " + json.dumps(result))
+    sys.stdout.flush()
+
+
+def train_steps(a, net, weights, x):
+    labels = torch.from_numpy(np.load(os.path.join(a.dir, "labels.npy")).astype(np.int64))
+    params = [t.requires_grad_(True) for n, t in weights.items() if "_moving_" not in n]
+    totals, forward, backward = [], [], []
+    loss = None
+    for rep in range(a.warmup + max(1, a.reps)):
+        for t in params:
+            t.grad = None
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(net(x), labels, ignore_index=255)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        if rep >= a.warmup:
+            totals.append((t2 - t0) * 1e3)
+            forward.append((t1 - t0) * 1e3)
+            backward.append((t2 - t1) * 1e3)
+    grad = weights["conv1a_weight"].grad
+    np.save(os.path.join(a.dir, "out_torch.npy"), grad.numpy())
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "reps": len(totals),
+        "times_ms": totals,
+        "median_ms": statistics.median(totals),
+        "peak_rss_mib": rss_kib / 1024.0,
+        "loss": loss.item(),
+        "levels": [
+            {"name": "forward + loss", "median_ms": statistics.median(forward)},
+            {"name": "backward", "median_ms": statistics.median(backward)},
+        ],
+        "output_shape": list(grad.shape),
     }
     print("TORCH-RESULT " + json.dumps(result))
     sys.stdout.flush()

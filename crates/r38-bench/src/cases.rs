@@ -1,11 +1,21 @@
 //! Benchmark cases, and the network description handed to the PyTorch reference.
 
-use crate::net::{BenchNet, HeadConfigDesc, HeadKind};
-use r38_model::BackboneConfig;
+use crate::net::{HeadConfigDesc, HeadKind};
+use r38_model::{Backbone, BackboneConfig};
 use r38_seg::HeadConfig;
 use serde_json::{json, Value};
 
-/// One benchmark case: a network and an input shape.
+/// What a case times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// An eval-mode forward pass.
+    Forward,
+    /// One training step of the segmentation recipe: forward with frozen BN, softmax
+    /// cross-entropy with ignored pixels, backward to every trainable parameter.
+    TrainingStep,
+}
+
+/// One benchmark case: a network, an input shape and what is timed.
 #[derive(Debug, Clone)]
 pub struct Case {
     pub name: &'static str,
@@ -13,6 +23,7 @@ pub struct Case {
     pub config: BackboneConfig,
     pub head: HeadKind,
     pub input: (usize, usize, usize, usize),
+    pub job: Job,
     /// Included when no `--case` is given.
     pub default: bool,
 }
@@ -34,6 +45,7 @@ pub fn all(narrow: usize) -> anyhow::Result<Vec<Case>> {
             config: a1(32)?,
             head: HeadKind::Classifier { classes: 1000 },
             input: (1, 3, 224, 224),
+            job: Job::Forward,
             default: true,
         },
         Case {
@@ -42,6 +54,7 @@ pub fn all(narrow: usize) -> anyhow::Result<Vec<Case>> {
             config: a1(32)?,
             head: HeadKind::Classifier { classes: 1000 },
             input: (8, 3, 224, 224),
+            job: Job::Forward,
             default: true,
         },
         Case {
@@ -50,6 +63,7 @@ pub fn all(narrow: usize) -> anyhow::Result<Vec<Case>> {
             config: a1(8)?,
             head: seg,
             input: (1, 3, 504, 504),
+            job: Job::Forward,
             default: true,
         },
         Case {
@@ -58,7 +72,17 @@ pub fn all(narrow: usize) -> anyhow::Result<Vec<Case>> {
             config: a1(8)?,
             head: seg,
             input: (1, 3, 1024, 2048),
+            job: Job::Forward,
             default: false,
+        },
+        Case {
+            name: "a1s8-train",
+            about: "one training step of A1 s8 + 2-conv head (21), 1x3x224x224 crop",
+            config: a1(8)?,
+            head: seg,
+            input: (1, 3, 224, 224),
+            job: Job::TrainingStep,
+            default: true,
         },
     ])
 }
@@ -81,8 +105,7 @@ pub fn head_config(h: HeadConfigDesc) -> HeadConfig {
 
 /// The network as `tools/torch_reference.py` builds it: every unit's names, kernels, widths,
 /// strides and dilations, read from the built modules (not re-derived).
-pub fn describe(net: &BenchNet, config: &BackboneConfig, head: HeadKind) -> Value {
-    let b = net.backbone();
+pub fn describe(b: &Backbone, config: &BackboneConfig, head: HeadKind) -> Value {
     let stem = b.stem().spec();
     let levels: Vec<Value> = b
         .levels()

@@ -1,4 +1,4 @@
-//! Benchmark harness for the ResNet-38 forward pass.
+//! Benchmark harness for the ResNet-38 forward pass and training step.
 //!
 //! - [`weights`]: deterministic random full-size weights (no weight files needed), the same in
 //!   every process, so the exact, fast and PyTorch runs see identical networks.
@@ -6,10 +6,12 @@
 //!   weights and names as `r38_model::Classifier` / `r38_seg::SegmentationNet`), with every
 //!   convolution routed through [`r38_ops::engine::conv2d_with`], per-level timings and MAC counts.
 //! - [`cases`]: the benchmark cases.
+//! - [`train_step`]: one training step of the segmentation recipe on the real network.
 //! - [`stats`]: medians and the process's peak RSS.
 
 pub mod cases;
 pub mod layers;
 pub mod net;
 pub mod stats;
+pub mod train_step;
 pub mod weights;

@@ -5,9 +5,10 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use r38_bench::cases::{self, Case};
+use r38_bench::cases::{self, Case, Job};
 use r38_bench::net::BenchNet;
 use r38_bench::stats::{median, peak_rss_mib};
+use r38_bench::train_step::{self, TrainStep};
 use r38_bench::weights::{random_input, RandomWeights};
 use r38_ops::engine::Engine;
 use serde_json::{json, Value};
@@ -19,9 +20,12 @@ const RESULT_TAG: &str = "R38BENCH-RESULT ";
 const TORCH_TAG: &str = "TORCH-RESULT ";
 
 #[derive(Parser, Debug)]
-#[command(about = "ResNet-38 forward benchmarks: candle (exact) vs r38 engine (fast) vs PyTorch")]
+#[command(
+    about = "ResNet-38 forward and training-step benchmarks: candle (exact) vs r38 engine (fast) vs PyTorch"
+)]
 struct Args {
-    /// Cases, comma-separated (default: a1-224,a1-224-b8,a1s8-504); `--list` shows them all.
+    /// Cases, comma-separated (default: a1-224,a1-224-b8,a1s8-504,a1s8-train); `--list` shows
+    /// them all.
     #[arg(long, value_delimiter = ',')]
     case: Vec<String>,
     /// exact (candle conv2d), fast (r38 engine) or both.
@@ -133,6 +137,9 @@ fn main() -> Result<()> {
 
 /// One case, one engine, this process: build, warm up, time, report.
 fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+    if case.job == Job::TrainingStep {
+        return child_training_step(args, case, engine, dir);
+    }
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let weights = RandomWeights::new(args.seed);
@@ -166,7 +173,7 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     let output = output.expect("at least one rep");
     output.write_npy(dir.join(format!("out_{engine}.npy")))?;
     if args.dump {
-        let net_desc = cases::describe(&net, &case.config, case.head);
+        let net_desc = cases::describe(net.backbone(), &case.config, case.head);
         std::fs::write(
             dir.join("net.json"),
             serde_json::to_string_pretty(&net_desc)?,
@@ -196,6 +203,73 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
         "build_s": build_s,
         "levels": levels,
         "output_shape": output.dims(),
+    });
+    println!("{RESULT_TAG}{result}");
+    Ok(())
+}
+
+/// One training step per repetition (forward, loss, backward), this process.
+fn child_training_step(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+    let dev = Device::Cpu;
+    r38_ops::engine::set_engine(engine);
+    let t0 = Instant::now();
+    let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
+    let input = random_input(case.input, args.seed, &dev)?;
+    let (h, w, forward_macs) =
+        train_step::forward_macs(step.backbone(), &case.config, case.head, case.input);
+    let classes = case.head.seg_config().map_or(0, |h| h.classes) as u32;
+    let labels = train_step::random_labels((case.input.0, h, w), args.seed, classes)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let rss_weights = peak_rss_mib();
+    for _ in 0..args.warmup {
+        step.run(&input, &labels)?;
+    }
+    let (mut totals, mut forward, mut backward) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = None;
+    for _ in 0..args.reps.max(1) {
+        let t = Instant::now();
+        let (loss, grads, times) = step.run(&input, &labels)?;
+        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        forward.push(times.forward * 1e3);
+        backward.push(times.backward * 1e3);
+        last = Some((loss, grads));
+    }
+    let rss = peak_rss_mib();
+    let (loss, grads) = last.expect("at least one rep");
+    let compared = step.gradient(&grads, train_step::COMPARED_GRADIENT)?;
+    compared.write_npy(dir.join(format!("out_{engine}.npy")))?;
+    if args.dump {
+        let net_desc = cases::describe(step.backbone(), &case.config, case.head);
+        std::fs::write(
+            dir.join("net.json"),
+            serde_json::to_string_pretty(&net_desc)?,
+        )?;
+        input.write_npy(dir.join("input.npy"))?;
+        labels.write_npy(dir.join("labels.npy"))?;
+        r38_bench::weights::write_raw(&step.tensors(), &dir.join("weights"))?;
+    }
+    // Forward plus the two backward GEMMs (input and weight gradients) of every convolution.
+    let step_macs = 3 * forward_macs;
+    let med = median(&mut totals.clone());
+    let result = json!({
+        "case": case.name,
+        "engine": engine.to_string(),
+        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "reps": totals.len(),
+        "times_ms": totals,
+        "median_ms": med,
+        "gmacs": step_macs as f64 / 1e9,
+        "gflops": 2.0 * step_macs as f64 / (med * 1e6),
+        "peak_rss_mib": rss,
+        "rss_after_build_mib": rss_weights,
+        "build_s": build_s,
+        "loss": loss,
+        "compared": train_step::COMPARED_GRADIENT,
+        "levels": [
+            {"name": "forward + loss", "median_ms": median(&mut forward), "gmacs": forward_macs as f64 / 1e9},
+            {"name": "backward", "median_ms": median(&mut backward), "gmacs": 2.0 * forward_macs as f64 / 1e9},
+        ],
+        "output_shape": compared.dims(),
     });
     println!("{RESULT_TAG}{result}");
     Ok(())
@@ -292,6 +366,9 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
                 r["gflops"].as_f64().unwrap_or(f64::NAN),
                 r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
             );
+            if let Some(loss) = r["loss"].as_f64() {
+                eprintln!("          loss {loss:.6}");
+            }
             results.push(r);
         }
         let reference = dir.join(format!("out_{}.npy", engines[0]));
@@ -308,6 +385,9 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
                     &args.warmup.to_string(),
                 ])
                 .args(["--threads", &threads.to_string()]);
+            if case.job == Job::TrainingStep {
+                cmd.arg("--train");
+            }
             let mut t = tagged_json(&run_captured(cmd)?, TORCH_TAG)?;
             let d = rel_diff(&dir.join("out_torch.npy"), &reference)?;
             t["rel_diff_vs_r38"] = json!(d);
@@ -317,6 +397,9 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
                 t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
                 engines[0]
             );
+            if let Some(loss) = t["loss"].as_f64() {
+                eprintln!("          loss {loss:.6}");
+            }
             torch = t;
         }
         for r in results.iter_mut().skip(1) {
@@ -412,8 +495,20 @@ fn print_tables(report: &[Value]) {
                 r["engine"].as_str().unwrap_or("?")
             );
         }
+        let torch_levels = c["torch"]["levels"].as_array().cloned().unwrap_or_default();
+        if !torch_levels.is_empty() {
+            header += " pytorch ms | fastest r38 / pytorch |";
+        }
         println!("{header}");
-        println!("|---|---:|{}", "---:|---:|".repeat(runs.len()));
+        println!(
+            "|---|---:|{}{}",
+            "---:|---:|".repeat(runs.len()),
+            if torch_levels.is_empty() {
+                ""
+            } else {
+                "---:|---:|"
+            }
+        );
         let levels = first["levels"].as_array().cloned().unwrap_or_default();
         for (i, l) in levels.iter().enumerate() {
             let gm = f(&l["gmacs"]);
@@ -421,6 +516,14 @@ fn print_tables(report: &[Value]) {
             for r in &runs {
                 let ms = f(&r["levels"][i]["median_ms"]);
                 line += &format!(" {:.1} | {:.1} |", ms, 2.0 * gm / (ms * 1e-3));
+            }
+            if let Some(t) = torch_levels.iter().find(|t| t["name"] == l["name"]) {
+                let fastest = runs
+                    .iter()
+                    .map(|r| f(&r["levels"][i]["median_ms"]))
+                    .fold(f64::INFINITY, f64::min);
+                let tm = f(&t["median_ms"]);
+                line += &format!(" {tm:.1} | {:.2}x |", fastest / tm);
             }
             println!("{line}");
         }
