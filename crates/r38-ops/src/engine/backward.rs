@@ -56,6 +56,34 @@ pub fn kernel_gradient(g: &Geometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     }
 }
 
+/// The input gradient of a 3x3 stride-1 "same" convolution is itself such a convolution:
+/// `dy` (Cout channels) convolved with the kernel flipped in space and with its channel axes
+/// swapped, same dilation and padding. Its geometry, when `g` is one of those convolutions.
+pub fn input_gradient_as_convolution(g: &Geometry) -> Option<Geometry> {
+    (g.kernel == 3 && g.stride == 1 && g.padding == g.dilation).then_some(Geometry {
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        ..*g
+    })
+}
+
+/// The kernel of [`input_gradient_as_convolution`]: `w'[ci][co][ky][kx] = w[co][ci][2-ky][2-kx]`.
+pub fn flipped_transposed_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let (co_n, ci_n, kk) = (g.out_channels, g.in_channels, g.kernel * g.kernel);
+    assert_eq!(w.len(), co_n * ci_n * kk);
+    let mut t = vec![0f32; w.len()];
+    for co in 0..co_n {
+        for ci in 0..ci_n {
+            let src = &w[(co * ci_n + ci) * kk..(co * ci_n + ci + 1) * kk];
+            let dst = &mut t[(ci * co_n + co) * kk..(ci * co_n + co + 1) * kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
+            }
+        }
+    }
+    t
+}
+
 /// `dx = dL/dx` (`N * Cin * H * W`) of `y = conv(x, w)` given `dy = dL/dy`.
 pub fn input_gradient(g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let hw_in = g.height * g.width;

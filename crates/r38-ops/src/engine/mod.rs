@@ -3,7 +3,7 @@
 //! [`conv2d`] computes exactly what [`crate::Conv2d`] computes (the authors' "same" padding,
 //! dilation forced to 1 for 1x1 kernels, optional bias) and picks one of two paths:
 //!
-//! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) ([`winograd`]) for
+//! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) or F(4x4,3x3) ([`winograd`]) for
 //!   3x3 stride-1 convolutions of any dilation, tiled im2col + GEMM ([`kernel`]) for the rest
 //!   (stem, stride 2, 1x1). When the input or weight is tracked by candle's autograd
 //!   (training), the same kernels run with their own backward pass ([`backward`]: GEMMs and
@@ -34,7 +34,7 @@ pub enum Engine {
     Exact,
     /// The r38 im2col + GEMM kernel for every shape (no Winograd); for comparisons.
     Gemm,
-    /// The r38 CPU kernels: Winograd F(2x2,3x3) for 3x3 stride-1 convolutions, im2col + GEMM
+    /// The r38 CPU kernels: Winograd F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 convolutions, im2col + GEMM
     /// for the rest (forward only; falls back to `Exact` where it does not apply).
     Fast,
 }
@@ -313,7 +313,29 @@ impl CustomOp2 for FastConv {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let g = self.geometry;
-        let dx = weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?;
+        // Where the input gradient is itself a convolution Winograd handles, it goes there.
+        let winograd_input = backward::input_gradient_as_convolution(&g)
+            .filter(|t| self.winograd && winograd::applies(t));
+        let dx = match winograd_input {
+            Some(t) => {
+                let w = weight.flatten_all()?.to_vec1::<f32>()?;
+                let flipped = backward::flipped_transposed_kernel(&g, &w);
+                let flipped = Tensor::from_vec(
+                    flipped,
+                    (t.out_channels, t.in_channels, 3, 3),
+                    weight.device(),
+                )?;
+                dy.apply_op2_no_bwd(
+                    &flipped,
+                    &FastConv {
+                        geometry: t,
+                        bias: None,
+                        winograd: true,
+                    },
+                )?
+            }
+            None => weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?,
+        };
         let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g))?;
         Ok((Some(dx), Some(dw)))
     }

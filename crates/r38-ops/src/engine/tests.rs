@@ -80,6 +80,75 @@ fn winograd_applies_to_the_3x3_stride1_shapes() {
 }
 
 #[test]
+fn winograd_blocks_2_and_4_match_im2col() {
+    let mut seed = 1u64;
+    let mut rand = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for d in [1, 2, 4, 12] {
+        for (n, cin, cout, h, w) in [
+            (1, 9, 7, 13, 9),
+            (2, 16, 5, 27, 30),
+            (1, 8, 3, 5, 7),
+            (1, 12, 4, 63, 50),
+        ] {
+            let g = Geometry {
+                batch: n,
+                in_channels: cin,
+                height: h,
+                width: w,
+                out_channels: cout,
+                kernel: 3,
+                stride: 1,
+                dilation: d,
+                padding: d,
+            };
+            let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
+            let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
+            let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
+            let mut reference = vec![0f32; n * cout * h * w];
+            kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
+            let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for m in [2, 4] {
+                let mut out = vec![f32::NAN; reference.len()];
+                winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut out);
+                let diff = out
+                    .iter()
+                    .zip(&reference)
+                    .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
+                assert!(
+                    diff / scale < 1e-5,
+                    "F({m}x{m}) d={d} {n}x{cin}x{h}x{w}: {}",
+                    diff / scale
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn winograd_picks_4x4_blocks_on_wide_maps_only() {
+    let g = |h, d| Geometry {
+        batch: 1,
+        in_channels: 512,
+        height: h,
+        width: h,
+        out_channels: 512,
+        kernel: 3,
+        stride: 1,
+        dilation: d,
+        padding: d,
+    };
+    assert_eq!(winograd::block(&g(28, 1)), 2);
+    assert_eq!(winograd::block(&g(56, 1)), 4);
+    assert_eq!(winograd::block(&g(63, 4)), 4);
+    assert_eq!(winograd::block(&g(112, 1)), 4);
+}
+
+#[test]
 fn winograd_chunks_of_tiles() {
     // Enough tiles and channels that the tile loop runs several chunks.
     let spec = ConvSpec::new(300, 20, 3).dilation(2).with_bias();
@@ -216,6 +285,16 @@ fn trainable_conv_gradients_equal_candles() {
         // The stem's 7x7 and a 5x5.
         check_gradients(n, 3, 4, 15, 13, ConvSpec::new(3, 4, 7).stride(2));
         check_gradients(n, 3, 4, 9, 9, ConvSpec::new(3, 4, 5));
+    }
+}
+
+#[test]
+fn winograd_input_gradients_equal_candles() {
+    // Enough channels and tiles that both the forward pass and the input gradient (a 3x3
+    // convolution of dy) take Winograd: F(2x2) at 20x18, F(4x4) at 48x52.
+    for d in [1, 2] {
+        check_gradients(1, 9, 12, 20, 18, ConvSpec::new(9, 12, 3).dilation(d));
+        check_gradients(1, 16, 10, 48, 52, ConvSpec::new(16, 10, 3).dilation(d));
     }
 }
 
