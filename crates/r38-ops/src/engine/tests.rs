@@ -145,6 +145,13 @@ fn winograd_picks_4x4_blocks_on_wide_maps_only() {
     assert_eq!(winograd::block(&g(28, 1)), 2);
     assert_eq!(winograd::block(&g(56, 1)), 4);
     assert_eq!(winograd::block(&g(63, 4)), 4);
+    // Level 7's 1024 -> 2048 kernel: F(4x4)'s transform would be 300 MB.
+    let level7 = Geometry {
+        in_channels: 1024,
+        out_channels: 2048,
+        ..g(63, 4)
+    };
+    assert_eq!(winograd::block(&level7), 2);
     assert_eq!(winograd::block(&g(112, 1)), 4);
 }
 

@@ -33,6 +33,12 @@ pub fn applies(g: &Geometry) -> bool {
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
 const MIN_TILES: usize = 64;
 
+/// Largest transformed kernel (floats) F(4x4, 3x3) is used for: 128 MiB. The kernels are
+/// transformed whole on every call; level 7's 3x3 (1024 -> 2048) would take 300 MB under
+/// F(4x4), 134 MB under F(2x2). (Transforming blocks of output channels as the GEMMs go
+/// saves that memory but, measured, costs more time than F(4x4) gains there.)
+const MAX_WEIGHT_FLOATS_4X4: usize = 1 << 25;
+
 /// Fewest tiles (4x4 output blocks, whole batch) for which F(4x4, 3x3) is used.
 const MIN_TILES_4X4: usize = 128;
 
@@ -43,10 +49,14 @@ fn tiles(g: &Geometry, m: usize) -> usize {
 
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
-/// tile) and there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
-/// F(4x4) is slower than F(2x2)), else 2.
+/// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
+/// F(4x4) is slower than F(2x2)) and its transformed weights, 4x the kernel, stay within
+/// [`MAX_WEIGHT_FLOATS_4X4`]; else 2.
 pub fn block(g: &Geometry) -> usize {
-    if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
+    if tiles(g, 4) >= MIN_TILES_4X4
+        && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
+        && 36 * g.in_channels * g.out_channels <= MAX_WEIGHT_FLOATS_4X4
+    {
         4
     } else {
         2
