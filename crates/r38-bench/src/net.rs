@@ -9,7 +9,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use r38_model::{Backbone, BackboneConfig};
-use r38_ops::engine::{conv2d_with, Engine};
+use r38_ops::engine::{conv2d_add_with, conv2d_with, Engine};
 use r38_ops::{Conv2d, ConvSpec, PreActivation};
 use r38_seg::HeadConfig;
 use serde::Serialize;
@@ -158,7 +158,9 @@ impl BenchNet {
                 x = match shortcut {
                     Some(p) => {
                         let a = pre_activated.expect("a unit has branches");
-                        (conv(&a, p, &mut macs)? + t)?
+                        let y = conv2d_add_with(engine, &a, p.weight(), p.spec(), &t)?;
+                        macs += conv_macs(p.spec(), &y);
+                        y
                     }
                     None => (x + t)?,
                 };

@@ -122,6 +122,15 @@ impl Conv2d {
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+
+    /// `residual + self(x)`, without a separate tensor for `self(x)` on the fast path (a
+    /// projection shortcut adding onto its unit's branch; see [`crate::engine::conv2d_add`]).
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(_) => self.forward(x)? + residual,
+            None => crate::engine::conv2d_add(x, &self.weight, &self.spec, residual),
+        }
+    }
 }
 
 impl Module for Conv2d {

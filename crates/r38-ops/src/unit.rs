@@ -148,7 +148,7 @@ impl ResidualUnit {
         }
         let pre_activated = pre_activated.expect("a unit has at least one branch");
         let out = match &self.shortcut {
-            Some(projection) => (projection.forward(&pre_activated)? + t)?,
+            Some(projection) => projection.forward_add(&pre_activated, &t)?,
             None => (x + t)?,
         };
         Ok((out, pre_activated))

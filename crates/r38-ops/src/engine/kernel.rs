@@ -94,9 +94,6 @@ pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mu
 /// The im2col + GEMM path for every geometry (see the module documentation).
 pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let hw_out = g.out_height() * g.out_width();
-    let hw_in = g.height * g.width;
-    assert_eq!(x.len(), g.batch * g.in_channels * hw_in);
-    assert_eq!(w.len(), g.out_channels * g.depth());
     assert_eq!(out.len(), g.batch * g.out_channels * hw_out);
     if let Some(b) = bias {
         assert_eq!(b.len(), g.out_channels);
@@ -106,7 +103,21 @@ pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out
             }
         }
     }
-    let read_dst = bias.is_some();
+    gemm_into(g, x, w, bias.is_some(), out)
+}
+
+/// `out += conv(x, w)` by im2col + GEMM: the GEMMs accumulate onto what `out` holds.
+pub fn im2col_gemm_accumulate(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
+    gemm_into(g, x, w, true, out)
+}
+
+/// `out (+)= conv(x, w)`, accumulating when `read_dst`.
+fn gemm_into(g: &Geometry, x: &[f32], w: &[f32], read_dst: bool, out: &mut [f32]) {
+    let hw_out = g.out_height() * g.out_width();
+    let hw_in = g.height * g.width;
+    assert_eq!(x.len(), g.batch * g.in_channels * hw_in);
+    assert_eq!(w.len(), g.out_channels * g.depth());
+    assert_eq!(out.len(), g.batch * g.out_channels * hw_out);
     let images = x
         .chunks(g.in_channels * hw_in)
         .zip(out.chunks_mut(g.out_channels * hw_out));

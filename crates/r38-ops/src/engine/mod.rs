@@ -128,6 +128,90 @@ pub fn conv2d_with(
     exact_conv2d(x, weight, bias, spec)
 }
 
+/// `residual + conv(x, weight)` (no bias), as a residual unit's projection shortcut adds onto
+/// its branch: on the fast path one output tensor, the convolution accumulated straight onto a
+/// copy of `residual`, instead of the convolution's output and then the sum (at a 1024x2048
+/// frame, level 7's 4096-channel maps are 0.5 GB each).
+pub fn conv2d_add(
+    x: &Tensor,
+    weight: &Tensor,
+    spec: &ConvSpec,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    conv2d_add_with(engine(), x, weight, spec, residual)
+}
+
+/// [`conv2d_add`] with an explicit engine (for tests and benchmarks).
+pub fn conv2d_add_with(
+    engine: Engine,
+    x: &Tensor,
+    weight: &Tensor,
+    spec: &ConvSpec,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    let fast = engine != Engine::Exact
+        && fast_applies(x, weight, None)
+        && fast_applies(residual, weight, None);
+    if !fast || spec.bias {
+        return conv2d_with(engine, x, weight, None, spec)? + residual;
+    }
+    let geometry = geometry_of(x, weight, spec)?;
+    let out_dims = [
+        geometry.batch,
+        geometry.out_channels,
+        geometry.out_height(),
+        geometry.out_width(),
+    ];
+    if !geometry.valid() || residual.dims() != out_dims {
+        return conv2d_with(engine, x, weight, None, spec)? + residual;
+    }
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &residual.contiguous()?,
+        &FastConvAdd {
+            geometry,
+            winograd: engine == Engine::Fast,
+        },
+    )
+}
+
+/// `residual + conv(x, w)` on the CPU (see [`conv2d_add`]).
+struct FastConvAdd {
+    geometry: Geometry,
+    winograd: bool,
+}
+
+impl candle_core::CustomOp3 for FastConvAdd {
+    fn name(&self) -> &'static str {
+        "r38-conv2d-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geometry;
+        let x = contiguous_f32(s1, l1, "input")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let residual = contiguous_f32(s3, l3, "residual")?;
+        let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
+        let mut out = residual.to_vec();
+        if winograd::applies(g) && self.winograd {
+            let mut y = vec![0f32; out.len()];
+            winograd::conv2d(g, x, w, None, &mut y);
+            out.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
+        } else {
+            kernel::im2col_gemm_accumulate(g, x, w, &mut out);
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 /// The r38 kernels with their backward pass ([`backward`]): what training on the CPU uses.
 /// The bias, if any, is added by candle (its gradient is a plain sum).
 pub fn trainable_conv2d(

@@ -156,6 +156,29 @@ fn winograd_picks_4x4_blocks_on_wide_maps_only() {
 }
 
 #[test]
+fn conv_add_equals_conv_then_add() {
+    let dev = Device::Cpu;
+    // The projection shortcut's 1x1 (stride 1 and 2), and a 3x3 that takes Winograd.
+    for (cin, cout, k, s, h, w) in [
+        (6, 10, 1, 1, 9, 7),
+        (6, 10, 1, 2, 9, 7),
+        (9, 4, 3, 1, 20, 18),
+    ] {
+        let spec = ConvSpec::new(cin, cout, k).stride(s);
+        let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+        let y = exact_conv2d(&x, &wt, None, &spec).unwrap();
+        let residual = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let expected = (&y + &residual).unwrap();
+        for engine in [Engine::Exact, Engine::Gemm, Engine::Fast] {
+            let got = conv2d_add_with(engine, &x, &wt, &spec, &residual).unwrap();
+            let r = rel_diff(&got, &expected);
+            assert!(r < 1e-5, "{engine} {spec:?}: {r}");
+        }
+    }
+}
+
+#[test]
 fn winograd_chunks_of_tiles() {
     // Enough tiles and channels that the tile loop runs several chunks.
     let spec = ConvSpec::new(300, 20, 3).dilation(2).with_bias();
