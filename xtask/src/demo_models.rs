@@ -183,10 +183,11 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
     let init: PathBuf = option(args, "--init")
         .map(Into::into)
         .unwrap_or_else(|| root().join(CLASSIFIER));
-    // Two stages, as the authors' Cityscapes recipe: the second starts afresh (new optimizer
-    // state and schedule) from the first's final weights, at half the rate.
+    // Stages as the authors' Cityscapes recipe: each later one starts afresh (new optimizer
+    // state and schedule) from the previous one's final weights, at half the first's rate.
     let stage1 = runs.join("stage1");
     let stage2 = runs.join("stage2");
+    let stage3 = runs.join("stage3");
     let stages = [
         // Grey items on dark canvases, the classifier's own domain; its BN statistics are
         // re-estimated once on the scenes, then frozen as the recipe has them.
@@ -204,6 +205,14 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
             "2000",
             "0.005",
             "1",
+            &[][..],
+        ),
+        (
+            &stage3,
+            stage2.join("checkpoints/step-00002000/model.safetensors"),
+            "4000",
+            "0.005",
+            "2",
             &[][..],
         ),
     ];
@@ -244,7 +253,7 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
             run_command(&mut cmd)?;
         }
     }
-    let out = &stage2;
+    let out = &stage3;
     let held_out: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("held_out.json"))
             .with_context(|| format!("{}: the run wrote no held_out.json", out.display()))?,
@@ -261,7 +270,7 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
         Path::new(SEGMENTER),
         BTreeMap::from([
             ("r38.class_names".into(), serde_json::to_string(&r38_train::scenes::class_names())?),
-            ("r38.trained_by".into(), "cargo xtask train-scenes (r38 train-seg --dataset fashion-scenes, two stages from the shipped classifier, CPU)".into()),
+            ("r38.trained_by".into(), "cargo xtask train-scenes (r38 train-seg --dataset fashion-scenes, three stages from the shipped classifier, CPU)".into()),
             ("r38.training_data".into(), "10,000 grey fashion scenes (96x96) from Fashion-MNIST train items".into()),
             ("r38.held_out_miou".into(), format!("{miou:.4}")),
         ]),

@@ -46,8 +46,8 @@ tasks:
                                   write samples/fashion-items
   train-scenes [--root DIR] [--init FILE] [--out DIR] [--steps N] [--resume] [--export-only]
                                   fine-tune the shipped classifier into the fashion-scenes
-                                  segmenter (full recipe: OHEM, frozen BN, dropout; two stages,
-                                  DIR/stage1 and DIR/stage2), export it and write
+                                  segmenter (full recipe: OHEM, frozen BN, dropout; three stages,
+                                  DIR/stage1..3), export it and write
                                   samples/fashion-scenes
   fuzz [--runs N] [--target params,pth,safetensors] [--sanitizer address|none] [--max-len B]
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
