@@ -146,10 +146,13 @@ impl BenchNet {
                 x = pool.forward(&x)?;
             }
             for (unit, shortcut) in level.units().iter().zip(shortcuts) {
-                let mut t = x.clone();
+                // As ResidualUnit::forward_owned: inputs are released as soon as possible.
+                let identity = shortcut.is_none().then(|| x.clone());
+                let mut t = x;
                 let mut pre_activated = None;
                 for (i, branch) in unit.branches().iter().enumerate() {
                     let a = branch.pre.forward_t(&t, false)?;
+                    drop(t);
                     t = conv(&a, &branch.conv, &mut macs)?;
                     if i == 0 {
                         pre_activated = Some(a);
@@ -158,11 +161,11 @@ impl BenchNet {
                 x = match shortcut {
                     Some(p) => {
                         let a = pre_activated.expect("a unit has branches");
-                        let y = conv2d_add_with(engine, &a, p.weight(), p.spec(), &t)?;
+                        let y = conv2d_add_with(engine, &a, p.weight(), p.spec(), t)?;
                         macs += conv_macs(p.spec(), &y);
                         y
                     }
-                    None => (x + t)?,
+                    None => (identity.expect("kept for the identity shortcut") + t)?,
                 };
             }
             parts.push(part(

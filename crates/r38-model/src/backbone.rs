@@ -31,13 +31,19 @@ impl Level {
 
     /// The level's output and the pre-activation of its first unit.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        self.forward_owned(x.clone(), train)
+    }
+
+    /// [`Self::forward_t`] taking the input by value, so that every unit's input can be
+    /// released as early as the unit allows ([`ResidualUnit::forward_owned`]).
+    pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let x = match &self.pool {
-            Some(pool) => pool.forward(x)?,
-            None => x.clone(),
+            Some(pool) => pool.forward(&x)?,
+            None => x,
         };
-        let (mut x, pre_activated) = self.units[0].forward_with_preactivation(&x, train)?;
+        let (mut x, pre_activated) = self.units[0].forward_owned(x, train)?;
         for unit in &self.units[1..] {
-            x = unit.forward_t(&x, train)?;
+            x = unit.forward_owned(x, train)?.0;
         }
         Ok((x, pre_activated))
     }
@@ -173,7 +179,7 @@ impl Backbone {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = self.stem.forward(x)?;
         for level in &self.levels {
-            x = level.forward_t(&x, train)?.0;
+            x = level.forward_owned(x, train)?.0;
         }
         self.bn7.forward_t(&x, train)
     }

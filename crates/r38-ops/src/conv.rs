@@ -123,9 +123,10 @@ impl Conv2d {
         self.bias.as_ref()
     }
 
-    /// `residual + self(x)`, without a separate tensor for `self(x)` on the fast path (a
-    /// projection shortcut adding onto its unit's branch; see [`crate::engine::conv2d_add`]).
-    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    /// `residual + self(x)`, accumulated into `residual`'s storage on the fast path (a
+    /// projection shortcut adding onto its unit's fresh branch output; see
+    /// [`crate::engine::conv2d_add`]).
+    pub fn forward_add(&self, x: &Tensor, residual: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(_) => self.forward(x)? + residual,
             None => crate::engine::conv2d_add(x, &self.weight, &self.spec, residual),

@@ -129,14 +129,15 @@ pub fn conv2d_with(
 }
 
 /// `residual + conv(x, weight)` (no bias), as a residual unit's projection shortcut adds onto
-/// its branch: on the fast path one output tensor, the convolution accumulated straight onto a
-/// copy of `residual`, instead of the convolution's output and then the sum (at a 1024x2048
-/// frame, level 7's 4096-channel maps are 0.5 GB each).
+/// its branch. On the fast path the convolution is accumulated straight into `residual`'s own
+/// storage, so no tensor of the output's size is allocated (at a 1024x2048 frame, level 7's
+/// 4096-channel maps are 0.5 GB each): pass a tensor nothing else reads, such as the fresh
+/// output of the unit's last branch.
 pub fn conv2d_add(
     x: &Tensor,
     weight: &Tensor,
     spec: &ConvSpec,
-    residual: &Tensor,
+    residual: Tensor,
 ) -> Result<Tensor> {
     conv2d_add_with(engine(), x, weight, spec, residual)
 }
@@ -147,14 +148,13 @@ pub fn conv2d_add_with(
     x: &Tensor,
     weight: &Tensor,
     spec: &ConvSpec,
-    residual: &Tensor,
+    residual: Tensor,
 ) -> Result<Tensor> {
     let fast = engine != Engine::Exact
+        && !spec.bias
         && fast_applies(x, weight, None)
-        && fast_applies(residual, weight, None);
-    if !fast || spec.bias {
-        return conv2d_with(engine, x, weight, None, spec)? + residual;
-    }
+        && fast_applies(&residual, weight, None)
+        && residual.is_contiguous();
     let geometry = geometry_of(x, weight, spec)?;
     let out_dims = [
         geometry.batch,
@@ -162,53 +162,55 @@ pub fn conv2d_add_with(
         geometry.out_height(),
         geometry.out_width(),
     ];
-    if !geometry.valid() || residual.dims() != out_dims {
+    if !fast || !geometry.valid() || residual.dims() != out_dims {
         return conv2d_with(engine, x, weight, None, spec)? + residual;
     }
-    x.contiguous()?.apply_op3_no_bwd(
+    residual.inplace_op3(
+        &x.contiguous()?,
         &weight.contiguous()?,
-        &residual.contiguous()?,
-        &FastConvAdd {
+        &FastConvAccumulate {
             geometry,
             winograd: engine == Engine::Fast,
         },
-    )
+    )?;
+    Ok(residual)
 }
 
-/// `residual + conv(x, w)` on the CPU (see [`conv2d_add`]).
-struct FastConvAdd {
+/// `residual += conv(x, w)` in place on the CPU (see [`conv2d_add`]).
+struct FastConvAccumulate {
     geometry: Geometry,
     winograd: bool,
 }
 
-impl candle_core::CustomOp3 for FastConvAdd {
+impl candle_core::InplaceOp3 for FastConvAccumulate {
     fn name(&self) -> &'static str {
-        "r38-conv2d-add"
+        "r38-conv2d-accumulate"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    ) -> Result<()> {
         let g = &self.geometry;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let w = contiguous_f32(s2, l2, "weight")?;
-        let residual = contiguous_f32(s3, l3, "residual")?;
-        let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
-        let mut out = residual.to_vec();
-        if winograd::applies(g) && self.winograd {
+        let x = contiguous_f32(s2, l2, "input")?;
+        let w = contiguous_f32(s3, l3, "weight")?;
+        let out = match (s1, l1.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => &mut v[a..b],
+            _ => candle_core::bail!("engine::conv2d_add: the residual must be contiguous f32"),
+        };
+        if self.winograd && winograd::applies(g) {
             let mut y = vec![0f32; out.len()];
             winograd::conv2d(g, x, w, None, &mut y);
             out.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
         } else {
-            kernel::im2col_gemm_accumulate(g, x, w, &mut out);
+            kernel::im2col_gemm_accumulate(g, x, w, out);
         }
-        Ok((CpuStorage::F32(out), shape))
+        Ok(())
     }
 }
 

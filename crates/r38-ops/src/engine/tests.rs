@@ -171,10 +171,22 @@ fn conv_add_equals_conv_then_add() {
         let residual = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
         let expected = (&y + &residual).unwrap();
         for engine in [Engine::Exact, Engine::Gemm, Engine::Fast] {
-            let got = conv2d_add_with(engine, &x, &wt, &spec, &residual).unwrap();
+            let fresh = residual.copy().unwrap();
+            let got = conv2d_add_with(engine, &x, &wt, &spec, fresh).unwrap();
             let r = rel_diff(&got, &expected);
             assert!(r < 1e-5, "{engine} {spec:?}: {r}");
         }
+        // A non-contiguous residual takes the allocating path and is left as it was.
+        let transposed = residual
+            .transpose(2, 3)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        let got = conv2d_add_with(Engine::Fast, &x, &wt, &spec, transposed.clone()).unwrap();
+        assert!(rel_diff(&got, &expected) < 1e-5);
+        assert!(rel_diff(&transposed, &residual) == 0.0);
     }
 }
 
