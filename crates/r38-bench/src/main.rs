@@ -77,6 +77,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // As the r38 CLI does (not PyTorch, which runs on its own settings).
+    r38_ops::engine::allocator::keep_freed_memory();
     let args = Args::parse();
     let all = cases::all(args.narrow)?;
     if args.list {

@@ -16,6 +16,7 @@
 //! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|gemm|fast`
 //! read on first use. The default is `fast`.
 
+pub mod allocator;
 pub mod backward;
 pub mod kernel;
 pub mod pre_activation;
