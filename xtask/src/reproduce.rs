@@ -204,13 +204,17 @@ fn run_row(
         .arg("--json")
         .arg(&json)
         .arg("--overwrite");
+    // Cached predictions and finished rows belong to one weight file: a re-exported or
+    // replaced file under the same name must not reuse them.
+    let weights_key = weights_fingerprint(&weights);
     if row.dataset != "imagenet" {
-        cmd.arg("--cache-dir").arg(out.join("cache").join(&row.id));
+        cmd.arg("--cache-dir")
+            .arg(out.join("cache").join(format!("{}-{weights_key}", row.id)));
     }
     if let Some(n) = limit {
         cmd.args(["--limit", n]);
     }
-    // A finished row is reused when it ran with the same arguments.
+    // A finished row is reused when it ran with the same arguments (weights included).
     let signature = format!("{cmd:?}");
     let finished = json.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == signature);
     if !finished {
@@ -232,6 +236,27 @@ fn run_row(
         .iter()
         .map(|(_, _, m)| m.read(&report))
         .collect())
+}
+
+/// A short key for the weights: a local file's size and modification time, else the spec
+/// itself (an `hf://` name; r38 resolves and verifies it).
+fn weights_fingerprint(spec: &str) -> String {
+    let identity = match std::fs::metadata(spec) {
+        Ok(m) => {
+            let modified = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{spec} {} {modified}", m.len())
+        }
+        Err(_) => spec.to_string(),
+    };
+    // FNV-1a, 64 bits: a directory name, not a security boundary.
+    let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// `--weights ROW=SPEC` (a path or hf:// name), else `--weights-dir/<file name>`.
@@ -319,4 +344,25 @@ fn report(outcomes: &[Outcome], limit: Option<&str>) -> (String, serde_json::Val
         }
     }
     (md, serde_json::json!({ "limit": limit, "rows": rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weights_fingerprint;
+
+    #[test]
+    fn a_replaced_weight_file_gets_a_new_fingerprint() {
+        let path = std::env::temp_dir().join(format!(
+            "r38-fingerprint-{}.safetensors",
+            std::process::id()
+        ));
+        std::fs::write(&path, b"first").unwrap();
+        let spec = path.to_str().unwrap();
+        let first = weights_fingerprint(spec);
+        assert_eq!(first, weights_fingerprint(spec));
+        std::fs::write(&path, b"second, longer").unwrap();
+        assert_ne!(first, weights_fingerprint(spec));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(weights_fingerprint("hf://org/repo/f.safetensors").len(), 16);
+    }
 }
