@@ -175,13 +175,7 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     let output = output.expect("at least one rep");
     output.write_npy(dir.join(format!("out_{engine}.npy")))?;
     if args.dump {
-        let net_desc = cases::describe(net.backbone(), &case.config, case.head);
-        std::fs::write(
-            dir.join("net.json"),
-            serde_json::to_string_pretty(&net_desc)?,
-        )?;
-        input.write_npy(dir.join("input.npy"))?;
-        r38_bench::weights::write_raw(&weights.tensors(), &dir.join("weights"))?;
+        dump_for_torch(dir, net.backbone(), case, &input, &weights.tensors())?;
     }
     let total_macs: u64 = macs.iter().sum();
     let levels: Vec<Value> = names
@@ -190,23 +184,69 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
         .zip(&macs)
         .map(|((n, p), m)| json!({"name": n, "median_ms": median(p), "gmacs": *m as f64 / 1e9}))
         .collect();
-    let med = median(&mut totals.clone());
-    let result = json!({
-        "case": case.name,
-        "engine": engine.to_string(),
-        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-        "reps": totals.len(),
-        "times_ms": totals,
-        "median_ms": med,
-        "gmacs": total_macs as f64 / 1e9,
-        "gflops": 2.0 * total_macs as f64 / (med * 1e6),
-        "peak_rss_mib": rss,
-        "rss_after_build_mib": rss_weights,
-        "build_s": build_s,
-        "levels": levels,
-        "output_shape": output.dims(),
-    });
+    let measured = Measured {
+        times_ms: totals,
+        macs: total_macs,
+        peak_rss_mib: rss,
+        rss_after_build_mib: rss_weights,
+        build_s,
+    };
+    let result = measured.json(case, engine, levels, output.dims());
     println!("{RESULT_TAG}{result}");
+    Ok(())
+}
+
+/// What every child reports, whatever it timed.
+struct Measured {
+    times_ms: Vec<f64>,
+    macs: u64,
+    peak_rss_mib: Option<f64>,
+    rss_after_build_mib: Option<f64>,
+    build_s: f64,
+}
+
+impl Measured {
+    fn json(
+        self,
+        case: &Case,
+        engine: Engine,
+        levels: Vec<Value>,
+        output_shape: &[usize],
+    ) -> Value {
+        let med = median(&mut self.times_ms.clone());
+        json!({
+            "case": case.name,
+            "engine": engine.to_string(),
+            "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+            "reps": self.times_ms.len(),
+            "times_ms": self.times_ms,
+            "median_ms": med,
+            "gmacs": self.macs as f64 / 1e9,
+            "gflops": 2.0 * self.macs as f64 / (med * 1e6),
+            "peak_rss_mib": self.peak_rss_mib,
+            "rss_after_build_mib": self.rss_after_build_mib,
+            "build_s": self.build_s,
+            "levels": levels,
+            "output_shape": output_shape,
+        })
+    }
+}
+
+/// The network description, input and weights `tools/torch_reference.py` reads.
+fn dump_for_torch(
+    dir: &Path,
+    backbone: &r38_model::Backbone,
+    case: &Case,
+    input: &Tensor,
+    tensors: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    let net_desc = cases::describe(backbone, &case.config, case.head);
+    std::fs::write(
+        dir.join("net.json"),
+        serde_json::to_string_pretty(&net_desc)?,
+    )?;
+    input.write_npy(dir.join("input.npy"))?;
+    r38_bench::weights::write_raw(tensors, &dir.join("weights"))?;
     Ok(())
 }
 
@@ -241,38 +281,24 @@ fn child_training_step(args: &Args, case: &Case, engine: Engine, dir: &Path) -> 
     let compared = step.gradient(&grads, train_step::COMPARED_GRADIENT)?;
     compared.write_npy(dir.join(format!("out_{engine}.npy")))?;
     if args.dump {
-        let net_desc = cases::describe(step.backbone(), &case.config, case.head);
-        std::fs::write(
-            dir.join("net.json"),
-            serde_json::to_string_pretty(&net_desc)?,
-        )?;
-        input.write_npy(dir.join("input.npy"))?;
+        dump_for_torch(dir, step.backbone(), case, &input, step.tensors())?;
         labels.write_npy(dir.join("labels.npy"))?;
-        r38_bench::weights::write_raw(&step.tensors(), &dir.join("weights"))?;
     }
-    // Forward plus the two backward GEMMs (input and weight gradients) of every convolution.
-    let step_macs = 3 * forward_macs;
-    let med = median(&mut totals.clone());
-    let result = json!({
-        "case": case.name,
-        "engine": engine.to_string(),
-        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
-        "reps": totals.len(),
-        "times_ms": totals,
-        "median_ms": med,
-        "gmacs": step_macs as f64 / 1e9,
-        "gflops": 2.0 * step_macs as f64 / (med * 1e6),
-        "peak_rss_mib": rss,
-        "rss_after_build_mib": rss_weights,
-        "build_s": build_s,
-        "loss": loss,
-        "compared": train_step::COMPARED_GRADIENT,
-        "levels": [
-            {"name": "forward + loss", "median_ms": median(&mut forward), "gmacs": forward_macs as f64 / 1e9},
-            {"name": "backward", "median_ms": median(&mut backward), "gmacs": 2.0 * forward_macs as f64 / 1e9},
-        ],
-        "output_shape": compared.dims(),
-    });
+    let levels = vec![
+        json!({"name": "forward + loss", "median_ms": median(&mut forward), "gmacs": forward_macs as f64 / 1e9}),
+        json!({"name": "backward", "median_ms": median(&mut backward), "gmacs": 2.0 * forward_macs as f64 / 1e9}),
+    ];
+    let measured = Measured {
+        times_ms: totals,
+        // Forward plus the two backward GEMMs (input and weight gradients) of every convolution.
+        macs: 3 * forward_macs,
+        peak_rss_mib: rss,
+        rss_after_build_mib: rss_weights,
+        build_s,
+    };
+    let mut result = measured.json(case, engine, levels, compared.dims());
+    result["loss"] = json!(loss);
+    result["compared"] = json!(train_step::COMPARED_GRADIENT);
     println!("{RESULT_TAG}{result}");
     Ok(())
 }

@@ -1,66 +1,27 @@
 //! One training step of the segmentation net, as `r38 train-seg` takes it: the real
-//! [`SegmentationNet`] with its parameters as candle [`Var`]s, frozen BN (global statistics,
+//! [`SegmentationNet`] with its parameters as candle `Var`s, frozen BN (global statistics,
 //! gamma and beta trained), softmax cross-entropy with ignored pixels, and candle's backward
 //! through the engine's convolution gradients.
 
 use crate::net::HeadKind;
-use crate::weights::{seed_of, values, Rng};
+use crate::weights::{seed_of, RandomWeights, Rng};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Result, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{Device, Result, Tensor};
 use r38_model::{Backbone, BackboneConfig};
 use r38_ops::ConvSpec;
 use r38_seg::SegmentationNet;
 use r38_train::loss::{softmax_cross_entropy, IGNORE_LABEL};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// The gradient written for comparison across engines and with PyTorch: the stem's, the end
 /// of the longest backward path.
 pub const COMPARED_GRADIENT: &str = "conv1a_weight";
 
-/// Weights for training: the values of [`crate::weights::RandomWeights`] (same names, same
-/// seed), as trainable [`Var`]s, except the BN statistics, which the recipe freezes.
-#[derive(Clone)]
-struct TrainableWeights {
-    seed: u64,
-    vars: Arc<Mutex<BTreeMap<String, Tensor>>>,
-}
-
-impl SimpleBackend for TrainableWeights {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut vars = self.vars.lock().expect("weights lock");
-        if let Some(t) = vars.get(name) {
-            return Ok(t.clone());
-        }
-        let t = Tensor::from_vec(values(name, s.dims(), self.seed), s, dev)?.to_dtype(dtype)?;
-        let t = if name.contains("_moving_") {
-            t
-        } else {
-            Var::from_tensor(&t)?.as_tensor().clone()
-        };
-        vars.insert(name.to_string(), t.clone());
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
-        match self.vars.lock().expect("weights lock").get(name) {
-            Some(t) => Ok(t.clone()),
-            None => candle_core::bail!("{name}: shape unknown before first use"),
-        }
-    }
-
-    fn contains_tensor(&self, _name: &str) -> bool {
-        true
-    }
-}
-
 /// The network and its parameters.
 pub struct TrainStep {
     net: SegmentationNet,
-    parameters: BTreeMap<String, Tensor>,
+    parameters: HashMap<String, Tensor>,
 }
 
 /// Times of one step, seconds.
@@ -75,14 +36,12 @@ impl TrainStep {
         let Some(head) = head.seg_config() else {
             candle_core::bail!("a training-step case needs a segmentation head");
         };
-        let weights = TrainableWeights {
-            seed,
-            vars: Arc::default(),
-        };
-        let vb = VarBuilder::from_backend(Box::new(weights.clone()), DType::F32, dev.clone());
-        let net = SegmentationNet::new(config, head, &vb)?;
-        let parameters = weights.vars.lock().expect("weights lock").clone();
-        Ok(Self { net, parameters })
+        let weights = RandomWeights::trainable(seed);
+        let net = SegmentationNet::new(config, head, &weights.var_builder(dev))?;
+        Ok(Self {
+            net,
+            parameters: weights.tensors(),
+        })
     }
 
     pub fn backbone(&self) -> &Backbone {
@@ -90,11 +49,8 @@ impl TrainStep {
     }
 
     /// Every tensor of the network (parameters and BN statistics), by checkpoint name.
-    pub fn tensors(&self) -> std::collections::HashMap<String, Tensor> {
-        self.parameters
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.parameters
     }
 
     /// Forward (dropout off, so that PyTorch can take the very same step), loss, backward.

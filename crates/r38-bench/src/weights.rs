@@ -79,6 +79,7 @@ pub fn values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 #[derive(Clone)]
 pub struct RandomWeights {
     seed: u64,
+    trainable: bool,
     cache: Arc<Mutex<HashMap<String, Tensor>>>,
 }
 
@@ -86,7 +87,17 @@ impl RandomWeights {
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
+            trainable: false,
             cache: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The same values as trainable [`candle_core::Var`]s, except the BN statistics, which
+    /// the fine-tuning recipe freezes (for the training-step case).
+    pub fn trainable(seed: u64) -> Self {
+        Self {
+            trainable: true,
+            ..Self::new(seed)
         }
     }
 
@@ -111,6 +122,11 @@ impl SimpleBackend for RandomWeights {
             return t.to_dtype(dtype)?.to_device(dev);
         }
         let t = Tensor::from_vec(values(name, s.dims(), self.seed), s, dev)?.to_dtype(dtype)?;
+        let t = if self.trainable && !name.contains("_moving_") {
+            candle_core::Var::from_tensor(&t)?.as_tensor().clone()
+        } else {
+            t
+        };
         cache.insert(name.to_string(), t.clone());
         Ok(t)
     }

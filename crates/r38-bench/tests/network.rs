@@ -1,32 +1,15 @@
 //! Whole-network checks: the bench's level-by-level forward pass equals the real model's, and the
 //! fast engine stays within 1e-4 (relative to the output's largest magnitude) of candle's path.
 
-use candle_core::{Device, Tensor};
+mod common;
+
+use candle_core::Device;
+use common::rel_diff;
 use r38_bench::net::{BenchNet, HeadConfigDesc, HeadKind};
 use r38_bench::weights::{random_input, RandomWeights};
 use r38_model::{BackboneConfig, Classifier};
 use r38_ops::engine::Engine;
 use r38_seg::{HeadConfig, SegmentationNet};
-
-fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / scale.max(1e-30)
-}
 
 #[test]
 fn a1_s32_narrowed_classifier_fast_matches_exact() {

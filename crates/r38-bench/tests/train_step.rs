@@ -1,7 +1,10 @@
 //! The training-step case: its MAC count agrees with the level-by-level walker's, and the
 //! fast engine's gradients agree with candle's.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::rel_diff;
 use r38_bench::net::{BenchNet, HeadConfigDesc, HeadKind};
 use r38_bench::train_step::{forward_macs, random_labels, TrainStep, COMPARED_GRADIENT};
 use r38_bench::weights::{random_input, RandomWeights};
@@ -13,25 +16,6 @@ fn seg_head(hidden: usize) -> HeadKind {
     let mut h = HeadConfig::two_conv(5);
     h.hidden = Some(hidden);
     HeadKind::Segmentation(HeadConfigDesc::from(h))
-}
-
-fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / scale.max(1e-30)
 }
 
 #[test]
@@ -90,7 +74,7 @@ fn training_step_gradients_fast_match_exact() {
                 .unwrap()
                 > 0.0
         );
-        let r = max_rel_diff(f, e);
+        let r = rel_diff(f, e);
         assert!(r < 1e-4, "fast vs exact gradient: {r}");
     }
 }
