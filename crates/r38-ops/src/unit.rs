@@ -159,8 +159,7 @@ impl ResidualUnit {
         let pre_activated = pre_activated.expect("a unit has at least one branch");
         let out = match (&self.shortcut, identity) {
             (Some(projection), _) => projection.forward_add(&pre_activated, t)?,
-            (None, Some(x)) => (x + t)?,
-            (None, None) => unreachable!("an identity shortcut keeps the input"),
+            (None, x) => (x.expect("kept for the identity shortcut") + t)?,
         };
         Ok((out, pre_activated))
     }

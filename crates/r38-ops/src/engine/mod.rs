@@ -3,8 +3,9 @@
 //! [`conv2d`] computes exactly what [`crate::Conv2d`] computes (the authors' "same" padding,
 //! dilation forced to 1 for 1x1 kernels, optional bias) and picks one of two paths:
 //!
-//! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) or F(4x4,3x3) ([`winograd`]) for
-//!   3x3 stride-1 convolutions of any dilation, tiled im2col + GEMM ([`kernel`]) for the rest
+//! - **fast** ([`Engine::Fast`]): on f32 CPU tensors, Winograd F(2x2,3x3) or F(4x4,3x3)
+//!   ([`winograd`]) for 3x3 stride-1 convolutions of any dilation, tiled im2col + GEMM
+//!   ([`kernel`]) for the rest
 //!   (stem, stride 2, 1x1). When the input or weight is tracked by candle's autograd
 //!   (training), the same kernels run with their own backward pass ([`backward`]: GEMMs and
 //!   col2im, exact for every input size). Results differ from candle's by ~1e-6 (relative to
@@ -35,8 +36,8 @@ pub enum Engine {
     Exact,
     /// The r38 im2col + GEMM kernel for every shape (no Winograd); for comparisons.
     Gemm,
-    /// The r38 CPU kernels: Winograd F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 convolutions, im2col + GEMM
-    /// for the rest (forward only; falls back to `Exact` where it does not apply).
+    /// The r38 CPU kernels: Winograd F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 convolutions,
+    /// im2col + GEMM for the rest (falls back to `Exact` where it does not apply).
     Fast,
 }
 
@@ -156,16 +157,15 @@ pub fn conv2d_add_with(
         && fast_applies(x, weight, None)
         && fast_applies(&residual, weight, None)
         && residual.is_contiguous();
-    let geometry = geometry_of(x, weight, spec)?;
-    let out_dims = [
-        geometry.batch,
-        geometry.out_channels,
-        geometry.out_height(),
-        geometry.out_width(),
-    ];
-    if !fast || !geometry.valid() || residual.dims() != out_dims {
-        return conv2d_with(engine, x, weight, None, spec)? + residual;
-    }
+    let geometry = match fast.then(|| geometry_of(x, weight, spec)) {
+        Some(Ok(g))
+            if g.valid()
+                && residual.dims() == [g.batch, g.out_channels, g.out_height(), g.out_width()] =>
+        {
+            g
+        }
+        _ => return conv2d_with(engine, x, weight, None, spec)? + residual,
+    };
     residual.inplace_op3(
         &x.contiguous()?,
         &weight.contiguous()?,
@@ -405,13 +405,7 @@ impl CustomOp2 for FastConv {
             .filter(|t| self.winograd && winograd::applies(t));
         let dx = match winograd_input {
             Some(t) => {
-                let w = weight.flatten_all()?.to_vec1::<f32>()?;
-                let flipped = backward::flipped_transposed_kernel(&g, &w);
-                let flipped = Tensor::from_vec(
-                    flipped,
-                    (t.out_channels, t.in_channels, 3, 3),
-                    weight.device(),
-                )?;
+                let flipped = weight.apply_op1_no_bwd(&FlippedKernel(g))?;
                 dy.apply_op2_no_bwd(
                     &flipped,
                     &FastConv {
@@ -425,6 +419,25 @@ impl CustomOp2 for FastConv {
         };
         let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g))?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// [`backward::flipped_transposed_kernel`] as a candle operation on the weight, read in place.
+struct FlippedKernel(Geometry);
+
+impl candle_core::CustomOp1 for FlippedKernel {
+    fn name(&self) -> &'static str {
+        "r38-flipped-kernel"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let w = contiguous_f32(s, l, "weight")?;
+        let shape = Shape::from((g.in_channels, g.out_channels, g.kernel, g.kernel));
+        Ok((
+            CpuStorage::F32(backward::flipped_transposed_kernel(g, w)),
+            shape,
+        ))
     }
 }
 
