@@ -192,16 +192,9 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     (0..co_n).into_par_iter().for_each(|co| {
         for ci in 0..ci_n {
             let k = &w[(co * ci_n + ci) * 9..(co * ci_n + ci) * 9 + 9];
-            // G g: A x 3, then (G g) G^T: A x A.
-            let mut gg = [[0f32; 3]; A];
-            for (row, grow) in gg.iter_mut().zip(&V::G) {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = grow[0] * k[c] + grow[1] * k[3 + c] + grow[2] * k[6 + c];
-                }
-            }
-            for (r, ggr) in gg.iter().enumerate() {
-                for (c, gc) in V::G.iter().enumerate() {
-                    let v = ggr[0] * gc[0] + ggr[1] * gc[1] + ggr[2] * gc[2];
+            let kernel = [[k[0], k[1], k[2]], [k[3], k[4], k[5]], [k[6], k[7], k[8]]];
+            for (r, row) in congruence(&V::G, &kernel).iter().enumerate() {
+                for (c, &v) in row.iter().enumerate() {
                     // SAFETY: index (r*A + c, co, ci) is inside `u` and written by this
                     // worker (output channel co) only.
                     unsafe { *up.get().add((r * A + c) * plane + co * ci_n + ci) = v };
