@@ -148,7 +148,12 @@ def main():
             totals.append((time.perf_counter() - t0) * 1e3)
             for name, s in times:
                 parts.setdefault(name, []).append(s * 1e3)
-    np.save(os.path.join(a.dir, "out_torch.npy"), y.numpy())
+    report(a, totals, parts, y)
+
+
+def report(a, totals, parts, out, **extra):
+    """Writes `out` as out_torch.npy and prints the TORCH-RESULT line r38-bench reads."""
+    np.save(os.path.join(a.dir, "out_torch.npy"), out.numpy())
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     result = {
         "torch": torch.__version__,
@@ -158,7 +163,8 @@ def main():
         "median_ms": statistics.median(totals),
         "peak_rss_mib": rss_kib / 1024.0,
         "levels": [{"name": k, "median_ms": statistics.median(v)} for k, v in parts.items()],
-        "output_shape": list(y.shape),
+        "output_shape": list(out.shape),
+        **extra,
     }
     print("TORCH-RESULT " + json.dumps(result))
     sys.stdout.flush()
@@ -181,25 +187,8 @@ def train_steps(a, net, weights, x):
             totals.append((t2 - t0) * 1e3)
             forward.append((t1 - t0) * 1e3)
             backward.append((t2 - t1) * 1e3)
-    grad = weights["conv1a_weight"].grad
-    np.save(os.path.join(a.dir, "out_torch.npy"), grad.numpy())
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "reps": len(totals),
-        "times_ms": totals,
-        "median_ms": statistics.median(totals),
-        "peak_rss_mib": rss_kib / 1024.0,
-        "loss": loss.item(),
-        "levels": [
-            {"name": "forward + loss", "median_ms": statistics.median(forward)},
-            {"name": "backward", "median_ms": statistics.median(backward)},
-        ],
-        "output_shape": list(grad.shape),
-    }
-    print("TORCH-RESULT " + json.dumps(result))
-    sys.stdout.flush()
+    parts = {"forward + loss": forward, "backward": backward}
+    report(a, totals, parts, weights["conv1a_weight"].grad, loss=loss.item())
 
 
 if __name__ == "__main__":
