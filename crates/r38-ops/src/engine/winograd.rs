@@ -12,12 +12,19 @@
 //! covers output rows `{y0, y0 + d, ..}` and reads input rows `y0 - d, y0, y0 + d, ..`, so no
 //! sub-image is ever copied out.
 //!
+//! **Transforms.** The input and output transforms run on [`LANES`] consecutive tiles of a row
+//! at a time, in SIMD registers (compiled for AVX2 + FMA where the CPU has them); the kernel
+//! transform on as many input channels. Kernels too wide for memory are transformed and
+//! multiplied in groups of output channels.
+//!
 //! Accuracy: F(2x2)'s transforms only use ±1 and ½ (~1e-6 relative to the direct convolution in
 //! fp32); F(4x4)'s use up to 8 and 1/24 (~1e-5). [`block`] picks F(4x4) where it saves work.
 
 use super::kernel::Geometry;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::marker::PhantomData;
+use std::ops::Range;
 
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
 /// enough channels to amortise the transforms, and enough tiles (over the whole batch) for
@@ -33,11 +40,10 @@ pub fn applies(g: &Geometry) -> bool {
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
 const MIN_TILES: usize = 64;
 
-/// Largest transformed kernel (floats) F(4x4, 3x3) is used for: 128 MiB. The kernels are
-/// transformed whole on every call; level 7's 3x3 (1024 -> 2048) would take 300 MB under
-/// F(4x4), 134 MB under F(2x2). (Transforming blocks of output channels as the GEMMs go
-/// saves that memory but, measured, costs more time than F(4x4) gains there.)
-const MAX_WEIGHT_FLOATS_4X4: usize = 1 << 25;
+/// Largest transformed kernel (floats) held at once: 128 MiB. Wider convolutions (level 7's
+/// 1024 -> 2048 would take 300 MB under F(4x4)) run in groups of output channels, each with
+/// its own transformed kernel.
+const MAX_WEIGHT_FLOATS: usize = 1 << 25;
 
 /// Fewest tiles (4x4 output blocks, whole batch) for which F(4x4, 3x3) is used.
 const MIN_TILES_4X4: usize = 128;
@@ -49,14 +55,10 @@ fn tiles(g: &Geometry, m: usize) -> usize {
 
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
-/// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
-/// F(4x4) is slower than F(2x2)) and its transformed weights, 4x the kernel, stay within
-/// [`MAX_WEIGHT_FLOATS_4X4`]; else 2.
+/// tile) and there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
+/// F(4x4) is slower than F(2x2)); else 2.
 pub fn block(g: &Geometry) -> usize {
-    if tiles(g, 4) >= MIN_TILES_4X4
-        && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
-        && 36 * g.in_channels * g.out_channels <= MAX_WEIGHT_FLOATS_4X4
-    {
+    if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
         4
     } else {
         2
@@ -120,37 +122,6 @@ impl Variant<4, 6> for F4 {
     ];
 }
 
-/// `L X L^T` for a constant `L` (R x C) and `X` (C x C); inlined so the zeros fold away.
-#[inline(always)]
-fn congruence<const R: usize, const C: usize>(
-    l: &[[f32; C]; R],
-    x: &[[f32; C]; C],
-) -> [[f32; R]; R] {
-    let mut lx = [[0f32; C]; R];
-    for (i, row) in l.iter().enumerate() {
-        for (k, &lik) in row.iter().enumerate() {
-            if lik != 0.0 {
-                for j in 0..C {
-                    lx[i][j] += lik * x[k][j];
-                }
-            }
-        }
-    }
-    let mut y = [[0f32; R]; R];
-    for i in 0..R {
-        for (j, row) in l.iter().enumerate() {
-            let mut acc = 0f32;
-            for k in 0..C {
-                if row[k] != 0.0 {
-                    acc += lx[i][k] * row[k];
-                }
-            }
-            y[i][j] = acc;
-        }
-    }
-    y
-}
-
 /// A raw output pointer shared by the workers of the output transform; each worker writes
 /// only the planes of its own output channel.
 #[derive(Clone, Copy)]
@@ -177,32 +148,120 @@ impl OutPtr {
     }
 }
 
-/// Floats per chunk buffer (V or M): 16 MiB.
+/// Floats per chunk buffer (V or M): 16 MiB, up to 64 MiB for wide kernels (see [`run`]).
 const CHUNK_FLOATS: usize = 1 << 22;
+const MAX_CHUNK_FLOATS: usize = 1 << 24;
 
-/// U = G g G^T for every (co, ci), laid out `[ξ][co][ci]`.
+/// A piece of work whose loops are worth compiling for AVX2 + FMA: the crate is built for
+/// baseline x86-64 (4-wide SSE), so [`wide`] runs it through a copy compiled with those
+/// features where the CPU has them. No floating-point contraction happens either way, so
+/// both give the same bits.
+trait Job {
+    /// Must be `#[inline(always)]`, so that it is compiled into [`wide`]'s AVX2 copy.
+    fn run(self);
+}
+
+fn wide<J: Job>(job: J) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<J: Job>(job: J) {
+            job.run()
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `avx2` is compiled with.
+            return unsafe { avx2(job) };
+        }
+    }
+    job.run()
+}
+
+/// Tiles transformed together: one SIMD register (AVX2) of consecutive tiles of a row.
+const LANES: usize = 8;
+type Lanes = [f32; LANES];
+
+/// `Σ_l coef[l] x(l)` lane by lane, skipping zero coefficients, in the order of `l`.
+#[inline(always)]
+fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> Lanes) -> Lanes {
+    let mut acc = [0f32; LANES];
+    for (l, &c) in coef.iter().enumerate() {
+        if c != 0.0 {
+            let v = x(l);
+            for (a, v) in acc.iter_mut().zip(v) {
+                *a += c * v;
+            }
+        }
+    }
+    acc
+}
+
+/// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]`.
 fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     w: &[f32],
+    cos: Range<usize>,
 ) -> Vec<f32> {
-    let (co_n, ci_n) = (g.out_channels, g.in_channels);
-    let plane = co_n * ci_n;
+    let ci_n = g.in_channels;
+    let plane = cos.len() * ci_n;
     let mut u = vec![0f32; A * A * plane];
     let up = OutPtr(u.as_mut_ptr());
-    (0..co_n).into_par_iter().for_each(|co| {
-        for ci in 0..ci_n {
-            let k = &w[(co * ci_n + ci) * 9..(co * ci_n + ci) * 9 + 9];
-            let kernel = [[k[0], k[1], k[2]], [k[3], k[4], k[5]], [k[6], k[7], k[8]]];
-            for (r, row) in congruence(&V::G, &kernel).iter().enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    // SAFETY: index (r*A + c, co, ci) is inside `u` and written by this
-                    // worker (output channel co) only.
-                    unsafe { *up.get().add((r * A + c) * plane + co * ci_n + ci) = v };
+    let c0 = cos.start;
+    cos.into_par_iter().for_each(|co| {
+        wide(KernelTransform::<V, M, A> {
+            kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],
+            // SAFETY: rows (ξ, co) of `u` lie inside it; only this worker (output channel
+            // co) writes them.
+            u: up,
+            offset: (co - c0) * ci_n,
+            plane,
+            variant: PhantomData,
+        })
+    });
+    u
+}
+
+/// The transformed kernels of one output channel, [`LANES`] input channels at a time.
+struct KernelTransform<'a, V, const M: usize, const A: usize> {
+    kernels: &'a [f32],
+    u: OutPtr,
+    offset: usize,
+    plane: usize,
+    variant: PhantomData<V>,
+}
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> Job for KernelTransform<'_, V, M, A> {
+    #[inline(always)]
+    fn run(self) {
+        let ci_n = self.kernels.len() / 9;
+        for ci0 in (0..ci_n).step_by(LANES) {
+            let n = LANES.min(ci_n - ci0);
+            let mut k = [[[0f32; LANES]; 3]; 3];
+            let kernels = self.kernels[ci0 * 9..(ci0 + n) * 9].chunks_exact(9);
+            for (lane, taps) in kernels.enumerate() {
+                for (t, &v) in taps.iter().enumerate() {
+                    k[t / 3][t % 3][lane] = v;
+                }
+            }
+            // (G g)[r][c], then (G g G^T)[r][c].
+            let mut gg = [[[0f32; LANES]; 3]; A];
+            for (ggr, row) in gg.iter_mut().zip(&V::G) {
+                for (c, ggrc) in ggr.iter_mut().enumerate() {
+                    *ggrc = lin(row, |j| k[j][c]);
+                }
+            }
+            for (r, ggr) in gg.iter().enumerate() {
+                for (c, row) in V::G.iter().enumerate() {
+                    let v = lin(row, |j| ggr[j]);
+                    // SAFETY: see `transform_weights`.
+                    let dst = unsafe {
+                        let at = (r * A + c) * self.plane + self.offset + ci0;
+                        std::slice::from_raw_parts_mut(self.u.get().add(at), n)
+                    };
+                    dst.copy_from_slice(&v[..n]);
                 }
             }
         }
-    });
-    u
+    }
 }
 
 /// Tile origins along one axis of length `n`: residue classes mod `d`, blocks of `m` outputs.
@@ -218,16 +277,192 @@ fn origins(n: usize, d: usize, m: usize) -> Vec<usize> {
     v
 }
 
-/// The `A` input indices a tile at `origin` reads (None outside the image).
-fn taps<const A: usize>(origin: usize, d: usize, n: usize) -> [Option<usize>; A] {
-    let mut t = [None; A];
-    for (i, slot) in t.iter_mut().enumerate() {
-        let v = origin as isize + (i as isize - 1) * d as isize;
-        if v >= 0 && (v as usize) < n {
-            *slot = Some(v as usize);
+/// Where the tiles of one image lie. Within a row of tiles, tile `s` starts at column
+/// `col_origins[s]`; [`LANES`] consecutive tiles are transformed together, whatever their
+/// residue class.
+struct Tiling<const M: usize> {
+    row_origins: Vec<usize>,
+    col_origins: Vec<usize>,
+    height: usize,
+    width: usize,
+    dilation: usize,
+}
+
+impl<const M: usize> Tiling<M> {
+    fn new(g: &Geometry) -> Self {
+        Tiling {
+            row_origins: origins(g.height, g.dilation, M),
+            col_origins: origins(g.width, g.dilation, M),
+            height: g.height,
+            width: g.width,
+            dilation: g.dilation,
         }
     }
-    t
+
+    /// Tiles per row of tiles.
+    fn per_row(&self) -> usize {
+        self.col_origins.len()
+    }
+
+    /// Tiles per row rounded up to whole groups of [`LANES`].
+    fn padded_row(&self) -> usize {
+        self.per_row().next_multiple_of(LANES)
+    }
+}
+
+/// A worker's buffers for [`InputTransform`].
+struct InputScratch {
+    /// One input row at `x + d`, zeros around (as far as the last tile's taps reach).
+    padded: Vec<f32>,
+    /// `[l][j][tile]`: tap `j` of input row `l` of every tile of the row of tiles.
+    taps: Vec<f32>,
+}
+
+impl InputScratch {
+    fn new<const M: usize, const A: usize>(t: &Tiling<M>) -> Self {
+        InputScratch {
+            padded: vec![0f32; t.width + (M + 1) * t.dilation],
+            taps: vec![0f32; A * A * t.padded_row()],
+        }
+    }
+}
+
+/// `B^T d B` of every tile of some rows of tiles of one channel, written to `v[ξ * chunk +
+/// p]` (`p`: the tile's index in the chunk). Each input row a row of tiles reads is first
+/// gathered into one contiguous row per tap, so [`LANES`] consecutive tiles are transformed
+/// with vector loads and stores.
+struct InputTransform<'a, V, const M: usize, const A: usize> {
+    tiling: &'a Tiling<M>,
+    scratch: &'a mut InputScratch,
+    /// The channel's plane of image 0; image `n`'s is `n * image_stride` further.
+    plane: &'a [f32],
+    image_stride: usize,
+    /// The chunk's rows of tiles, `(image, row)`.
+    rows: &'a [(usize, usize)],
+    v: &'a mut [f32],
+    chunk: usize,
+    variant: PhantomData<V>,
+}
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> Job for InputTransform<'_, V, M, A> {
+    #[inline(always)]
+    fn run(self) {
+        let t = self.tiling;
+        let (wd, d, ntx, stride) = (t.width, t.dilation, t.per_row(), t.padded_row());
+        let hw = t.height * wd;
+        let InputScratch { padded, taps } = self.scratch;
+        let mut across = [[[0f32; LANES]; A]; A];
+        for (r, &(n, ty)) in self.rows.iter().enumerate() {
+            let plane = &self.plane[n * self.image_stride..][..hw];
+            let y0 = t.row_origins[ty];
+            for l in 0..A {
+                let rows_taps = &mut taps[l * A * stride..(l + 1) * A * stride];
+                let y = (y0 + l * d).checked_sub(d).filter(|&y| y < t.height);
+                let Some(y) = y else {
+                    rows_taps.fill(0.0);
+                    continue;
+                };
+                padded[d..d + wd].copy_from_slice(&plane[y * wd..(y + 1) * wd]);
+                for (j, tap) in rows_taps.chunks_exact_mut(stride).enumerate() {
+                    for (o, &x0) in tap.iter_mut().zip(&t.col_origins) {
+                        *o = padded[x0 + j * d];
+                    }
+                }
+            }
+            let taps = &*taps;
+            for s0 in (0..ntx).step_by(LANES) {
+                // Along x (D B), then along y (B^T (D B)).
+                for (l, row) in across.iter_mut().enumerate() {
+                    for (k, coef) in V::BT.iter().enumerate() {
+                        row[k] = lin(coef, |j| {
+                            taps[(l * A + j) * stride + s0..][..LANES]
+                                .try_into()
+                                .unwrap()
+                        });
+                    }
+                }
+                let n = LANES.min(ntx - s0);
+                let p = r * ntx + s0;
+                for (xi, (k1, k2)) in (0..A)
+                    .flat_map(|k1| (0..A).map(move |k2| (k1, k2)))
+                    .enumerate()
+                {
+                    let v = lin(&V::BT[k1], |l| across[l][k2]);
+                    let dst = &mut self.v[xi * self.chunk + p..];
+                    if n == LANES {
+                        dst[..LANES].copy_from_slice(&v);
+                    } else {
+                        dst[..n].copy_from_slice(&v[..n]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A^T M A` (+ bias) of some rows of tiles of one output channel, whose products are at
+/// `m[ξ * chunk + p]`, written into the channel's planes; [`LANES`] tiles at a time.
+struct OutputTransform<'a, V, const M: usize, const A: usize> {
+    tiling: &'a Tiling<M>,
+    m: &'a [f32],
+    chunk: usize,
+    rows: &'a [(usize, usize)],
+    bias: f32,
+    /// Plane `n` of the output channel is at `out + n * image_stride`.
+    out: OutPtr,
+    image_stride: usize,
+    variant: PhantomData<V>,
+}
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'_, V, M, A> {
+    #[inline(always)]
+    fn run(self) {
+        let t = self.tiling;
+        let (wd, d, ntx) = (t.width, t.dilation, t.per_row());
+        let hw = t.height * wd;
+        let mut down = [[[0f32; LANES]; A]; M];
+        for (r, &(n, ty)) in self.rows.iter().enumerate() {
+            // SAFETY: plane n of this output channel lies inside the output, and only this
+            // worker writes it while the transform runs.
+            let yplane = unsafe {
+                std::slice::from_raw_parts_mut(self.out.get().add(n * self.image_stride), hw)
+            };
+            let y0 = t.row_origins[ty];
+            let rows = (0..M).take_while(|i| y0 + i * d < t.height).count();
+            for s0 in (0..ntx).step_by(LANES) {
+                let n = LANES.min(ntx - s0);
+                let p = r * ntx + s0;
+                let prod = |xi: usize| -> Lanes {
+                    let src = &self.m[xi * self.chunk + p..];
+                    if n == LANES {
+                        src[..LANES].try_into().unwrap()
+                    } else {
+                        let mut v = [0f32; LANES];
+                        v[..n].copy_from_slice(&src[..n]);
+                        v
+                    }
+                };
+                // Along y (A^T M), then along x ((A^T M) A).
+                for (row, coef) in down.iter_mut().zip(&V::AT).take(rows) {
+                    for (k2, v) in row.iter_mut().enumerate() {
+                        *v = lin(coef, |k1| prod(k1 * A + k2));
+                    }
+                }
+                let x0s = &t.col_origins[s0..s0 + n];
+                for (i, down) in down.iter().enumerate().take(rows) {
+                    let yrow = &mut yplane[(y0 + i * d) * wd..(y0 + i * d + 1) * wd];
+                    for (j, coef) in V::AT.iter().enumerate() {
+                        let y = lin(coef, |k2| down[k2]);
+                        for (&x0, &v) in x0s.iter().zip(&y) {
+                            if let Some(o) = yrow.get_mut(x0 + j * d) {
+                                *o = v + self.bias;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `out = conv(x, w) (+ bias)` for geometries where [`applies`] holds, with the block of
@@ -245,141 +480,157 @@ pub fn conv2d_blocks(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    let group = output_group(g, (m + 2) * (m + 2));
+    conv2d_grouped(g, m, group, x, w, bias, out)
+}
+
+/// [`conv2d_blocks`] with `group` output channels per group.
+pub(crate) fn conv2d_grouped(
+    g: &Geometry,
+    m: usize,
+    group: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     match m {
-        4 => run::<F4, 4, 6>(g, x, w, bias, out),
-        2 => run::<F2, 2, 4>(g, x, w, bias, out),
+        4 => run::<F4, 4, 6>(g, group, x, w, bias, out),
+        2 => run::<F2, 2, 4>(g, group, x, w, bias, out),
         _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
     }
 }
 
+/// Output channels per group: all of them unless their transformed kernel would exceed
+/// [`MAX_WEIGHT_FLOATS`], else equal groups that stay within it.
+fn output_group(g: &Geometry, xis: usize) -> usize {
+    let groups = (xis * g.in_channels * g.out_channels).div_ceil(MAX_WEIGHT_FLOATS);
+    g.out_channels.div_ceil(groups.max(1))
+}
+
 fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
+    group: usize,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     assert!(g.kernel == 3 && g.stride == 1 && g.padding == g.dilation);
-    let (h, wd, d) = (g.height, g.width, g.dilation);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
-    let hw = h * wd;
+    let hw = g.height * g.width;
     let xis = A * A;
     assert_eq!(x.len(), g.batch * ci_n * hw);
     assert_eq!(w.len(), co_n * ci_n * 9);
     assert_eq!(out.len(), g.batch * co_n * hw);
     let threads = rayon::current_num_threads().max(1);
 
-    let u = transform_weights::<V, M, A>(g, w);
-    let row_o = origins(h, d, M);
-    let col_o = origins(wd, d, M);
-    let row_taps: Vec<[Option<usize>; A]> = row_o.iter().map(|&o| taps(o, d, h)).collect();
-    let col_taps: Vec<[Option<usize>; A]> = col_o.iter().map(|&o| taps(o, d, wd)).collect();
-    // Tiles of the whole batch are numbered image by image; a chunk may span images.
-    let per_image = row_o.len() * col_o.len();
-    let tiles = g.batch * per_image;
-    let chunk = (CHUNK_FLOATS / (xis * ci_n.max(co_n))).clamp(32, tiles.max(32));
+    let tiling = Tiling::<M>::new(g);
+    let ntx = tiling.per_row();
+    // Rows of tiles of the whole batch, image by image; a chunk holds whole rows of tiles.
+    let tile_rows: Vec<(usize, usize)> = (0..g.batch)
+        .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
+        .collect();
+    assert!(group >= 1);
+    let single = group == co_n;
+    // The GEMMs repack `U` for every chunk, and with several groups of output channels every
+    // chunk transforms every group's kernels anew: chunks grow with the kernel (to half its
+    // size, or as large as memory allows with groups), so that this stays a fraction of the
+    // work on the tiles.
+    let budget = if single {
+        (xis * ci_n * co_n / 2).clamp(CHUNK_FLOATS, MAX_CHUNK_FLOATS)
+    } else {
+        MAX_CHUNK_FLOATS
+    };
+    let rows_per_chunk = (budget / (xis * ci_n.max(group) * ntx)).clamp(1, tile_rows.len());
+    let chunk = rows_per_chunk * ntx;
     let mut v = vec![0f32; ci_n * xis * chunk];
-    let mut m = vec![0f32; co_n * xis * chunk];
+    let mut m = vec![0f32; group * xis * chunk];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let mut p0 = 0;
-    while p0 < tiles {
-        let pc = chunk.min(tiles - p0);
+    let all_weights = single.then(|| transform_weights::<V, M, A>(g, w, 0..co_n));
+    for rows in tile_rows.chunks(rows_per_chunk) {
+        let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
-        v.par_chunks_mut(xis * chunk)
-            .enumerate()
-            .for_each(|(c, vc)| {
-                for p in 0..pc {
-                    let (n, t) = ((p0 + p) / per_image, (p0 + p) % per_image);
-                    let plane = &x[(n * ci_n + c) * hw..(n * ci_n + c + 1) * hw];
-                    let (rt, ct) = (&row_taps[t / col_o.len()], &col_taps[t % col_o.len()]);
-                    let mut dd = [[0f32; A]; A];
-                    for (ddr, ry) in dd.iter_mut().zip(rt) {
-                        if let Some(ry) = ry {
-                            let row = &plane[ry * wd..ry * wd + wd];
-                            for (val, cx) in ddr.iter_mut().zip(ct) {
-                                if let Some(cx) = cx {
-                                    *val = row[*cx];
-                                }
-                            }
-                        }
-                    }
-                    let tv = congruence(&V::BT, &dd);
-                    for (r, row) in tv.iter().enumerate() {
-                        for (c2, &val) in row.iter().enumerate() {
-                            vc[(r * A + c2) * chunk + p] = val;
-                        }
-                    }
+        v.par_chunks_mut(xis * chunk).enumerate().for_each_init(
+            || InputScratch::new::<M, A>(&tiling),
+            |scratch, (c, vc)| {
+                wide(InputTransform::<V, M, A> {
+                    tiling: &tiling,
+                    scratch,
+                    plane: &x[c * hw..],
+                    image_stride: ci_n * hw,
+                    rows,
+                    v: vc,
+                    chunk,
+                    variant: PhantomData,
+                })
+            },
+        );
+        for c0 in (0..co_n).step_by(group) {
+            let cos = c0..(c0 + group).min(co_n);
+            let gc = cos.len();
+            let group_weights;
+            let u = match &all_weights {
+                Some(u) => u,
+                None => {
+                    group_weights = transform_weights::<V, M, A>(g, w, cos);
+                    &group_weights
                 }
-            });
-        // 2. M_ξ = U_ξ V_ξ: independent single-threaded GEMMs spread over the threads
-        // (one synchronisation per chunk instead of one per GEMM).
-        let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
-        let gemm_one = |xi_: usize| {
-            // SAFETY: U_ξ is Cout x Cin row-major at ξ*Cout*Cin; V_ξ is Cin x pc with row
-            // stride A²*chunk at offset ξ*chunk; M_ξ is Cout x pc, row stride A²*chunk at
-            // offset ξ*chunk, so the destinations are disjoint sets of elements.
-            unsafe {
-                gemm::gemm(
-                    co_n,
-                    pc,
-                    ci_n,
-                    mp.get().add(xi_ * chunk),
-                    1,
-                    (xis * chunk) as isize,
-                    false,
-                    up.get().add(xi_ * co_n * ci_n),
-                    1,
-                    ci_n as isize,
-                    vp.get().add(xi_ * chunk),
-                    1,
-                    (xis * chunk) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            };
+            // 2. M_ξ = U_ξ V_ξ: independent single-threaded GEMMs spread over the threads
+            // (one synchronisation per chunk instead of one per GEMM).
+            let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
+            let gemm_one = |xi_: usize| {
+                // SAFETY: U_ξ is gc x Cin row-major at ξ*gc*Cin; V_ξ is Cin x pc with row
+                // stride A²*chunk at offset ξ*chunk; M_ξ is gc x pc, row stride A²*chunk at
+                // offset ξ*chunk, so the destinations are disjoint sets of elements.
+                unsafe {
+                    gemm::gemm(
+                        gc,
+                        pc,
+                        ci_n,
+                        mp.get().add(xi_ * chunk),
+                        1,
+                        (xis * chunk) as isize,
+                        false,
+                        up.get().add(xi_ * gc * ci_n),
+                        1,
+                        ci_n as isize,
+                        vp.get().add(xi_ * chunk),
+                        1,
+                        (xis * chunk) as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            };
+            if threads > 1 {
+                (0..xis).into_par_iter().for_each(gemm_one);
+            } else {
+                (0..xis).for_each(gemm_one);
             }
-        };
-        if threads > 1 {
-            (0..xis).into_par_iter().for_each(gemm_one);
-        } else {
-            (0..xis).for_each(gemm_one);
+            // 3. Y = A^T M A, scattered back to the image.
+            m[..gc * xis * chunk]
+                .par_chunks(xis * chunk)
+                .enumerate()
+                .for_each(|(i, mc)| {
+                    let co = c0 + i;
+                    wide(OutputTransform::<V, M, A> {
+                        tiling: &tiling,
+                        m: mc,
+                        chunk,
+                        rows,
+                        bias: bias.map_or(0.0, |b| b[co]),
+                        // SAFETY: offset of plane (0, co), inside `out` (asserted length).
+                        out: OutPtr(unsafe { out_ptr.get().add(co * hw) }),
+                        image_stride: co_n * hw,
+                        variant: PhantomData,
+                    })
+                });
         }
-        // 3. Y = A^T M A, scattered back to the image.
-        m.par_chunks(xis * chunk).enumerate().for_each(|(co, mc)| {
-            let b = bias.map_or(0.0, |b| b[co]);
-            for p in 0..pc {
-                let (n, t) = ((p0 + p) / per_image, (p0 + p) % per_image);
-                // SAFETY: plane (n, co) lies inside `out` (asserted length) and only
-                // this worker (output channel co) writes to it during this loop.
-                let yplane = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.get().add((n * co_n + co) * hw), hw)
-                };
-                let (y0, x0) = (row_o[t / col_o.len()], col_o[t % col_o.len()]);
-                let mut mm = [[0f32; A]; A];
-                for (r, row) in mm.iter_mut().enumerate() {
-                    for (c, val) in row.iter_mut().enumerate() {
-                        *val = mc[(r * A + c) * chunk + p];
-                    }
-                }
-                let y = congruence(&V::AT, &mm);
-                for (i, yrow) in y.iter().enumerate() {
-                    let yy = y0 + i * d;
-                    if yy >= h {
-                        break;
-                    }
-                    for (j, &val) in yrow.iter().enumerate() {
-                        let xx = x0 + j * d;
-                        if xx >= wd {
-                            break;
-                        }
-                        yplane[yy * wd + xx] = val + b;
-                    }
-                }
-            }
-        });
-        p0 += pc;
     }
 }
