@@ -417,7 +417,7 @@ impl CustomOp2 for FastConv {
             }
             None => weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?,
         };
-        let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g))?;
+        let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g, self.winograd))?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -441,17 +441,18 @@ impl candle_core::CustomOp1 for FlippedKernel {
     }
 }
 
-/// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY).
+/// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY); the
+/// kernel gradient through Winograd where the forward pass went there and it fits.
 enum Gradient {
     Input(Geometry),
-    Kernel(Geometry),
+    Kernel(Geometry, bool),
 }
 
 impl CustomOp2 for Gradient {
     fn name(&self) -> &'static str {
         match self {
             Gradient::Input(_) => "r38-conv2d-input-gradient",
-            Gradient::Kernel(_) => "r38-conv2d-kernel-gradient",
+            Gradient::Kernel(..) => "r38-conv2d-kernel-gradient",
         }
     }
 
@@ -471,11 +472,14 @@ impl CustomOp2 for Gradient {
                 backward::input_gradient(g, w, dy, &mut dx);
                 Ok((CpuStorage::F32(dx), shape))
             }
-            Gradient::Kernel(g) => {
+            Gradient::Kernel(g, winograd) => {
                 let x = contiguous_f32(s1, l1, "input")?;
                 let shape = Shape::from((g.out_channels, g.in_channels, g.kernel, g.kernel));
                 let mut dw = vec![0f32; shape.elem_count()];
-                backward::kernel_gradient(g, x, dy, &mut dw);
+                match winograd::kernel_gradient_block(g).filter(|_| *winograd) {
+                    Some(m) => winograd::kernel_gradient(g, m, x, dy, &mut dw),
+                    None => backward::kernel_gradient(g, x, dy, &mut dw),
+                }
                 Ok((CpuStorage::F32(dw), shape))
             }
         }

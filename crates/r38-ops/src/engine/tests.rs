@@ -354,3 +354,47 @@ fn large_maps_split_into_several_bands() {
     // K = 64 * 9 = 576 gives bands of 7281 columns, so a 150x150 map takes 4 bands.
     check_gradients(1, 64, 2, 150, 150, ConvSpec::new(64, 2, 3));
 }
+
+#[test]
+fn winograd_kernel_gradients_match_im2col() {
+    let mut seed = 7u64;
+    let mut rand = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for d in [1, 2, 4, 12] {
+        for (n, cin, cout, h, w) in [(1, 9, 7, 13, 9), (2, 16, 5, 27, 30), (1, 12, 4, 63, 50)] {
+            let g = Geometry {
+                batch: n,
+                in_channels: cin,
+                height: h,
+                width: w,
+                out_channels: cout,
+                kernel: 3,
+                stride: 1,
+                dilation: d,
+                padding: d,
+            };
+            let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
+            let dy: Vec<f32> = (0..n * cout * h * w).map(|_| rand()).collect();
+            let mut reference = vec![0f32; cout * cin * 9];
+            backward::kernel_gradient(&g, &x, &dy, &mut reference);
+            let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for m in [2, 4] {
+                let mut dw = vec![f32::NAN; reference.len()];
+                winograd::kernel_gradient(&g, m, &x, &dy, &mut dw);
+                let diff = dw
+                    .iter()
+                    .zip(&reference)
+                    .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
+                assert!(
+                    diff / scale < 1e-5,
+                    "F({m}x{m}) kernel gradient d={d} {n}x{cin}x{h}x{w}: {}",
+                    diff / scale
+                );
+            }
+        }
+    }
+}

@@ -310,30 +310,35 @@ impl<const M: usize> Tiling<M> {
     }
 }
 
-/// A worker's buffers for [`InputTransform`].
-struct InputScratch {
-    /// One input row at `x + d`, zeros around (as far as the last tile's taps reach).
+/// A worker's buffers for [`TileTransform`].
+struct TileScratch {
+    /// One row of the plane, shifted right by the transform's reach before the origin, zeros
+    /// around (as far as the last tile's taps reach).
     padded: Vec<f32>,
-    /// `[l][j][tile]`: tap `j` of input row `l` of every tile of the row of tiles.
+    /// `[l][j][tile]`: tap `j` of row `l` of every tile of the row of tiles.
     taps: Vec<f32>,
 }
 
-impl InputScratch {
-    fn new<const M: usize, const A: usize>(t: &Tiling<M>) -> Self {
-        InputScratch {
-            padded: vec![0f32; t.width + (M + 1) * t.dilation],
-            taps: vec![0f32; A * A * t.padded_row()],
+impl TileScratch {
+    fn new<const M: usize, const R: usize>(t: &Tiling<M>) -> Self {
+        TileScratch {
+            padded: vec![0f32; t.width + (R + 1) * t.dilation],
+            taps: vec![0f32; R * R * t.padded_row()],
         }
     }
 }
 
-/// `B^T d B` of every tile of some rows of tiles of one channel, written to `v[ξ * chunk +
-/// p]` (`p`: the tile's index in the chunk). Each input row a row of tiles reads is first
-/// gathered into one contiguous row per tap, so [`LANES`] consecutive tiles are transformed
-/// with vector loads and stores.
-struct InputTransform<'a, V, const M: usize, const A: usize> {
+/// `L d L^T` of every `R x R` tile `d` of some rows of tiles of one plane (a tile starting
+/// `before` steps of `d` up and left of its origin), written to `v[ξ * chunk + p]` (`p`: the
+/// tile's index in the chunk). The input transform is `L = B^T` on the `A x A` windows the
+/// tiles read; the output gradient's is `L = A` on the `m x m` blocks they write. Each row a
+/// row of tiles reads is first gathered into one contiguous row per tap, so [`LANES`]
+/// consecutive tiles are transformed with vector loads and stores.
+struct TileTransform<'a, const M: usize, const A: usize, const R: usize> {
     tiling: &'a Tiling<M>,
-    scratch: &'a mut InputScratch,
+    matrix: &'a [[f32; R]; A],
+    before: usize,
+    scratch: &'a mut TileScratch,
     /// The channel's plane of image 0; image `n`'s is `n * image_stride` further.
     plane: &'a [f32],
     image_stride: usize,
@@ -341,28 +346,28 @@ struct InputTransform<'a, V, const M: usize, const A: usize> {
     rows: &'a [(usize, usize)],
     v: &'a mut [f32],
     chunk: usize,
-    variant: PhantomData<V>,
 }
 
-impl<V: Variant<M, A>, const M: usize, const A: usize> Job for InputTransform<'_, V, M, A> {
+impl<const M: usize, const A: usize, const R: usize> Job for TileTransform<'_, M, A, R> {
     #[inline(always)]
     fn run(self) {
         let t = self.tiling;
         let (wd, d, ntx, stride) = (t.width, t.dilation, t.per_row(), t.padded_row());
         let hw = t.height * wd;
-        let InputScratch { padded, taps } = self.scratch;
-        let mut across = [[[0f32; LANES]; A]; A];
+        let shift = self.before * d;
+        let TileScratch { padded, taps } = self.scratch;
+        let mut across = [[[0f32; LANES]; A]; R];
         for (r, &(n, ty)) in self.rows.iter().enumerate() {
             let plane = &self.plane[n * self.image_stride..][..hw];
             let y0 = t.row_origins[ty];
-            for l in 0..A {
-                let rows_taps = &mut taps[l * A * stride..(l + 1) * A * stride];
-                let y = (y0 + l * d).checked_sub(d).filter(|&y| y < t.height);
+            for l in 0..R {
+                let rows_taps = &mut taps[l * R * stride..(l + 1) * R * stride];
+                let y = (y0 + l * d).checked_sub(shift).filter(|&y| y < t.height);
                 let Some(y) = y else {
                     rows_taps.fill(0.0);
                     continue;
                 };
-                padded[d..d + wd].copy_from_slice(&plane[y * wd..(y + 1) * wd]);
+                padded[shift..shift + wd].copy_from_slice(&plane[y * wd..(y + 1) * wd]);
                 for (j, tap) in rows_taps.chunks_exact_mut(stride).enumerate() {
                     for (o, &x0) in tap.iter_mut().zip(&t.col_origins) {
                         *o = padded[x0 + j * d];
@@ -371,11 +376,11 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for InputTransform<'_
             }
             let taps = &*taps;
             for s0 in (0..ntx).step_by(LANES) {
-                // Along x (D B), then along y (B^T (D B)).
+                // Along x (d L^T), then along y (L (d L^T)).
                 for (l, row) in across.iter_mut().enumerate() {
-                    for (k, coef) in V::BT.iter().enumerate() {
+                    for (k, coef) in self.matrix.iter().enumerate() {
                         row[k] = lin(coef, |j| {
-                            taps[(l * A + j) * stride + s0..][..LANES]
+                            taps[(l * R + j) * stride + s0..][..LANES]
                                 .try_into()
                                 .unwrap()
                         });
@@ -383,11 +388,9 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for InputTransform<'_
                 }
                 let n = LANES.min(ntx - s0);
                 let p = r * ntx + s0;
-                for (xi, (k1, k2)) in (0..A)
-                    .flat_map(|k1| (0..A).map(move |k2| (k1, k2)))
-                    .enumerate()
-                {
-                    let v = lin(&V::BT[k1], |l| across[l][k2]);
+                let positions = (0..A).flat_map(|k1| (0..A).map(move |k2| (k1, k2)));
+                for (xi, (k1, k2)) in positions.enumerate() {
+                    let v = lin(&self.matrix[k1], |l| across[l][k2]);
                     let dst = &mut self.v[xi * self.chunk + p..];
                     if n == LANES {
                         dst[..LANES].copy_from_slice(&v);
@@ -552,17 +555,18 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
         v.par_chunks_mut(xis * chunk).enumerate().for_each_init(
-            || InputScratch::new::<M, A>(&tiling),
+            || TileScratch::new::<M, A>(&tiling),
             |scratch, (c, vc)| {
-                wide(InputTransform::<V, M, A> {
+                wide(TileTransform::<M, A, A> {
                     tiling: &tiling,
+                    matrix: &V::BT,
+                    before: 1,
                     scratch,
                     plane: &x[c * hw..],
                     image_stride: ci_n * hw,
                     rows,
                     v: vc,
                     chunk,
-                    variant: PhantomData,
                 })
             },
         );
@@ -631,6 +635,194 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                         variant: PhantomData,
                     })
                 });
+        }
+    }
+}
+
+/// The block [`kernel_gradient`] uses for `g`: [`block`]'s, or 2 where F(4x4)'s transformed
+/// gradient (which is accumulated whole) would exceed [`MAX_WEIGHT_FLOATS`]; `None` where
+/// Winograd does not apply or even F(2x2)'s would.
+pub fn kernel_gradient_block(g: &Geometry) -> Option<usize> {
+    if !applies(g) {
+        return None;
+    }
+    let fits = |m: usize| (m + 2) * (m + 2) * g.in_channels * g.out_channels <= MAX_WEIGHT_FLOATS;
+    [block(g), 2].into_iter().find(|&m| fits(m))
+}
+
+/// `dw = dL/dW` (`Cout * Cin * 9`) of `y = conv(x, w)` given `dy = dL/dy`, for geometries
+/// where [`applies`] holds, with output block `m` (see [`kernel_gradient_block`]).
+///
+/// Through the same transforms as the forward pass: with `V = B^T d B` the transformed input
+/// tiles and `dM = A dY A^T` the transformed output-gradient blocks, `dU_ξ (Cout x Cin) =
+/// Σ_tiles dM_ξ V_ξ^T` (one GEMM per ξ, over the tiles) and `dW = G^T dU G`.
+pub fn kernel_gradient(g: &Geometry, m: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    match m {
+        4 => run_kernel_gradient::<F4, 4, 6>(g, x, dy, dw),
+        2 => run_kernel_gradient::<F2, 2, 4>(g, x, dy, dw),
+        _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
+    }
+}
+
+fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
+    g: &Geometry,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    assert!(g.kernel == 3 && g.stride == 1 && g.padding == g.dilation);
+    let (ci_n, co_n) = (g.in_channels, g.out_channels);
+    let hw = g.height * g.width;
+    let xis = A * A;
+    assert_eq!(x.len(), g.batch * ci_n * hw);
+    assert_eq!(dy.len(), g.batch * co_n * hw);
+    assert_eq!(dw.len(), co_n * ci_n * 9);
+    let threads = rayon::current_num_threads().max(1);
+
+    let tiling = Tiling::<M>::new(g);
+    let ntx = tiling.per_row();
+    let tile_rows: Vec<(usize, usize)> = (0..g.batch)
+        .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
+        .collect();
+    let budget = (xis * ci_n * co_n / 2).clamp(CHUNK_FLOATS, MAX_CHUNK_FLOATS);
+    let rows_per_chunk = (budget / (xis * ci_n.max(co_n) * ntx)).clamp(1, tile_rows.len());
+    let chunk = rows_per_chunk * ntx;
+    let mut v = vec![0f32; ci_n * xis * chunk];
+    let mut dm = vec![0f32; co_n * xis * chunk];
+    let mut du = vec![0f32; xis * co_n * ci_n];
+    // A = (A^T)^T: the output gradient's transform.
+    let a: [[f32; M]; A] = std::array::from_fn(|k| std::array::from_fn(|j| V::AT[j][k]));
+    for (i, rows) in tile_rows.chunks(rows_per_chunk).enumerate() {
+        let pc = rows.len() * ntx;
+        let transform = |planes: &[f32], channels: usize, out: &mut [f32], input: bool| {
+            out.par_chunks_mut(xis * chunk).enumerate().for_each_init(
+                || TileScratch::new::<M, A>(&tiling),
+                |scratch, (c, vc)| {
+                    let plane = &planes[c * hw..];
+                    let image_stride = channels * hw;
+                    if input {
+                        wide(TileTransform::<M, A, A> {
+                            tiling: &tiling,
+                            matrix: &V::BT,
+                            before: 1,
+                            scratch,
+                            plane,
+                            image_stride,
+                            rows,
+                            v: vc,
+                            chunk,
+                        })
+                    } else {
+                        wide(TileTransform::<M, A, M> {
+                            tiling: &tiling,
+                            matrix: &a,
+                            before: 0,
+                            scratch,
+                            plane,
+                            image_stride,
+                            rows,
+                            v: vc,
+                            chunk,
+                        })
+                    }
+                },
+            )
+        };
+        transform(x, ci_n, &mut v, true);
+        transform(dy, co_n, &mut dm, false);
+        let (up, vp, mp) = (
+            OutPtr(du.as_mut_ptr()),
+            InPtr(v.as_ptr()),
+            InPtr(dm.as_ptr()),
+        );
+        let gemm_one = |xi_: usize| {
+            // SAFETY: dU_ξ is Cout x Cin row-major at ξ*Cout*Cin (disjoint per ξ); dM_ξ is
+            // Cout x pc with row stride A²*chunk at ξ*chunk; V_ξ^T is pc x Cin, V_ξ's rows
+            // (one per input channel) A²*chunk apart at ξ*chunk.
+            unsafe {
+                gemm::gemm(
+                    co_n,
+                    ci_n,
+                    pc,
+                    up.get().add(xi_ * co_n * ci_n),
+                    1,
+                    ci_n as isize,
+                    i > 0,
+                    mp.get().add(xi_ * chunk),
+                    1,
+                    (xis * chunk) as isize,
+                    vp.get().add(xi_ * chunk),
+                    (xis * chunk) as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        };
+        if threads > 1 {
+            (0..xis).into_par_iter().for_each(gemm_one);
+        } else {
+            (0..xis).for_each(gemm_one);
+        }
+    }
+    dw.par_chunks_mut(ci_n * 9)
+        .enumerate()
+        .for_each(|(co, dw)| {
+            wide(KernelGradientTransform::<V, M, A> {
+                du: &du,
+                co,
+                out_channels: co_n,
+                dw,
+                variant: PhantomData,
+            })
+        });
+}
+
+/// `dW = G^T dU G` for the kernels of one output channel, [`LANES`] input channels at a time.
+struct KernelGradientTransform<'a, V, const M: usize, const A: usize> {
+    /// `[ξ][co][ci]`.
+    du: &'a [f32],
+    co: usize,
+    out_channels: usize,
+    /// `[ci][3][3]` of output channel `co`.
+    dw: &'a mut [f32],
+    variant: PhantomData<V>,
+}
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> Job
+    for KernelGradientTransform<'_, V, M, A>
+{
+    #[inline(always)]
+    fn run(self) {
+        let ci_n = self.dw.len() / 9;
+        let plane = self.out_channels * ci_n;
+        // G^T's rows: G's columns.
+        let gt: [[f32; A]; 3] = std::array::from_fn(|a| std::array::from_fn(|r| V::G[r][a]));
+        let mut du = [[[0f32; LANES]; A]; A];
+        for ci0 in (0..ci_n).step_by(LANES) {
+            let n = LANES.min(ci_n - ci0);
+            for (xi, lanes) in du.iter_mut().flatten().enumerate() {
+                lanes[..n].copy_from_slice(&self.du[xi * plane + self.co * ci_n + ci0..][..n]);
+            }
+            // (G^T dU)[a][c], then (G^T dU G)[a][b].
+            let mut half = [[[0f32; LANES]; A]; 3];
+            for (row, coef) in half.iter_mut().zip(&gt) {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = lin(coef, |r| du[r][c]);
+                }
+            }
+            for (a, row) in half.iter().enumerate() {
+                for (b, coef) in gt.iter().enumerate() {
+                    let v = lin(coef, |c| row[c]);
+                    for (lane, &v) in v.iter().enumerate().take(n) {
+                        self.dw[(ci0 + lane) * 9 + a * 3 + b] = v;
+                    }
+                }
+            }
         }
     }
 }
