@@ -177,6 +177,8 @@ impl BenchNet {
 
         let t0 = Instant::now();
         let features = self.bn7.forward_t(&x, false)?;
+        // As Backbone::forward_t, which returns only the features.
+        drop(x);
         let y = match &self.head {
             Head::Classifier(fc) => {
                 let pooled = features.mean((2, 3))?;

@@ -150,7 +150,7 @@ impl OutPtr {
 
 /// Floats per chunk buffer (V or M): 16 MiB, up to 64 MiB for wide kernels (see [`run`]).
 const CHUNK_FLOATS: usize = 1 << 22;
-const MAX_CHUNK_FLOATS: usize = 1 << 24;
+const MAX_CHUNK_FLOATS: usize = 1 << 23;
 
 /// A piece of work whose loops are worth compiling for AVX2 + FMA: the crate is built for
 /// baseline x86-64 (4-wide SSE), so [`wide`] runs it through a copy compiled with those
