@@ -322,7 +322,7 @@ struct TileScratch {
 impl TileScratch {
     fn new<const M: usize, const R: usize>(t: &Tiling<M>) -> Self {
         TileScratch {
-            padded: vec![0f32; t.width + (R + 1) * t.dilation],
+            padded: vec![0f32; t.width + (R + M + 1) * t.dilation],
             taps: vec![0f32; R * R * t.padded_row()],
         }
     }
@@ -369,8 +369,17 @@ impl<const M: usize, const A: usize, const R: usize> Job for TileTransform<'_, M
                 };
                 padded[shift..shift + wd].copy_from_slice(&plane[y * wd..(y + 1) * wd]);
                 for (j, tap) in rows_taps.chunks_exact_mut(stride).enumerate() {
-                    for (o, &x0) in tap.iter_mut().zip(&t.col_origins) {
-                        *o = padded[x0 + j * d];
+                    if d == 1 {
+                        // Undilated: tile s starts at m s; a fixed stride the compiler can
+                        // vectorise.
+                        let src = padded[j..].chunks_exact(M);
+                        for (o, c) in tap[..ntx].iter_mut().zip(src) {
+                            *o = c[0];
+                        }
+                    } else {
+                        for (o, &x0) in tap.iter_mut().zip(&t.col_origins) {
+                            *o = padded[x0 + j * d];
+                        }
                     }
                 }
             }
