@@ -153,6 +153,16 @@ fn winograd_picks_4x4_blocks_on_wide_maps_only() {
         ..g(63, 4)
     };
     assert_eq!(winograd::block(&level7), 4);
+    // The head's 4096 -> 512 on a 1024x2048 frame (a 128x256 map): F(4x4)'s kernel would be
+    // transformed anew for each of its many chunks of tiles.
+    let frame_head = Geometry {
+        in_channels: 4096,
+        out_channels: 512,
+        height: 128,
+        width: 256,
+        ..g(63, 12)
+    };
+    assert_eq!(winograd::block(&frame_head), 2);
     assert_eq!(winograd::block(&g(112, 1)), 4);
 }
 

@@ -55,14 +55,49 @@ fn tiles(g: &Geometry, m: usize) -> usize {
 
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
-/// tile) and there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
-/// F(4x4) is slower than F(2x2)); else 2.
+/// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
+/// F(4x4) is slower than F(2x2)) and it stays cheaper once the kernel transforms are counted
+/// (a kernel too wide for memory is transformed anew for every chunk of tiles: the head's
+/// 4096 -> 512 on a 1024x2048 frame would take F(4x4) 36 passes); else 2.
 pub fn block(g: &Geometry) -> usize {
-    if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
+    let cost = |m: usize| {
+        let xis = (m + 2) * (m + 2);
+        let (group, rows_per_chunk) = split(g, m, output_group(g, xis));
+        let chunks = (g.batch * origins(g.height, g.dilation, m).len()).div_ceil(rows_per_chunk);
+        let passes = if group == g.out_channels { 1 } else { chunks };
+        xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * passes
+    };
+    if tiles(g, 4) >= MIN_TILES_4X4
+        && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
+        && cost(4) <= cost(2)
+    {
         4
     } else {
         2
     }
+}
+
+/// What writing one transformed kernel entry costs, in multiply-adds of the GEMMs (measured
+/// order of magnitude: a kernel transform takes about as long as 100-250 multiply-adds per
+/// entry).
+const KERNEL_FLOAT_COST: usize = 128;
+
+/// Output channels per group (as given) and rows of tiles per chunk of [`run`]. The GEMMs
+/// repack `U` for every chunk, and with several groups of output channels every chunk
+/// transforms every group's kernels anew: chunks grow with the kernel (to half its size, or as
+/// large as memory allows with groups), so that this stays a fraction of the work on the tiles.
+fn split(g: &Geometry, m: usize, group: usize) -> (usize, usize) {
+    let xis = (m + 2) * (m + 2);
+    let (ci_n, co_n) = (g.in_channels, g.out_channels);
+    let budget = if group >= co_n {
+        (xis * ci_n * co_n / 2).clamp(CHUNK_FLOATS, MAX_CHUNK_FLOATS)
+    } else {
+        MAX_CHUNK_FLOATS
+    };
+    let per_row = origins(g.width, g.dilation, m).len();
+    let tile_rows = g.batch * origins(g.height, g.dilation, m).len();
+    let rows = (budget / (xis * ci_n.max(group) * per_row)).clamp(1, tile_rows.max(1));
+    (group, rows)
 }
 
 /// The transform matrices of F(m x m, 3x3), `A = m + 2`.
@@ -544,17 +579,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
         .collect();
     assert!(group >= 1);
-    let single = group == co_n;
-    // The GEMMs repack `U` for every chunk, and with several groups of output channels every
-    // chunk transforms every group's kernels anew: chunks grow with the kernel (to half its
-    // size, or as large as memory allows with groups), so that this stays a fraction of the
-    // work on the tiles.
-    let budget = if single {
-        (xis * ci_n * co_n / 2).clamp(CHUNK_FLOATS, MAX_CHUNK_FLOATS)
-    } else {
-        MAX_CHUNK_FLOATS
-    };
-    let rows_per_chunk = (budget / (xis * ci_n.max(group) * ntx)).clamp(1, tile_rows.len());
+    let single = group >= co_n;
+    let (group, rows_per_chunk) = split(g, M, group.min(co_n));
     let chunk = rows_per_chunk * ntx;
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut m = vec![0f32; group * xis * chunk];
@@ -693,8 +719,7 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
     let tile_rows: Vec<(usize, usize)> = (0..g.batch)
         .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
         .collect();
-    let budget = (xis * ci_n * co_n / 2).clamp(CHUNK_FLOATS, MAX_CHUNK_FLOATS);
-    let rows_per_chunk = (budget / (xis * ci_n.max(co_n) * ntx)).clamp(1, tile_rows.len());
+    let (_, rows_per_chunk) = split(g, M, co_n);
     let chunk = rows_per_chunk * ntx;
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut dm = vec![0f32; co_n * xis * chunk];
