@@ -79,15 +79,35 @@ fn winograd_applies_to_the_3x3_stride1_shapes() {
     assert!(winograd::applies(&Geometry { batch: 8, ..small }));
 }
 
-#[test]
-fn winograd_blocks_2_and_4_match_im2col() {
-    let mut seed = 1u64;
-    let mut rand = move || {
+/// Uniform values in [-1, 1) from a fixed seed (an LCG: the slices are too large for candle's
+/// randn to be quick in debug builds).
+fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+    move || {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    }
+}
+
+/// A 3x3 stride-1 "same" convolution.
+fn same_3x3(n: usize, cin: usize, cout: usize, h: usize, w: usize, d: usize) -> Geometry {
+    Geometry {
+        batch: n,
+        in_channels: cin,
+        height: h,
+        width: w,
+        out_channels: cout,
+        kernel: 3,
+        stride: 1,
+        dilation: d,
+        padding: d,
+    }
+}
+
+#[test]
+fn winograd_blocks_2_and_4_match_im2col() {
+    let mut rand = uniform(1);
     for d in [1, 2, 4, 12] {
         for (n, cin, cout, h, w) in [
             (1, 9, 7, 13, 9),
@@ -95,17 +115,7 @@ fn winograd_blocks_2_and_4_match_im2col() {
             (1, 8, 3, 5, 7),
             (1, 12, 4, 63, 50),
         ] {
-            let g = Geometry {
-                batch: n,
-                in_channels: cin,
-                height: h,
-                width: w,
-                out_channels: cout,
-                kernel: 3,
-                stride: 1,
-                dilation: d,
-                padding: d,
-            };
+            let g = same_3x3(n, cin, cout, h, w, d);
             let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
             let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
             let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
@@ -367,26 +377,10 @@ fn large_maps_split_into_several_bands() {
 
 #[test]
 fn winograd_kernel_gradients_match_im2col() {
-    let mut seed = 7u64;
-    let mut rand = move || {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut rand = uniform(7);
     for d in [1, 2, 4, 12] {
         for (n, cin, cout, h, w) in [(1, 9, 7, 13, 9), (2, 16, 5, 27, 30), (1, 12, 4, 63, 50)] {
-            let g = Geometry {
-                batch: n,
-                in_channels: cin,
-                height: h,
-                width: w,
-                out_channels: cout,
-                kernel: 3,
-                stride: 1,
-                dilation: d,
-                padding: d,
-            };
+            let g = same_3x3(n, cin, cout, h, w, d);
             let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
             let dy: Vec<f32> = (0..n * cout * h * w).map(|_| rand()).collect();
             let mut reference = vec![0f32; cout * cin * 9];

@@ -512,6 +512,86 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'
     }
 }
 
+/// [`TileTransform`] of every channel of `planes` (`channels` per image) into `out`
+/// (`[c][ξ][p]`, `chunk` tiles per ξ), the channels spread over the threads.
+#[allow(clippy::too_many_arguments)]
+fn transform_tiles<const M: usize, const A: usize, const R: usize>(
+    tiling: &Tiling<M>,
+    matrix: &[[f32; R]; A],
+    before: usize,
+    planes: &[f32],
+    channels: usize,
+    rows: &[(usize, usize)],
+    out: &mut [f32],
+    chunk: usize,
+) {
+    let hw = tiling.height * tiling.width;
+    out.par_chunks_mut(A * A * chunk).enumerate().for_each_init(
+        || TileScratch::new::<M, R>(tiling),
+        |scratch, (c, v)| {
+            wide(TileTransform::<M, A, R> {
+                tiling,
+                matrix,
+                before,
+                scratch,
+                plane: &planes[c * hw..],
+                image_stride: channels * hw,
+                rows,
+                v,
+                chunk,
+            })
+        },
+    )
+}
+
+/// `f(ξ)` for every position of the transformed tile: the `(m + 2)²` independent GEMMs, each
+/// single-threaded, spread over the threads (one synchronisation for all of them).
+fn for_each_position(positions: usize, f: impl Fn(usize) + Sync + Send) {
+    if rayon::current_num_threads() > 1 {
+        (0..positions).into_par_iter().for_each(f);
+    } else {
+        (0..positions).for_each(f);
+    }
+}
+
+/// A strided matrix: start, column stride, row stride (in floats).
+struct Strided(*const f32, usize, usize);
+
+/// `dst (m x n) (+)= lhs (m x k) * rhs (k x n)`, accumulating when `accumulate`, single-threaded.
+///
+/// # Safety
+/// Every element the strides address must be in bounds, `dst`'s writable and not aliased by
+/// anything else running.
+unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0 as *mut f32,
+        dst.1 as isize,
+        dst.2 as isize,
+        accumulate,
+        lhs.0,
+        lhs.1 as isize,
+        lhs.2 as isize,
+        rhs.0,
+        rhs.1 as isize,
+        rhs.2 as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
 /// `out = conv(x, w) (+ bias)` for geometries where [`applies`] holds, with the block of
 /// [`block`].
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
@@ -570,7 +650,6 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     assert_eq!(x.len(), g.batch * ci_n * hw);
     assert_eq!(w.len(), co_n * ci_n * 9);
     assert_eq!(out.len(), g.batch * co_n * hw);
-    let threads = rayon::current_num_threads().max(1);
 
     let tiling = Tiling::<M>::new(g);
     let ntx = tiling.per_row();
@@ -589,22 +668,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     for rows in tile_rows.chunks(rows_per_chunk) {
         let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
-        v.par_chunks_mut(xis * chunk).enumerate().for_each_init(
-            || TileScratch::new::<M, A>(&tiling),
-            |scratch, (c, vc)| {
-                wide(TileTransform::<M, A, A> {
-                    tiling: &tiling,
-                    matrix: &V::BT,
-                    before: 1,
-                    scratch,
-                    plane: &x[c * hw..],
-                    image_stride: ci_n * hw,
-                    rows,
-                    v: vc,
-                    chunk,
-                })
-            },
-        );
+        transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
         for c0 in (0..co_n).step_by(group) {
             let cos = c0..(c0 + group).min(co_n);
             let gc = cos.len();
@@ -616,42 +680,22 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                     &group_weights
                 }
             };
-            // 2. M_ξ = U_ξ V_ξ: independent single-threaded GEMMs spread over the threads
-            // (one synchronisation per chunk instead of one per GEMM).
+            // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc).
             let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
-            let gemm_one = |xi_: usize| {
-                // SAFETY: U_ξ is gc x Cin row-major at ξ*gc*Cin; V_ξ is Cin x pc with row
-                // stride A²*chunk at offset ξ*chunk; M_ξ is gc x pc, row stride A²*chunk at
-                // offset ξ*chunk, so the destinations are disjoint sets of elements.
+            for_each_position(xis, |xi| {
+                // SAFETY: U_ξ is row-major at ξ*gc*Cin; V_ξ's rows (one per input channel)
+                // and M_ξ's (one per output channel) are A²*chunk apart from ξ*chunk on, so
+                // the destinations of different ξ are disjoint.
                 unsafe {
-                    gemm::gemm(
-                        gc,
-                        pc,
-                        ci_n,
-                        mp.get().add(xi_ * chunk),
-                        1,
-                        (xis * chunk) as isize,
+                    gemm_strided(
+                        (gc, pc, ci_n),
+                        Strided(mp.get().add(xi * chunk) as *const f32, 1, xis * chunk),
                         false,
-                        up.get().add(xi_ * gc * ci_n),
-                        1,
-                        ci_n as isize,
-                        vp.get().add(xi_ * chunk),
-                        1,
-                        (xis * chunk) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
+                        Strided(up.get().add(xi * gc * ci_n), 1, ci_n),
+                        Strided(vp.get().add(xi * chunk), 1, xis * chunk),
+                    )
                 }
-            };
-            if threads > 1 {
-                (0..xis).into_par_iter().for_each(gemm_one);
-            } else {
-                (0..xis).for_each(gemm_one);
-            }
+            });
             // 3. Y = A^T M A, scattered back to the image.
             m[..gc * xis * chunk]
                 .par_chunks(xis * chunk)
@@ -712,7 +756,6 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
     assert_eq!(x.len(), g.batch * ci_n * hw);
     assert_eq!(dy.len(), g.batch * co_n * hw);
     assert_eq!(dw.len(), co_n * ci_n * 9);
-    let threads = rayon::current_num_threads().max(1);
 
     let tiling = Tiling::<M>::new(g);
     let ntx = tiling.per_row();
@@ -728,80 +771,28 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
     let a: [[f32; M]; A] = std::array::from_fn(|k| std::array::from_fn(|j| V::AT[j][k]));
     for (i, rows) in tile_rows.chunks(rows_per_chunk).enumerate() {
         let pc = rows.len() * ntx;
-        let transform = |planes: &[f32], channels: usize, out: &mut [f32], input: bool| {
-            out.par_chunks_mut(xis * chunk).enumerate().for_each_init(
-                || TileScratch::new::<M, A>(&tiling),
-                |scratch, (c, vc)| {
-                    let plane = &planes[c * hw..];
-                    let image_stride = channels * hw;
-                    if input {
-                        wide(TileTransform::<M, A, A> {
-                            tiling: &tiling,
-                            matrix: &V::BT,
-                            before: 1,
-                            scratch,
-                            plane,
-                            image_stride,
-                            rows,
-                            v: vc,
-                            chunk,
-                        })
-                    } else {
-                        wide(TileTransform::<M, A, M> {
-                            tiling: &tiling,
-                            matrix: &a,
-                            before: 0,
-                            scratch,
-                            plane,
-                            image_stride,
-                            rows,
-                            v: vc,
-                            chunk,
-                        })
-                    }
-                },
-            )
-        };
-        transform(x, ci_n, &mut v, true);
-        transform(dy, co_n, &mut dm, false);
+        transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
+        transform_tiles(&tiling, &a, 0, dy, co_n, rows, &mut dm, chunk);
+        // dU_ξ (Cout x Cin) += dM_ξ (Cout x pc) V_ξ^T (pc x Cin).
         let (up, vp, mp) = (
             OutPtr(du.as_mut_ptr()),
             InPtr(v.as_ptr()),
             InPtr(dm.as_ptr()),
         );
-        let gemm_one = |xi_: usize| {
-            // SAFETY: dU_ξ is Cout x Cin row-major at ξ*Cout*Cin (disjoint per ξ); dM_ξ is
-            // Cout x pc with row stride A²*chunk at ξ*chunk; V_ξ^T is pc x Cin, V_ξ's rows
-            // (one per input channel) A²*chunk apart at ξ*chunk.
+        for_each_position(xis, |xi| {
+            // SAFETY: dU_ξ is row-major at ξ*Cout*Cin (disjoint per ξ); the rows of dM_ξ (one
+            // per output channel) and V_ξ (one per input channel, V_ξ^T's columns) are
+            // A²*chunk apart from ξ*chunk on.
             unsafe {
-                gemm::gemm(
-                    co_n,
-                    ci_n,
-                    pc,
-                    up.get().add(xi_ * co_n * ci_n),
-                    1,
-                    ci_n as isize,
+                gemm_strided(
+                    (co_n, ci_n, pc),
+                    Strided(up.get().add(xi * co_n * ci_n) as *const f32, 1, ci_n),
                     i > 0,
-                    mp.get().add(xi_ * chunk),
-                    1,
-                    (xis * chunk) as isize,
-                    vp.get().add(xi_ * chunk),
-                    (xis * chunk) as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+                    Strided(mp.get().add(xi * chunk), 1, xis * chunk),
+                    Strided(vp.get().add(xi * chunk), xis * chunk, 1),
+                )
             }
-        };
-        if threads > 1 {
-            (0..xis).into_par_iter().for_each(gemm_one);
-        } else {
-            (0..xis).for_each(gemm_one);
-        }
+        });
     }
     dw.par_chunks_mut(ci_n * 9)
         .enumerate()
