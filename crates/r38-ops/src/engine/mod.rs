@@ -8,7 +8,8 @@
 //!   ([`kernel`]) for the rest
 //!   (stem, stride 2, 1x1). When the input or weight is tracked by candle's autograd
 //!   (training), the same kernels run with their own backward pass ([`backward`]: GEMMs and
-//!   col2im, exact for every input size). Results differ from candle's by ~1e-6 (relative to
+//!   col2im, exact for every input size; both gradients of a 3x3 stride-1 convolution through
+//!   [`winograd`]). Results differ from candle's by ~1e-6 (relative to
 //!   the largest output).
 //! - **gemm** ([`Engine::Gemm`]): the im2col + GEMM kernel for every shape (for comparisons).
 //! - **exact** ([`Engine::Exact`]): candle's own `conv2d` and backward (through

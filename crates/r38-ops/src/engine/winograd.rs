@@ -50,7 +50,12 @@ const MIN_TILES_4X4: usize = 128;
 
 /// Tiles of `m x m` output blocks over the whole batch.
 fn tiles(g: &Geometry, m: usize) -> usize {
-    g.batch * origins(g.height, g.dilation, m).len() * origins(g.width, g.dilation, m).len()
+    tile_rows(g, m) * origins(g.width, g.dilation, m).len()
+}
+
+/// Rows of tiles of `m x m` output blocks over the whole batch.
+fn tile_rows(g: &Geometry, m: usize) -> usize {
+    g.batch * origins(g.height, g.dilation, m).len()
 }
 
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
@@ -62,8 +67,8 @@ fn tiles(g: &Geometry, m: usize) -> usize {
 pub fn block(g: &Geometry) -> usize {
     let cost = |m: usize| {
         let xis = (m + 2) * (m + 2);
-        let (group, rows_per_chunk) = split(g, m, output_group(g, xis));
-        let chunks = (g.batch * origins(g.height, g.dilation, m).len()).div_ceil(rows_per_chunk);
+        let group = output_group(g, xis);
+        let chunks = tile_rows(g, m).div_ceil(chunk_rows(g, m, group));
         let passes = if group == g.out_channels { 1 } else { chunks };
         xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * passes
     };
@@ -82,11 +87,11 @@ pub fn block(g: &Geometry) -> usize {
 /// entry).
 const KERNEL_FLOAT_COST: usize = 128;
 
-/// Output channels per group (as given) and rows of tiles per chunk of [`run`]. The GEMMs
+/// Rows of tiles per chunk of [`run`] with `group` output channels per group. The GEMMs
 /// repack `U` for every chunk, and with several groups of output channels every chunk
 /// transforms every group's kernels anew: chunks grow with the kernel (to half its size, or as
 /// large as memory allows with groups), so that this stays a fraction of the work on the tiles.
-fn split(g: &Geometry, m: usize, group: usize) -> (usize, usize) {
+fn chunk_rows(g: &Geometry, m: usize, group: usize) -> usize {
     let xis = (m + 2) * (m + 2);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
     let budget = if group >= co_n {
@@ -95,9 +100,7 @@ fn split(g: &Geometry, m: usize, group: usize) -> (usize, usize) {
         MAX_CHUNK_FLOATS
     };
     let per_row = origins(g.width, g.dilation, m).len();
-    let tile_rows = g.batch * origins(g.height, g.dilation, m).len();
-    let rows = (budget / (xis * ci_n.max(group) * per_row)).clamp(1, tile_rows.max(1));
-    (group, rows)
+    (budget / (xis * ci_n.max(group) * per_row)).clamp(1, tile_rows(g, m).max(1))
 }
 
 /// The transform matrices of F(m x m, 3x3), `A = m + 2`.
@@ -183,7 +186,8 @@ impl OutPtr {
     }
 }
 
-/// Floats per chunk buffer (V or M): 16 MiB, up to 64 MiB for wide kernels (see [`run`]).
+/// Floats per chunk buffer (V or M): 16 MiB, up to 32 MiB for wide kernels (see
+/// [`chunk_rows`]).
 const CHUNK_FLOATS: usize = 1 << 22;
 const MAX_CHUNK_FLOATS: usize = 1 << 23;
 
@@ -332,6 +336,14 @@ impl<const M: usize> Tiling<M> {
             width: g.width,
             dilation: g.dilation,
         }
+    }
+
+    /// The rows of tiles of a batch of `batch` images, `(image, row)`, image by image.
+    fn batch_rows(&self, batch: usize) -> Vec<(usize, usize)> {
+        let per_image = self.row_origins.len();
+        (0..batch)
+            .flat_map(|n| (0..per_image).map(move |ty| (n, ty)))
+            .collect()
     }
 
     /// Tiles per row of tiles.
@@ -653,19 +665,18 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
 
     let tiling = Tiling::<M>::new(g);
     let ntx = tiling.per_row();
-    // Rows of tiles of the whole batch, image by image; a chunk holds whole rows of tiles.
-    let tile_rows: Vec<(usize, usize)> = (0..g.batch)
-        .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
-        .collect();
+    // A chunk holds whole rows of tiles, of any image of the batch.
+    let batch_rows = tiling.batch_rows(g.batch);
     assert!(group >= 1);
-    let single = group >= co_n;
-    let (group, rows_per_chunk) = split(g, M, group.min(co_n));
+    let group = group.min(co_n);
+    let single = group == co_n;
+    let rows_per_chunk = chunk_rows(g, M, group);
     let chunk = rows_per_chunk * ntx;
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut m = vec![0f32; group * xis * chunk];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let all_weights = single.then(|| transform_weights::<V, M, A>(g, w, 0..co_n));
-    for rows in tile_rows.chunks(rows_per_chunk) {
+    for rows in batch_rows.chunks(rows_per_chunk) {
         let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
         transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
@@ -759,17 +770,15 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
 
     let tiling = Tiling::<M>::new(g);
     let ntx = tiling.per_row();
-    let tile_rows: Vec<(usize, usize)> = (0..g.batch)
-        .flat_map(|n| (0..tiling.row_origins.len()).map(move |ty| (n, ty)))
-        .collect();
-    let (_, rows_per_chunk) = split(g, M, co_n);
+    let batch_rows = tiling.batch_rows(g.batch);
+    let rows_per_chunk = chunk_rows(g, M, co_n);
     let chunk = rows_per_chunk * ntx;
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut dm = vec![0f32; co_n * xis * chunk];
     let mut du = vec![0f32; xis * co_n * ci_n];
     // A = (A^T)^T: the output gradient's transform.
     let a: [[f32; M]; A] = std::array::from_fn(|k| std::array::from_fn(|j| V::AT[j][k]));
-    for (i, rows) in tile_rows.chunks(rows_per_chunk).enumerate() {
+    for (i, rows) in batch_rows.chunks(rows_per_chunk).enumerate() {
         let pc = rows.len() * ntx;
         transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
         transform_tiles(&tiling, &a, 0, dy, co_n, rows, &mut dm, chunk);
