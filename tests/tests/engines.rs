@@ -1,10 +1,10 @@
 //! The fast engine against candle's exact path on the parity fixtures: outputs within 1e-4 of
 //! the output's largest magnitude, and segmentation argmax maps agreeing on at least 99.9% of
-//! the pixels. One test in its own binary, because the engine is a process-wide setting.
+//! the pixels. The engine is a per-thread scope, so both paths run side by side.
 
 use candle_core::{DType, Tensor};
 use r38_model::HeadKind;
-use r38_ops::engine::{set_engine, Engine};
+use r38_ops::engine::{with_engine, Engine};
 use r38_tests::{relative_error, Case};
 
 #[test]
@@ -12,10 +12,8 @@ fn fast_engine_matches_the_exact_path_on_every_parity_fixture() {
     for name in ["a1_cls", "a_s16", "a1_s8_seg", "a2_s8_seg"] {
         let case = Case::open(name);
         let file = case.weights("weights.params");
-        set_engine(Engine::Exact);
-        let exact = case.run(&file);
-        set_engine(Engine::Fast);
-        let fast = case.run(&file);
+        let exact = with_engine(Engine::Exact, || case.run(&file));
+        let fast = with_engine(Engine::Fast, || case.run(&file));
         let err = relative_error(&fast, &exact);
         eprintln!("{name}: fast vs exact relative error {err:e}");
         assert!(err <= 1e-4, "{name}: fast vs exact relative error {err:e}");

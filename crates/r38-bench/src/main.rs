@@ -252,8 +252,11 @@ fn dump_for_torch(
 
 /// One training step per repetition (forward, loss, backward), this process.
 fn child_training_step(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+    r38_ops::engine::with_engine(engine, || training_step_reps(args, case, engine, dir))
+}
+
+fn training_step_reps(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     let dev = Device::Cpu;
-    r38_ops::engine::set_engine(engine);
     let t0 = Instant::now();
     let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
     let input = random_input(case.input, args.seed, &dev)?;

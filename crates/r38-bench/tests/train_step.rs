@@ -9,7 +9,7 @@ use r38_bench::net::{BenchNet, HeadConfigDesc, HeadKind};
 use r38_bench::train_step::{forward_macs, random_labels, TrainStep, COMPARED_GRADIENT};
 use r38_bench::weights::{random_input, RandomWeights};
 use r38_model::BackboneConfig;
-use r38_ops::engine::{set_engine, Engine};
+use r38_ops::engine::{with_engine, Engine};
 use r38_seg::HeadConfig;
 
 fn seg_head(hidden: usize) -> HeadKind {
@@ -47,8 +47,7 @@ fn training_step_gradients_fast_match_exact() {
     let labels = random_labels((1, h, w), 5, 5).unwrap();
     let mut runs = Vec::new();
     for engine in [Engine::Exact, Engine::Fast] {
-        set_engine(engine);
-        let (loss, grads, _) = step.run(&x, &labels).unwrap();
+        let (loss, grads, _) = with_engine(engine, || step.run(&x, &labels)).unwrap();
         let names = [
             COMPARED_GRADIENT,
             "res4a_branch2a_weight",
@@ -61,7 +60,6 @@ fn training_step_gradients_fast_match_exact() {
             .collect();
         runs.push((loss, g));
     }
-    set_engine(Engine::Fast);
     let ((le, ge), (lf, gf)) = (&runs[0], &runs[1]);
     assert!(le.is_finite() && (le - lf).abs() <= 1e-5 * le.abs());
     for (e, f) in ge.iter().zip(gf) {

@@ -136,7 +136,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     /// The fast CPU engine for inference, candle's exact path for training and other devices
-    /// (see [`crate::engine`]; `R38_ENGINE=exact` selects the exact path everywhere).
+    /// (see [`crate::engine`]; `engine::with_engine(Engine::Exact, ..)` selects the exact path).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::engine::conv2d(x, &self.weight, self.bias.as_ref(), &self.spec)
     }

@@ -15,8 +15,8 @@
 //! - **exact** ([`Engine::Exact`]): candle's own `conv2d` and backward (through
 //!   [`crate::conv_grad::conv2d_exact`]); always used on other devices and other dtypes.
 //!
-//! The choice is global: [`set_engine`], or the environment variable `R38_ENGINE=exact|gemm|fast`
-//! read on first use. The default is `fast`.
+//! The choice is the caller's, per thread and scope ([`with_engine`]); the default is `fast`.
+//! The binaries map `--engine` / `R38_ENGINE` onto it.
 
 pub mod allocator;
 pub mod backward;
@@ -26,7 +26,6 @@ pub mod winograd;
 
 use crate::conv::ConvSpec;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 pub use kernel::Geometry;
 
@@ -66,41 +65,36 @@ impl std::fmt::Display for Engine {
     }
 }
 
-const UNSET: u8 = 0;
-const EXACT: u8 = 1;
-const FAST: u8 = 2;
-const GEMM: u8 = 3;
-static ENGINE: AtomicU8 = AtomicU8::new(UNSET);
+thread_local! {
+    static SCOPED: std::cell::Cell<Option<Engine>> = const { std::cell::Cell::new(None) };
+}
 
-/// The engine in use: set by [`set_engine`], else `R38_ENGINE`, else [`Engine::Fast`].
+/// The engine of the calling thread: the innermost [`with_engine`] around it, else
+/// [`Engine::Fast`].
+///
+/// A value, not a process setting, so that two users of the library (or two tests in one
+/// binary) can run different engines side by side.
 pub fn engine() -> Engine {
-    match ENGINE.load(Ordering::Relaxed) {
-        EXACT => Engine::Exact,
-        FAST => Engine::Fast,
-        GEMM => Engine::Gemm,
-        _ => {
-            let e = std::env::var("R38_ENGINE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(Engine::Fast);
-            // Only the first reader decides; a concurrent set_engine wins.
-            let _ = ENGINE.compare_exchange(UNSET, code(e), Ordering::Relaxed, Ordering::Relaxed);
-            engine()
+    SCOPED.with(|e| e.get()).unwrap_or(Engine::Fast)
+}
+
+/// Run `f` with `engine` for every convolution and pre-activation it starts on this thread.
+///
+/// ```
+/// use r38_ops::engine::{engine, with_engine, Engine};
+/// assert_eq!(engine(), Engine::Fast);
+/// assert_eq!(with_engine(Engine::Exact, engine), Engine::Exact);
+/// assert_eq!(engine(), Engine::Fast);
+/// ```
+pub fn with_engine<T>(engine: Engine, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Engine>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPED.with(|e| e.set(self.0));
         }
     }
-}
-
-/// Select the engine for the whole process.
-pub fn set_engine(e: Engine) {
-    ENGINE.store(code(e), Ordering::Relaxed);
-}
-
-fn code(e: Engine) -> u8 {
-    match e {
-        Engine::Exact => EXACT,
-        Engine::Fast => FAST,
-        Engine::Gemm => GEMM,
-    }
+    let _restore = Restore(SCOPED.with(|e| e.replace(Some(engine))));
+    f()
 }
 
 /// Convolution of an NCHW tensor with an OIHW weight as [`crate::Conv2d`] defines it, through
