@@ -32,6 +32,6 @@ pub use config::{
     Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind,
 };
 pub use loading::{build_strict, LoadError, TensorProblem};
-pub use metadata::{ModelMetadata, Preprocess};
+pub use metadata::{MetadataError, ModelMetadata, Overrides, Preprocess};
 pub use r38_ops::BatchNormMode;
 pub use stages::Stages;

@@ -3,7 +3,9 @@
 //! weights came from.
 
 use crate::checkpoint::HeadKind;
-use crate::config::{Arch, BackboneConfig};
+use crate::config::{Arch, BackboneConfig, ConfigError, PoolPadding};
+use crate::weights::released::{ReleasedFile, ReleasedHead};
+use crate::weights::WeightFile;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,6 +25,12 @@ pub struct Preprocess {
     pub crop: Option<u32>,
     /// `bicubic` (the published ImageNet numbers) or `adaptive` (segmentation).
     pub interpolation: String,
+    /// Segmentation: average with the flipped input (the released protocols do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flip: Option<bool>,
+    /// Segmentation: shift-and-stitch steps per axis (ADE20K: 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_steps: Option<u32>,
 }
 
 impl Preprocess {
@@ -38,7 +46,31 @@ impl Preprocess {
             test_scale,
             crop,
             interpolation: interpolation.into(),
+            flip: matches!(head, HeadKind::Segmentation { .. }).then_some(true),
+            test_steps: None,
         }
+    }
+
+    /// The protocol of an authors' released file: its benchmark's published settings
+    /// (Cityscapes at its native 2048 width, ADE20K with 2x2 shift-and-stitch).
+    pub fn for_released(file: &ReleasedFile) -> Self {
+        let head = match file.head {
+            ReleasedHead::Cls => HeadKind::Classifier {
+                classes: file.classes,
+            },
+            ReleasedHead::Seg => HeadKind::Segmentation {
+                classes: file.classes,
+                hidden: Some(512),
+                kernel: 3,
+            },
+        };
+        let mut p = Self::for_head(&head);
+        if file.file_name.starts_with("cityscapes") {
+            p.test_scale = 2048;
+        } else if file.file_name.starts_with("ade") {
+            p.test_steps = Some(2);
+        }
+        p
     }
 }
 
@@ -57,12 +89,52 @@ pub struct ModelMetadata {
     pub head_dilation: Option<usize>,
     /// Test-time preprocessing.
     pub preprocess: Preprocess,
-    /// File name the weights were converted from.
+    /// Class names, when the file records them.
+    pub class_names: Option<Vec<String>>,
+    /// File name (never a path: a file says nothing about the machine that wrote it) the
+    /// weights were converted from.
     pub source_file: Option<String>,
     /// MD5 of the source file.
     pub source_md5: Option<String>,
     /// Name of the authors' released file, when the checksum matched one.
     pub released: Option<String>,
+    /// Every other `r38.*` entry (training records such as `r38.held_out_miou`), kept as it is
+    /// so that a conversion loses nothing.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// What a caller may decide instead of the file (`--arch`, `--output-stride`, `--pool-style`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Model A, A1 or A2 instead of the file's.
+    pub arch: Option<Arch>,
+    /// Output stride 8, 16 or 32 instead of the file's.
+    pub output_stride: Option<usize>,
+    /// Model A's pooling instead of the file's.
+    pub pool_padding: Option<PoolPadding>,
+}
+
+/// Why a file's architecture could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// An `r38.*` entry does not parse or is out of range.
+    #[error("{file}: metadata `{PREFIX}{key}`: {message}")]
+    Field {
+        /// The weight file.
+        file: String,
+        /// The key, without the prefix.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tensors do not describe a network of the family.
+    #[error("{file}: {source}")]
+    Config {
+        /// The weight file.
+        file: String,
+        /// What is wrong.
+        source: ConfigError,
+    },
 }
 
 impl ModelMetadata {
@@ -84,6 +156,12 @@ impl ModelMetadata {
             m.insert(format!("{PREFIX}classes"), c.to_string());
         }
         m.insert(format!("{PREFIX}preprocess"), json(&self.preprocess));
+        if let Some(names) = &self.class_names {
+            m.insert(format!("{PREFIX}class_names"), json(names));
+        }
+        for (key, value) in &self.extra {
+            m.insert(format!("{PREFIX}{key}"), value.clone());
+        }
         for (key, value) in [
             ("source_file", &self.source_file),
             ("source_md5", &self.source_md5),
@@ -98,12 +176,13 @@ impl ModelMetadata {
     }
 
     /// Read back what [`to_map`](Self::to_map) wrote; `None` when the file has no r38 metadata.
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<Option<Self>, String> {
+    /// The error is `(key, message)`.
+    pub fn from_map(map: &BTreeMap<String, String>) -> Result<Option<Self>, (String, String)> {
         let get = |k: &str| map.get(&format!("{PREFIX}{k}"));
         let Some(config) = get("config") else {
             return Ok(None);
         };
-        let parse_err = |k: &str, e: &dyn std::fmt::Display| format!("metadata `{PREFIX}{k}`: {e}");
+        let parse_err = |k: &str, e: &dyn std::fmt::Display| (k.to_string(), e.to_string());
         let config: BackboneConfig =
             serde_json::from_str(config).map_err(|e| parse_err("config", &e))?;
         let arch = match get("arch") {
@@ -122,6 +201,15 @@ impl ModelMetadata {
             Some(p) => serde_json::from_str(p).map_err(|e| parse_err("preprocess", &e))?,
             None => Preprocess::for_head(&head),
         };
+        let class_names = match get("class_names") {
+            Some(n) => Some(serde_json::from_str(n).map_err(|e| parse_err("class_names", &e))?),
+            None => None,
+        };
+        let extra = map
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?.to_string(), v.clone())))
+            .filter(|(k, _)| !MODELLED_KEYS.contains(&k.as_str()))
+            .collect();
         Ok(Some(Self {
             arch,
             output_stride: config.output_stride(),
@@ -129,11 +217,122 @@ impl ModelMetadata {
             head,
             head_dilation,
             preprocess,
-            source_file: get("source_file").cloned(),
+            class_names,
+            // Older files recorded the converting machine's path; keep only the name.
+            source_file: get("source_file").map(|f| file_name_of(f)),
             source_md5: get("source_md5").cloned(),
             released: get("released").cloned(),
+            extra,
         }))
     }
+
+    /// Decide the network a weight file holds: `overrides` first, then the file's own metadata,
+    /// then the authors' defaults (the released-file table; A1; stride 8 for a segmentation
+    /// head and 32 otherwise).
+    pub fn describe(file: &WeightFile, overrides: &Overrides) -> Result<Self, MetadataError> {
+        let name = file.path.display().to_string();
+        let stored =
+            Self::from_map(&file.metadata).map_err(|(key, message)| MetadataError::Field {
+                file: name.clone(),
+                key,
+                message,
+            })?;
+        let config_err = |source| MetadataError::Config {
+            file: name.clone(),
+            source,
+        };
+        let shapes = file.shapes();
+        let head = HeadKind::detect(&shapes).map_err(config_err)?;
+        let arch = overrides
+            .arch
+            .or(stored.as_ref().map(|m| m.arch))
+            .or(file.released.map(|r| r.arch))
+            .unwrap_or(Arch::A1);
+        let default_stride = match (file.released, head) {
+            (Some(r), _) => r.output_stride,
+            (None, HeadKind::Segmentation { .. }) => 8,
+            (None, _) => 32,
+        };
+        let mut config = match (&stored, overrides.arch) {
+            (Some(m), None) => m.config.clone(),
+            _ => {
+                let stride = overrides
+                    .output_stride
+                    .or(stored.as_ref().map(|m| m.output_stride))
+                    .unwrap_or(default_stride);
+                BackboneConfig::infer(&shapes, arch, stride).map_err(config_err)?
+            }
+        };
+        if let Some(stride) = overrides.output_stride {
+            config.set_output_stride(stride).map_err(config_err)?;
+        }
+        match (overrides.pool_padding, file.released) {
+            (Some(style), _) => config.pool_padding = style,
+            // The authors' published Model A numbers were measured with pad-0 test-time pooling.
+            (None, Some(r)) if r.arch == Arch::A && stored.is_none() => {
+                config.pool_padding = PoolPadding::Caffe
+            }
+            _ => {}
+        }
+        if matches!(head, HeadKind::Segmentation { .. }) {
+            // The released segmentation nets drop out before the last conv of levels 6 and 7.
+            config = config.with_dropout(&[(6, 0.3), (7, 0.5)]);
+        }
+        let preprocess = match (&stored, file.released) {
+            (Some(m), _) => m.preprocess.clone(),
+            (None, Some(r)) => Preprocess::for_released(r),
+            (None, None) => Preprocess::for_head(&head),
+        };
+        let class_names = stored
+            .as_ref()
+            .and_then(|m| m.class_names.clone())
+            .filter(|n| Some(n.len()) == head.classes());
+        let stored = stored.as_ref();
+        Ok(Self {
+            arch,
+            output_stride: config.output_stride(),
+            preprocess,
+            config,
+            head,
+            head_dilation: stored.and_then(|m| m.head_dilation),
+            class_names,
+            source_file: stored.and_then(|m| m.source_file.clone()).or_else(|| {
+                file.path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+            }),
+            source_md5: stored
+                .and_then(|m| m.source_md5.clone())
+                .or(Some(file.md5.clone())),
+            released: stored
+                .and_then(|m| m.released.clone())
+                .or(file.released.map(|r| r.file_name.clone())),
+            extra: stored.map(|m| m.extra.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// The keys [`ModelMetadata`] models; every other `r38.*` key goes to [`ModelMetadata::extra`].
+const MODELLED_KEYS: [&str; 11] = [
+    "arch",
+    "config",
+    "output_stride",
+    "head",
+    "head_dilation",
+    "classes",
+    "preprocess",
+    "class_names",
+    "source_file",
+    "source_md5",
+    "released",
+];
+
+fn file_name_of(recorded: &str) -> String {
+    recorded
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(recorded)
+        .to_string()
 }
 
 mod erased {
@@ -165,11 +364,30 @@ mod tests {
             preprocess: Preprocess::for_head(&head),
             head,
             head_dilation: Some(2),
+            class_names: Some((0..21).map(|i| format!("class {i}")).collect()),
             source_file: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
             source_md5: Some("a34628a63d5f62dcb98c29c4e281f332".into()),
             released: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
+            extra: [("held_out_miou".to_string(), "0.665".to_string())].into(),
         };
-        assert_eq!(ModelMetadata::from_map(&meta.to_map()).unwrap(), Some(meta));
+        let map = meta.to_map();
+        assert_eq!(map["r38.held_out_miou"], "0.665");
+        assert_eq!(ModelMetadata::from_map(&map).unwrap(), Some(meta));
         assert_eq!(ModelMetadata::from_map(&BTreeMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn recorded_paths_keep_only_the_file_name() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "r38.config".to_string(),
+            serde_json::to_string(&BackboneConfig::model_a1(32).unwrap()).unwrap(),
+        );
+        map.insert(
+            "r38.source_file".to_string(),
+            "/home/someone/runs/scenes/model.safetensors".to_string(),
+        );
+        let meta = ModelMetadata::from_map(&map).unwrap().unwrap();
+        assert_eq!(meta.source_file.as_deref(), Some("model.safetensors"));
     }
 }

@@ -401,6 +401,14 @@ impl WeightFile {
         self.tensors.get(name)
     }
 
+    /// Tensor shapes by canonical name.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+            .collect()
+    }
+
     /// Number of stored values, BN running statistics included (109,215,656 for the released
     /// A1 classifier).
     pub fn value_count(&self) -> usize {
@@ -436,6 +444,7 @@ pub(crate) struct Loaded {
 /// by [`names::to_canonical`]) and every tensor to `f32` on the CPU. The MD5 of the file is
 /// computed and matched against the authors' released files.
 pub fn load(path: &Path) -> Result<WeightFile, WeightError> {
+    let _span = tracing::debug_span!("read_weights", path = %path.display()).entered();
     let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
         path: path.to_path_buf(),
         op: "read",

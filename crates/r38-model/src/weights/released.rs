@@ -1,7 +1,8 @@
 //! The authors' six released weight files (reference §4), so that a loaded file can be
 //! recognised by its MD5 and its architecture, head and published results reported.
 //!
-//! The table lives in `weights/released.json` at the repository root and is compiled in.
+//! The table lives in `crates/r38-model/released.json` (linked from `weights/released.json`)
+//! and is compiled in.
 
 use std::sync::OnceLock;
 
@@ -60,7 +61,7 @@ struct Table {
     files: Vec<ReleasedFile>,
 }
 
-const RELEASED_JSON: &str = include_str!("../../../../weights/released.json");
+const RELEASED_JSON: &str = include_str!("../../released.json");
 
 /// All six released files, parsed once from the embedded table.
 pub fn released_files() -> &'static [ReleasedFile] {
@@ -69,7 +70,7 @@ pub fn released_files() -> &'static [ReleasedFile] {
         Ok(t) => t.files,
         // The table is compiled in and checked by a unit test; an empty list is a safe fallback.
         Err(e) => {
-            tracing::error!("weights/released.json is invalid: {e}");
+            tracing::error!("released.json is invalid: {e}");
             Vec::new()
         }
     })
