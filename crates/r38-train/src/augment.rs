@@ -10,7 +10,7 @@
 //! All randomness comes from the [`Rng`] passed in, so a sample's augmentation is fixed by the
 //! run's seed, the step and its position in the batch.
 
-use anyhow::{ensure, Result};
+use crate::error::{ensure, Result};
 use r38_data::image::RgbImage;
 use r38_data::{adaptive_filter, resize_u8, Filter, Normalization};
 

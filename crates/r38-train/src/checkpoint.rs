@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::Tensor;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
@@ -138,9 +138,66 @@ impl Checkpoints {
     }
 
     fn pointer(&self, name: &str) -> Option<PathBuf> {
-        let text = std::fs::read_to_string(self.dir.join(name)).ok()?;
-        let p = self.dir.join(text.trim());
-        p.join("state.json").is_file().then_some(p)
+        self.read_pointer(name).ok()
+    }
+
+    /// The step directory the pointer file `name` names, or why it names none. Only a plain
+    /// `step-NNNNNNNN` name inside this folder is followed, never a path elsewhere.
+    fn read_pointer(&self, name: &str) -> std::result::Result<PathBuf, String> {
+        let file = self.dir.join(name);
+        let text = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let target = std::str::from_utf8(&text)
+            .ok()
+            .map(str::trim)
+            .filter(|t| {
+                t.strip_prefix("step-")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{}: does not name a step directory of this run",
+                    file.display()
+                )
+            })?;
+        let p = self.dir.join(target);
+        if p.join("state.json").is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "{}: names {}, which holds no complete checkpoint",
+                file.display(),
+                p.display()
+            ))
+        }
+    }
+
+    /// The checkpoint a resumed run continues from, `None` when the folder holds no complete
+    /// checkpoint yet. An error, never a fresh start over the old run, when `latest` is
+    /// unreadable, names no complete checkpoint of this folder, or is missing beside complete
+    /// checkpoints.
+    pub fn resume_point(&self) -> Result<Option<PathBuf>> {
+        if self.dir.join("latest").exists() {
+            return self
+                .read_pointer("latest")
+                .map(Some)
+                .map_err(|why| crate::error::train_error!("cannot resume: {why}"));
+        }
+        let complete = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with("step-")
+                    && e.path().join("state.json").is_file()
+            });
+        if complete {
+            bail!(
+                "cannot resume: {} holds checkpoints but no `latest`; restore it (one line naming \
+                 a step directory) or pass --overwrite to start afresh",
+                self.dir.display()
+            );
+        }
+        Ok(None)
     }
 
     /// The latest complete checkpoint, if any.

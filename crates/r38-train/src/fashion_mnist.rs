@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 /// Where Debian's package puts the files.
 pub const DEBIAN_ROOT: &str = "/usr/share/datasets/fashion-mnist";

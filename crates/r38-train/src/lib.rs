@@ -31,6 +31,7 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod error;
 pub mod fashion_mnist;
 pub mod loader;
 pub mod log;
@@ -38,6 +39,7 @@ pub mod loss;
 pub mod model;
 pub mod optimizer;
 pub mod plot;
+pub mod recipe;
 pub mod recompute;
 pub mod rng;
 pub mod scenes;
@@ -45,12 +47,14 @@ pub mod schedule;
 pub mod sources;
 pub mod trainer;
 
+pub use error::{Context, TrainError};
 pub use loss::{
     ohem_select, ohem_softmax_cross_entropy, softmax_cross_entropy, subsample_labels, OhemConfig,
     OhemStats, IGNORE_LABEL,
 };
 pub use optimizer::{LrRule, MomentumKind, MultiplierPolicy, Multipliers, Param, Sgd, SgdConfig};
 pub use r38_ops::conv_grad::{self, candle_backward_mismatch, conv2d_exact};
+pub use recipe::{Recipe, RecipeError, RunSettings, ScheduleKind};
 pub use recompute::{micro_batch_gradients, TrainNet};
 pub use rng::Rng;
 pub use schedule::LrSchedule;

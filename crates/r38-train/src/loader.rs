@@ -11,7 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use anyhow::{anyhow, Result};
+use crate::error::{train_error, Result};
 use candle_core::{Device, Tensor};
 
 use crate::augment::Planar;
@@ -68,14 +68,16 @@ pub struct Batch {
 
 /// Stacks examples into a [`Batch`].
 pub fn collate(index: usize, examples: &[Example]) -> Result<Batch> {
-    let first = examples.first().ok_or_else(|| anyhow!("empty batch"))?;
+    let first = examples
+        .first()
+        .ok_or_else(|| train_error!("empty batch"))?;
     let (h, w) = (first.image.height, first.image.width);
     let mut images = Vec::with_capacity(examples.len() * 3 * h * w);
     let mut targets: Vec<u32> = Vec::new();
     let mut mask_shape = None;
     for ex in examples {
         if (ex.image.height, ex.image.width) != (h, w) {
-            return Err(anyhow!("images of one batch differ in size"));
+            return Err(train_error!("images of one batch differ in size"));
         }
         images.extend_from_slice(&ex.image.data);
         match &ex.target {
@@ -86,7 +88,7 @@ pub fn collate(index: usize, examples: &[Example]) -> Result<Batch> {
                 width,
             } => {
                 if mask_shape.get_or_insert((*height, *width)) != &(*height, *width) {
-                    return Err(anyhow!("label maps of one batch differ in size"));
+                    return Err(train_error!("label maps of one batch differ in size"));
                 }
                 targets.extend(labels.iter().map(|&l| u32::from(l)));
             }
@@ -152,7 +154,7 @@ impl Loader {
         prefetch: usize,
     ) -> Result<Self> {
         if source.is_empty() || batch_size == 0 {
-            return Err(anyhow!("empty dataset or batch size 0"));
+            return Err(train_error!("empty dataset or batch size 0"));
         }
         let workers = workers.max(1);
         let (tx, rx) = sync_channel(prefetch.max(1));
@@ -192,7 +194,7 @@ impl Loader {
                 .as_ref()
                 .expect("receiver lives until drop")
                 .recv()
-                .map_err(|_| anyhow!("data loader threads stopped"))?;
+                .map_err(|_| train_error!("data loader threads stopped"))?;
             self.pending.insert(m, b);
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use crate::error::Result;
 use r38_data::image::{Rgb, RgbImage};
 
 use crate::log::Record;

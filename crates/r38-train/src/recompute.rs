@@ -13,7 +13,7 @@
 //! Batch-statistics BN would update its running statistics twice, so recomputation is only
 //! for frozen BN, the authors' fine-tuning setting.
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::ModuleT;

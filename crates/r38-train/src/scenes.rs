@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use crate::error::Result;
 use r38_data::image::RgbImage;
 use r38_data::{resize_u8, Filter};
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use candle_nn::ModuleT;
 use r38_data::image::RgbImage;

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -215,7 +215,7 @@ pub fn train(
     let mut best: Option<(f64, usize)> = None;
     let mut start = 0;
     if config.resume {
-        if let Some(path) = ckpts.latest() {
+        if let Some(path) = ckpts.resume_point()? {
             let state = Checkpoints::restore(&path, varmap, &mut sgd)
                 .with_context(|| format!("cannot resume from {}", path.display()))?;
             if state.seed != config.seed
@@ -273,6 +273,7 @@ pub fn train(
     let per_step = config.batch_size * config.accumulate;
     let epoch_len = data.len() as f64;
     for step in start + 1..=config.steps {
+        let _span = tracing::debug_span!("step", step).entered();
         let t0 = Instant::now();
         let mut batches = Vec::with_capacity(config.accumulate);
         for _ in 0..config.accumulate {
