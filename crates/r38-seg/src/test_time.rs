@@ -334,6 +334,7 @@ impl TestProtocol {
         image: &RgbImage,
         scale: u32,
     ) -> SegResult<Tensor> {
+        let _span = tracing::debug_span!("test_scale", scale, flip = self.flip).entered();
         let prepared = self.prepare(image, scale)?;
         self.strided_probabilities(nets, &prepared)?
             .upsample(self.interpolation)
@@ -443,7 +444,25 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Number of classes.
+    /// The labels as an 8-bit label map (what `write_label_png` writes); an error for a
+    /// network whose labels exceed 255.
+    pub fn label_map(&self) -> SegResult<r38_data::datasets::LabelMap> {
+        let labels = self
+            .labels
+            .iter()
+            .map(|&l| u8::try_from(l))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| {
+                SegError::InvalidArgument(format!(
+                    "{} classes: labels above 255 do not fit an 8-bit label map",
+                    self.classes()
+                ))
+            })?;
+        r38_data::datasets::LabelMap::new(self.width, self.height, labels)
+            .map_err(|e| SegError::InvalidArgument(e.to_string()))
+    }
+
+    /// The number of classes.
     pub fn classes(&self) -> usize {
         self.probabilities.dims()[0]
     }

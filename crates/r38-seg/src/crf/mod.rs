@@ -344,6 +344,18 @@ impl DenseCrf {
     }
 }
 
+/// Replace a prediction's probabilities by the CRF's marginals and its labels by their argmax.
+pub fn refine_prediction(
+    config: &CrfConfig,
+    image: &r38_data::image::RgbImage,
+    prediction: &mut crate::Prediction,
+) -> SegResult<()> {
+    let q = refine(config, image, &prediction.probabilities)?;
+    prediction.labels = crate::argmax_labels(&q)?;
+    prediction.probabilities = q;
+    Ok(())
+}
+
 /// Refine `(C, H, W)` class probabilities of `image` with a dense CRF: returns the CRF
 /// marginals (`f32`, CPU, same shape). Take [`crate::argmax_labels`] of them for labels.
 pub fn refine(
