@@ -35,11 +35,12 @@ tasks:
   reproduce [--imagenet DIR] [--voc DIR] [--cityscapes DIR] [--ade20k DIR]
             [--weights-dir DIR] [--weights ROW=FILE|hf://...] [--only ROW,...] [--limit N]
             [--out DIR] [--demo] [--debug]
-                                  the authors' published table, measured with `r38 eval`:
+                                  the authors' published table, measured by r38's evaluation
+                                  loop (the one `r38 eval` runs), in a release build:
                                   rows imagenet-a, imagenet-a1, voc, voc-coco, cityscapes,
                                   ade20k; missing data or weights skip a row; resumable;
                                   --demo: the shipped segmenter on samples/ (runs in CI);
-                                  --debug: use the debug build (CI)
+                                  --debug: run in this build, without a release build (CI)
   train-fashion [--root DIR] [--out DIR] [--epochs N] [--resume] [--export-only]
                                   train the shipped Fashion-MNIST classifier from scratch (real
                                   data: Debian dataset-fashion-mnist), export it to weights/ and

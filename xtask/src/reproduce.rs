@@ -1,16 +1,16 @@
 //! `cargo xtask reproduce`: the authors' published table (reference §8.1), measured here.
 //!
-//! Every row is one of the authors' released files (`weights/released.json`) evaluated with
-//! `r38 eval` on its benchmark with the published protocol. The table prints the published
+//! Every row is one of the authors' released files (`weights/released.json`) evaluated on its
+//! benchmark with the published protocol, by the library's evaluation loop
+//! ([`r38::evaluate_segmentation`], the one `r38 eval` runs). The table prints the published
 //! figure, the measured one and the difference, and is written as `report.md` and
 //! `report.json`. A row whose dataset or weight file is missing is skipped with the reason.
-//! Rows resume: `r38 eval` caches each prediction, and a finished row's JSON is reused.
+//! Rows resume: each prediction is cached, and a finished row's JSON is reused.
 //! `--demo` runs the same machinery on the shipped fashion-scenes segmenter and samples.
 
-use crate::{option, root, run_command, target_dir};
+use crate::{option, root, target_dir};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// One published configuration.
 struct Row {
@@ -125,12 +125,33 @@ struct Outcome {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if cfg!(debug_assertions) && !args.iter().any(|a| a == "--debug") {
+        // Full-size networks over whole splits want the optimised build of the same loop.
+        let mut release = std::process::Command::new(env!("CARGO"));
+        release
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "xtask",
+                "--",
+                "reproduce",
+            ])
+            .args(args)
+            .arg("--debug")
+            .current_dir(root());
+        return crate::run_command(&mut release);
+    }
     let demo = args.iter().any(|a| a == "--demo");
-    let debug = args.iter().any(|a| a == "--debug");
     let out: PathBuf = option(args, "--out")
         .map(Into::into)
         .unwrap_or_else(|| target_dir().join(if demo { "reproduce-demo" } else { "reproduce" }));
-    let limit = option(args, "--limit");
+    let limit_arg = option(args, "--limit");
+    let limit: Option<usize> = limit_arg
+        .as_deref()
+        .map(|n| n.parse().with_context(|| format!("--limit {n}")))
+        .transpose()?;
     let only: Option<Vec<String>> =
         option(args, "--only").map(|o| o.split(',').map(str::to_string).collect());
     let weights_dir = option(args, "--weights-dir").map(PathBuf::from);
@@ -142,26 +163,19 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         rows.retain(|r| only.contains(&r.id));
     }
-    let mut build = Command::new("cargo");
-    build.args(["build", "-p", "r38-cli"]).current_dir(root());
-    if !debug {
-        build.arg("--release");
-    }
-    run_command(&mut build)?;
-    let r38 = target_dir().join(if debug { "debug/r38" } else { "release/r38" });
     std::fs::create_dir_all(out.join("rows"))?;
 
     let total = rows.len();
     let mut outcomes = Vec::new();
     for (n, row) in rows.into_iter().enumerate() {
         eprintln!("[{}/{total}] {} ({})", n + 1, row.id, row.weights);
-        let measured = run_row(&row, args, demo, &weights_dir, &r38, &out, limit.as_deref());
+        let measured = run_row(&row, args, demo, &weights_dir, &out, limit);
         if let Err(why) = &measured {
             eprintln!("  skipped: {why}");
         }
         outcomes.push(Outcome { row, measured });
     }
-    let (md, json) = report(&outcomes, limit.as_deref());
+    let (md, json) = report(&outcomes, limit_arg.as_deref());
     println!("{md}");
     std::fs::write(out.join("report.md"), &md)?;
     std::fs::write(
@@ -172,15 +186,15 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs (or reuses) one row's evaluation; `Err` is the reason it was skipped.
+/// Runs (or reuses) one row's evaluation through the library's evaluation loop (the one
+/// `r38 eval` runs); `Err` is the reason it was skipped.
 fn run_row(
     row: &Row,
     args: &[String],
     demo: bool,
     weights_dir: &Option<PathBuf>,
-    r38: &Path,
     out: &Path,
-    limit: Option<&str>,
+    limit: Option<usize>,
 ) -> std::result::Result<Vec<Option<f64>>, String> {
     let dataset_root: PathBuf = if demo {
         root().join("samples/fashion-scenes")
@@ -195,47 +209,79 @@ fn run_row(
     let weights = resolve_weights(row, args, weights_dir)?;
     let json = out.join("rows").join(format!("{}.json", row.id));
     let stamp = out.join("rows").join(format!("{}.args", row.id));
-    let mut cmd = Command::new(r38);
-    cmd.arg("eval")
-        .args(["--weights", &weights])
-        .args(["--dataset", row.dataset])
-        .arg("--root")
-        .arg(&dataset_root)
-        .arg("--json")
-        .arg(&json)
-        .arg("--overwrite");
     // Cached predictions and finished rows belong to one weight file: a re-exported or
     // replaced file under the same name must not reuse them.
     let weights_key = weights_fingerprint(&weights);
-    if row.dataset != "imagenet" {
-        cmd.arg("--cache-dir")
-            .arg(out.join("cache").join(format!("{}-{weights_key}", row.id)));
-    }
-    if let Some(n) = limit {
-        cmd.args(["--limit", n]);
-    }
-    // A finished row is reused when it ran with the same arguments (weights included).
-    let signature = format!("{cmd:?}");
+    let cache_dir = out.join("cache").join(format!("{}-{weights_key}", row.id));
+    // A finished row is reused when it ran with the same inputs (weights included).
+    let signature = format!(
+        "{weights} {weights_key} {} {} {limit:?}",
+        row.dataset,
+        dataset_root.display()
+    );
     let finished = json.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == signature);
-    if !finished {
-        let status = cmd
-            .status()
-            .map_err(|e| format!("{}: {e}", r38.display()))?;
-        if !status.success() {
-            return Err(format!("r38 eval failed ({status})"));
-        }
-        std::fs::write(&stamp, &signature).map_err(|e| e.to_string())?;
-    } else {
+    let report = if finished {
         eprintln!("  reusing {}", json.display());
-    }
-    let report: serde_json::Value = std::fs::read_to_string(&json)
-        .map_err(|e| e.to_string())
-        .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))?;
+        std::fs::read_to_string(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))?
+    } else {
+        let report = evaluate(row, &weights, &dataset_root, &cache_dir, limit)
+            .map_err(|e| format!("{e:#}"))?;
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(&json, text).map_err(|e| e.to_string())?;
+        std::fs::write(&stamp, &signature).map_err(|e| e.to_string())?;
+        report
+    };
     Ok(row
         .metrics
         .iter()
         .map(|(_, _, m)| m.read(&report))
         .collect())
+}
+
+/// One row's evaluation with its benchmark's published protocol, as `r38 eval` runs it.
+fn evaluate(
+    row: &Row,
+    weights: &str,
+    dataset_root: &Path,
+    cache_dir: &Path,
+    limit: Option<usize>,
+) -> Result<serde_json::Value> {
+    let options = r38::EvalOptions {
+        limit,
+        cache_dir: Some(cache_dir.to_path_buf()),
+        ..Default::default()
+    };
+    let mut progress = |event: r38::EvalEvent| match event {
+        r38::EvalEvent::Start { total } => eprintln!("  {total} samples"),
+        r38::EvalEvent::Failed { message } => eprintln!("  error: {message}"),
+        r38::EvalEvent::Sample { .. } => {}
+    };
+    let device = r38::Device::Cpu;
+    if row.dataset == "imagenet" {
+        let model = r38::Pretrained::load(weights, &device)?;
+        let val = r38::data::datasets::ImageNetVal::open(dataset_root)?;
+        let result = r38::evaluate_imagenet(
+            &model,
+            &val,
+            &Default::default(),
+            &r38::data::ImageLoader::new(),
+            &options,
+            &mut progress,
+        )?;
+        return Ok(serde_json::to_value(result)?);
+    }
+    let kind: r38::data::DatasetKind = row
+        .dataset
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", row.dataset))?;
+    let model = r38::Pretrained::load(weights, &device)?;
+    let dataset = r38::data::SegDataset::open(kind, dataset_root, "val")?;
+    let protocol = r38::evaluation::dataset_protocol(kind, &model);
+    let result =
+        r38::evaluate_segmentation(&[model], &dataset, &protocol, None, &options, &mut progress)?;
+    Ok(serde_json::to_value(result)?)
 }
 
 /// A short key for the weights: a local file's size and modification time, else the spec

@@ -1,5 +1,6 @@
 //! `r38`: classify, inspect, convert and run ResNet-38 weight files without Python or MXNet.
 
+mod assets;
 mod commands;
 mod network;
 
@@ -12,6 +13,9 @@ use clap::{Parser, Subcommand};
     about = "ResNet-38 (\"Wider or Deeper\") in Rust"
 )]
 struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +32,8 @@ enum Command {
     Classify(commands::classify::Args),
     Segment(commands::segment::Args),
     Eval(commands::eval::Args),
+    /// Merge the --json reports of `r38 eval --shard I/N` runs into the whole split's.
+    EvalMerge(commands::eval_merge::Args),
     /// Fine-tune a segmentation net with the authors' recipe.
     TrainSeg(commands::train_seg::Args),
     /// Train a classifier with the authors' ImageNet recipe.
@@ -43,6 +49,7 @@ fn main() -> std::process::ExitCode {
     }
     r38_ops::engine::allocator::keep_freed_memory();
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
@@ -52,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(a) => commands::classify::run(a),
         Command::Segment(a) => commands::segment::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::EvalMerge(a) => commands::eval_merge::run(a),
         Command::TrainSeg(a) => commands::train_seg::run(a),
         Command::TrainCls(a) => commands::train_cls::run(a),
     };
@@ -65,6 +73,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Log spans and events of the libraries (weight loading, protocol passes, training steps,
+/// evaluation) to stderr; warnings only unless `-v` or `RUST_LOG` ask for more.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 /// For benchmarks: the process's peak resident set size, as the kernel counts it.

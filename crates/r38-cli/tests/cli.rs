@@ -237,7 +237,7 @@ fn bad_inputs_are_clear_errors() {
     run(args(garbage.to_str().unwrap()), &["garbage.params"]);
     let mut head = args(fixture("a1_s8_seg", "weights.params").to_str().unwrap());
     head.extend(["--head".into(), "cls".into()]);
-    run(head, &["--head cls", "segmentation head"]);
+    run(head, &["classifier asked for", "segmentation head"]);
     // A1's weights cannot be read as a network of another width.
     let seg_input = fixture("a1_s8_seg", "input.npy");
     let mut wrong_input = args(fixture("a1_cls", "weights.params").to_str().unwrap());
@@ -245,4 +245,79 @@ fn bad_inputs_are_clear_errors() {
     run(wrong_input, &["meta.json"]);
     let _ = seg_input;
     assert!(!out.exists(), "no output may be written by a failed run");
+}
+
+#[test]
+fn conversion_keeps_every_metadata_field() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for model in [
+        "fashion-mnist-classifier.safetensors",
+        "fashion-scenes-segmenter.safetensors",
+    ] {
+        let source = repo.join("weights").join(model);
+        let out = tmp(&format!("roundtrip-{model}"));
+        let _ = std::fs::remove_file(&out);
+        ok(&["convert", source.to_str().unwrap(), out.to_str().unwrap()]);
+        let before = r38_model::weights::load(&source).unwrap().metadata;
+        let after = r38_model::weights::load(&out).unwrap().metadata;
+        // Conversion may add what the file did not record; it loses and changes nothing.
+        for (key, value) in &before {
+            let as_json = |v: &str| serde_json::from_str::<serde_json::Value>(v).ok();
+            let kept = after.get(key).is_some_and(|a| {
+                a == value || (as_json(a).is_some() && as_json(a) == as_json(value))
+            });
+            assert!(
+                kept,
+                "{model}: `{key}` changed: {value} -> {:?}",
+                after.get(key)
+            );
+        }
+        // No path of the converting machine is recorded.
+        let source_file = &after["r38.source_file"];
+        assert!(!source_file.contains('/'), "{model}: {source_file}");
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn segment_uses_the_protocol_the_file_records_and_refuses_other_class_counts() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let weights = repo.join("weights/fashion-scenes-segmenter.safetensors");
+    let scene = repo.join("samples/fashion-scenes/JPEGImages/scene-00001.png");
+    let (a, b) = (tmp("recorded-protocol"), tmp("explicit-protocol"));
+    for (dir, extra) in [(&a, &[][..]), (&b, &["--scale", "96", "--flip"][..])] {
+        let _ = std::fs::remove_dir_all(dir);
+        let mut args = vec![
+            "segment",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out-dir",
+            dir.to_str().unwrap(),
+            scene.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+    }
+    let png = "scene-00001.png";
+    assert_eq!(
+        std::fs::read(a.join(png)).unwrap(),
+        std::fs::read(b.join(png)).unwrap(),
+        "without flags, segment must run the recorded scale 96 with flipping"
+    );
+    fails(
+        &[
+            "segment",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--dataset",
+            "voc",
+            "--out-dir",
+            a.to_str().unwrap(),
+            scene.to_str().unwrap(),
+        ],
+        &["11 classes", "21"],
+    );
+    for dir in [a, b] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

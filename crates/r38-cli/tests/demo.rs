@@ -39,6 +39,50 @@ fn demo_classifies_and_segments_the_shipped_samples() {
         .as_f64()
         .unwrap();
     assert!(accuracy > 0.8, "pixel accuracy {accuracy}");
+    // The library's two calls (README, examples/quickstart.rs) give the demo's outputs.
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let classifier = r38::Pretrained::load(
+        repo.join("weights/fashion-mnist-classifier.safetensors"),
+        &r38::Device::Cpu,
+    )
+    .unwrap();
+    for item in items {
+        let image = r38::load_image(
+            repo.join("samples/fashion-items").join(
+                PathBuf::from(item["image"].as_str().unwrap())
+                    .file_name()
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+        let top = &classifier.classify(&image).unwrap()[0];
+        assert_eq!(top.name, item["top"][0]["name"].as_str().unwrap());
+        let written = item["top"][0]["probability"].as_f64().unwrap() as f32;
+        assert_eq!(top.probability, written);
+    }
+    let segmenter = r38::Pretrained::load(
+        repo.join("weights/fashion-scenes-segmenter.safetensors"),
+        &r38::Device::Cpu,
+    )
+    .unwrap();
+    let scene = segmenter
+        .segment(
+            &r38::load_image(repo.join("samples/fashion-scenes/JPEGImages/scene-00000.png"))
+                .unwrap(),
+        )
+        .unwrap();
+    let library_png = out.join("library-scene-00000.png");
+    r38::data::datasets::write_label_png(
+        &library_png,
+        &scene.label_map().unwrap(),
+        Some(&segmenter.palette()),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&library_png).unwrap(),
+        std::fs::read(out.join("scene-00000.png")).unwrap(),
+        "the library's label map differs from the demo's"
+    );
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("authors' full-size weights"));
     // Nothing is replaced without --overwrite.

@@ -1,6 +1,5 @@
 //! `r38 card FILE.safetensors`: a Hugging Face model card (README.md) for a converted file.
 
-use crate::network::resolve_weights;
 use anyhow::{bail, Result};
 use r38_model::weights::released::{self, ReleasedFile, ReleasedHead};
 use r38_model::weights::{self, WeightFile};
@@ -33,9 +32,10 @@ const BIBTEX: &str = "@article{wu2019wider,
 }";
 
 pub fn run(args: Args) -> Result<()> {
-    let file = weights::load(&resolve_weights(&args.file)?)?;
-    let meta = ModelMetadata::from_map(&file.metadata)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let file = weights::load(&r38_model::hub::resolve(&args.file)?)?;
+    let meta = ModelMetadata::from_map(&file.metadata).map_err(|(key, e)| {
+        anyhow::anyhow!("{}: metadata `r38.{key}`: {e}", args.file.display())
+    })?;
     let Some(meta) = meta else {
         bail!(
             "{}: no r38 metadata (r38.* keys); a card is written for a safetensors file made by \

@@ -1,8 +1,9 @@
 //! `r38 convert IN OUT.safetensors`: any supported format in, safetensors with metadata out.
 
-use crate::network::{load, write_atomically, ModelArgs};
+use crate::network::{check_overwrite, load_with, write_atomically, OverrideArgs};
 use anyhow::Result;
-use r38_model::weights;
+use r38::model::weights;
+use r38::HeadChoice;
 use std::path::PathBuf;
 
 /// Convert a weight file to safetensors that carries its architecture, head, preprocessing and
@@ -13,47 +14,35 @@ pub struct Args {
     pub input: PathBuf,
     /// Output .safetensors file.
     pub output: PathBuf,
-    /// Architecture (a, a1, a2); default: the file's metadata or the released-file table, else a1.
-    #[arg(long)]
-    pub arch: Option<r38_model::Arch>,
-    /// Output stride (8, 16, 32) recorded in the file.
-    #[arg(long)]
-    pub output_stride: Option<usize>,
-    /// Model A's pooling recorded in the file: same (pad 1) or caffe (pad 0).
-    #[arg(long, value_parser = crate::network::parse_pool_style)]
-    pub pool_style: Option<r38_model::PoolPadding>,
+    /// Architecture, output stride and pooling to record instead of the file's.
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub overwrite: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::network::check_overwrite(&args.output, args.overwrite)?;
-    let model_args = ModelArgs {
-        weights: args.input.clone(),
-        arch: args.arch,
-        output_stride: args.output_stride,
-        pool_style: args.pool_style,
-        device: "cpu".into(),
-    };
+    check_overwrite(&args.output, args.overwrite)?;
     // Building the network checks every tensor name and shape before anything is written.
-    let model = load(&model_args, None)?;
-    let metadata = model.metadata.to_map();
+    let model = load_with(&args.input, &args.overrides, HeadChoice::File)?;
+    let metadata = model.metadata().to_map();
     write_atomically(&args.output, |tmp| {
         Ok(weights::save_safetensors(
             tmp,
-            &model.file.tensors,
+            &model.file().tensors,
             &metadata,
         )?)
     })?;
+    let (model, file) = (model.metadata(), model.file());
     println!(
         "wrote {} ({} tensors, Model {} at output stride {}, head {:?}{})",
         args.output.display(),
-        model.file.tensors.len(),
-        model.metadata.arch.to_string().to_uppercase(),
-        model.metadata.output_stride,
-        model.metadata.head,
-        match &model.metadata.released {
+        file.tensors.len(),
+        model.arch.to_string().to_uppercase(),
+        model.output_stride,
+        model.head,
+        match &model.released {
             Some(r) => format!(", released file {r}"),
             None => String::new(),
         }

@@ -2,13 +2,15 @@
 //! ResNet-38-family models this project trained (`weights/`), writes label maps, overlays and a
 //! report, and says how to do the same with the authors' full-size weights.
 
-use super::classify::{class_names, classify, transform_for};
-use super::seg_common::{overlay, save_png, scenes_protocol};
-use crate::network::{check_overwrite, load, write_atomically, HeadChoice, ModelArgs, Network};
+use super::seg_common::{overlay, save_png};
+use crate::network::{check_overwrite, write_atomically};
 use anyhow::{bail, Context, Result};
-use r38_data::datasets::{write_label_png, DatasetKind, LabelMap, SegDataset, SegmentationDataset};
-use r38_data::ImageLoader;
-use r38_seg::ConfusionMatrix;
+use r38::data::datasets::{
+    write_label_png, DatasetKind, LabelMap, SegDataset, SegmentationDataset,
+};
+use r38::data::ImageLoader;
+use r38::seg::ConfusionMatrix;
+use r38::{Device, Pretrained};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -16,10 +18,11 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder with fashion-mnist-classifier.safetensors and fashion-scenes-segmenter.safetensors
-    /// (default: the repository's weights/).
+    /// (default: the copies compiled into this binary).
     #[arg(long)]
     pub weights_dir: Option<PathBuf>,
-    /// Folder with fashion-items/ and fashion-scenes/ (default: the repository's samples/).
+    /// Folder with fashion-items/ and fashion-scenes/ (default: the copies compiled into this
+    /// binary).
     #[arg(long)]
     pub samples_dir: Option<PathBuf>,
     /// Where to write the outputs.
@@ -28,32 +31,6 @@ pub struct Args {
     /// Replace the outputs of an earlier run.
     #[arg(long)]
     pub overwrite: bool,
-}
-
-/// `dir` if given, else the repository's folder of that name (when run from a clone), else
-/// `./name`.
-fn locate(dir: &Option<PathBuf>, name: &str) -> PathBuf {
-    if let Some(d) = dir {
-        return d.clone();
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(name);
-    if repo.is_dir() {
-        repo
-    } else {
-        PathBuf::from(name)
-    }
-}
-
-fn model_args(weights: PathBuf) -> ModelArgs {
-    ModelArgs {
-        weights,
-        arch: None,
-        output_stride: None,
-        pool_style: None,
-        device: "cpu".into(),
-    }
 }
 
 /// The true class of a sample item, from its file name `<index>-<class>.png`.
@@ -66,8 +43,20 @@ fn true_class(path: &Path, names: &[String]) -> Option<usize> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let weights = locate(&args.weights_dir, "weights");
-    let samples = locate(&args.samples_dir, "samples");
+    let shipped = match (&args.weights_dir, &args.samples_dir) {
+        (Some(_), Some(_)) => None,
+        _ => Some(crate::assets::shipped_root()?),
+    };
+    let weights = args
+        .weights_dir
+        .clone()
+        .or_else(|| shipped.as_ref().map(|r| r.join("weights")))
+        .context("a weights folder")?;
+    let samples = args
+        .samples_dir
+        .clone()
+        .or_else(|| shipped.as_ref().map(|r| r.join("samples")))
+        .context("a samples folder")?;
     let out = &args.out_dir;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let report_md = out.join("report.md");
@@ -75,25 +64,21 @@ pub fn run(args: Args) -> Result<()> {
     check_overwrite(&report_md, args.overwrite)?;
     check_overwrite(&report_json, args.overwrite)?;
     let loader = ImageLoader::new();
-    let device = candle_core::Device::Cpu;
     let mut md = String::from("# r38 demo\n\n");
 
     // Classification of the shipped Fashion-MNIST test items.
     let classifier_path = weights.join("fashion-mnist-classifier.safetensors");
-    let classifier = load(&model_args(classifier_path.clone()), Some(HeadChoice::Cls))?;
-    let names = class_names(&classifier);
-    let transform = transform_for(&classifier);
-    let mut items: Vec<PathBuf> = std::fs::read_dir(samples.join("fashion-items"))
-        .with_context(|| format!("{}: cannot read", samples.join("fashion-items").display()))?
+    let classifier = Pretrained::load(&classifier_path, &Device::Cpu)?;
+    let names = classifier.class_names().to_vec();
+    let items_dir = samples.join("fashion-items");
+    let mut items: Vec<PathBuf> = std::fs::read_dir(&items_dir)
+        .with_context(|| format!("{}: cannot read", items_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
     items.sort();
     if items.is_empty() {
-        bail!(
-            "{}: no sample items",
-            samples.join("fashion-items").display()
-        );
+        bail!("{}: no sample items", items_dir.display());
     }
     let _ = writeln!(
         md,
@@ -104,56 +89,56 @@ pub fn run(args: Args) -> Result<()> {
     let mut classified = Vec::new();
     for path in &items {
         let image = loader.load_rgb8(path)?;
-        let top = classify(&classifier, &names, &transform, &image, &device, 3)
+        let top = classifier
+            .classify(&image)
             .with_context(|| format!("{}", path.display()))?;
+        let top = &top[..3.min(top.len())];
         let truth = true_class(path, &names);
-        correct += usize::from(truth == Some(top[0].0));
+        correct += usize::from(truth == Some(top[0].index));
         let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let name = |i: usize| top.get(i).map_or("", |c| c.name.as_str());
         let _ = writeln!(
             md,
             "| {file} | {} | {} | {:.1}% | {} | {} |",
             truth.map_or("?", |t| names[t].as_str()),
-            top[0].2,
-            100.0 * top[0].1,
-            top[1].2,
-            top[2].2
+            name(0),
+            100.0 * top[0].probability,
+            name(1),
+            name(2)
         );
         classified.push(serde_json::json!({
-            "image": path, "true_class": truth.map(|t| &names[t]),
-            "top": top.iter().map(|(i, p, n)| serde_json::json!({"index": i, "probability": p, "name": n})).collect::<Vec<_>>(),
+            "image": path, "true_class": truth.map(|t| &names[t]), "top": top,
         }));
     }
     let _ = writeln!(md, "\n{correct} of {} correct.\n", items.len());
     println!("classified {} items: {correct} correct", items.len());
 
-    // Segmentation of the shipped fashion scenes.
+    // Segmentation of the shipped fashion scenes, with the protocol the segmenter records.
     let segmenter_path = weights.join("fashion-scenes-segmenter.safetensors");
-    let Network::Segmentation(segmenter) =
-        load(&model_args(segmenter_path.clone()), Some(HeadChoice::Seg))?.network
-    else {
-        unreachable!("load with HeadChoice::Seg returns a segmentation network")
-    };
+    let segmenter = Pretrained::load(&segmenter_path, &Device::Cpu)?;
     let scenes = SegDataset::open(
         DatasetKind::FashionScenes,
         samples.join("fashion-scenes"),
         "val",
     )?;
-    let protocol = scenes_protocol(96);
-    let palette = DatasetKind::FashionScenes.palette();
+    let protocol = segmenter.test_protocol();
+    let palette = segmenter.palette();
     let class_list = DatasetKind::FashionScenes.classes();
     let mut total = ConfusionMatrix::new(class_list.len(), Some(255));
     let _ = writeln!(
         md,
-        "## Segmentation: `{}`\n\nTest protocol: single scale 96, flipping. Outputs: `<scene>.png` (palette label map), `<scene>_overlay.png`.\n\n| scene | pixel accuracy | classes found |\n|---|---:|---|",
-        segmenter_path.display()
+        "## Segmentation: `{}`\n\nTest protocol: single scale {}, {}. Outputs: `<scene>.png` (palette label map), `<scene>_overlay.png`.\n\n| scene | pixel accuracy | classes found |\n|---|---:|---|",
+        segmenter_path.display(),
+        protocol.scales[0],
+        if protocol.flip { "flipping" } else { "no flipping" }
     );
     let mut segmented = Vec::new();
     for i in 0..scenes.len() {
         let sample = scenes.sample(i)?;
         let image = scenes.load_image(&sample)?;
         let truth = scenes.load_label(&sample)?;
-        let prediction = protocol
-            .predict(&[&segmenter as &dyn r38_seg::ScoreNet], &image)
+        let prediction = segmenter
+            .segment_with(&image, &protocol)
             .with_context(|| format!("{}: segmentation", sample.image_path.display()))?;
         let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
         let label_png = out.join(format!("{}.png", sample.id));
@@ -227,5 +212,5 @@ const NEXT_STEPS: &str = "\
     r38 eval --weights voc_rna-a1_cls21_s8_ep-0001.params --dataset voc --root VOCdevkit/VOC2012
 
 (See README.md for where the files survive; `--weights hf://OWNER/REPO/FILE` reads them from
-the Hugging Face Hub.)
+the Hugging Face Hub. In a program, `r38::Pretrained::load` does what these commands do.)
 ";

@@ -1,6 +1,6 @@
 //! `r38 forward`: one forward pass on a normalised NCHW array.
 
-use crate::network::{load, write_atomically, HeadChoice, ModelArgs};
+use crate::network::{check_overwrite, load, write_atomically, HeadArg, ModelArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ pub struct Args {
     pub model: ModelArgs,
     /// cls, seg or none (backbone features). Default: the file's head.
     #[arg(long, value_enum)]
-    pub head: Option<HeadChoice>,
+    pub head: Option<HeadArg>,
     /// Input array: float32 (N, 3, H, W), normalised with the ImageNet mean/std.
     #[arg(long)]
     pub input: PathBuf,
@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::network::check_overwrite(&args.output, args.overwrite)?;
+    check_overwrite(&args.output, args.overwrite)?;
     let x = Tensor::read_npy(&args.input)
         .with_context(|| format!("{}: not a readable .npy array", args.input.display()))?;
     let dims = x.dims().to_vec();
@@ -46,11 +46,9 @@ pub fn run(args: Args) -> Result<()> {
             x.dtype()
         );
     }
-    let model = load(&args.model, args.head)?;
-    let device = crate::network::device(&args.model.device)?;
-    let x = x.to_dtype(DType::F32)?.to_device(&device)?;
+    let model = load(&args.model, args.head.map(Into::into).unwrap_or_default())?;
+    let x = x.to_dtype(DType::F32)?;
     let y = model
-        .network
         .forward(&x)
         .with_context(|| format!("forward pass on {} (shape {dims:?})", args.input.display()))?
         .to_device(&candle_core::Device::Cpu)?;

@@ -1,6 +1,5 @@
 //! `r38 inspect FILE`: what a weight file holds.
 
-use crate::network::{describe, shapes, ModelArgs};
 use anyhow::Result;
 use r38_model::weights;
 use r38_model::HeadKind;
@@ -17,16 +16,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let file = weights::load(&crate::network::resolve_weights(&args.file)?)?;
-    let model_args = ModelArgs {
-        weights: args.file.clone(),
-        arch: None,
-        output_stride: None,
-        pool_style: None,
-        device: "cpu".into(),
-    };
-    let meta = describe(&file, &model_args)?;
-    let shapes = shapes(&file);
+    let file = weights::load(&r38_model::hub::resolve(&args.file)?)?;
+    let meta = r38_model::ModelMetadata::describe(&file, &Default::default())?;
+    let shapes = file.shapes();
     let running = file.value_count() - file.trainable_count();
     if args.json {
         let report = serde_json::json!({

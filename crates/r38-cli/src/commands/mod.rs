@@ -3,6 +3,7 @@ pub mod classify;
 pub mod convert;
 pub mod demo;
 pub mod eval;
+pub mod eval_merge;
 pub mod forward;
 pub mod inspect;
 pub mod seg_common;

@@ -2,13 +2,13 @@
 //! the output files.
 
 pub use crate::network::check_overwrite;
-use crate::network::{load, write_atomically, HeadChoice, ModelArgs, Network};
+use crate::network::{load_with, write_atomically, OverrideArgs};
 use anyhow::{bail, Context, Result};
-use r38_data::datasets::{DatasetKind, Palette};
-use r38_data::image::{Rgb, RgbImage};
-use r38_model::Arch;
-use r38_seg::crf::{BilateralKernel, GaussianKernel};
-use r38_seg::{CanvasLimit, CrfConfig, Fuse, Prediction, ScoreNet, SegmentationNet, TestProtocol};
+use r38::data::datasets::{DatasetKind, Palette};
+use r38::data::image::{Rgb, RgbImage};
+use r38::seg::crf::{BilateralKernel, GaussianKernel};
+use r38::seg::{CanvasLimit, CrfConfig, Fuse, Prediction, ScoreNet, TestProtocol};
+use r38::{HeadChoice, Pretrained};
 use std::path::{Path, PathBuf};
 
 /// The segmentation networks to run; several are averaged (the paper's model averaging).
@@ -17,39 +17,23 @@ pub struct EnsembleArgs {
     /// Weight file(s); give several to average their probabilities.
     #[arg(long = "weights", required = true)]
     pub weights: Vec<PathBuf>,
-    /// Architecture: a, a1 or a2 (default: the file's metadata or the released-file table, else a1).
-    #[arg(long)]
-    pub arch: Option<Arch>,
-    /// Output stride (default 8 for segmentation).
-    #[arg(long)]
-    pub output_stride: Option<usize>,
-    /// Compute device: cpu, cuda[:N] (feature `cuda`) or metal (feature `metal`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 impl EnsembleArgs {
-    pub fn load(&self) -> Result<Vec<SegmentationNet>> {
-        let mut nets: Vec<SegmentationNet> = Vec::new();
+    pub fn load(&self) -> Result<Vec<Pretrained>> {
+        let mut nets: Vec<Pretrained> = Vec::new();
         for w in &self.weights {
-            let args = ModelArgs {
-                weights: w.clone(),
-                arch: self.arch,
-                output_stride: self.output_stride,
-                pool_style: None,
-                device: self.device.clone(),
-            };
-            let Network::Segmentation(net) = load(&args, Some(HeadChoice::Seg))?.network else {
-                unreachable!("load with HeadChoice::Seg returns a segmentation network")
-            };
+            let net = load_with(w, &self.overrides, HeadChoice::Segmentation)?;
             if let Some(first) = nets.first() {
-                if first.classes() != net.classes() {
+                if ScoreNet::classes(first) != ScoreNet::classes(&net) {
                     bail!(
                         "{}: {} classes, but {} has {}; averaged models must share their classes",
                         w.display(),
-                        net.classes(),
+                        ScoreNet::classes(&net),
                         self.weights[0].display(),
-                        first.classes()
+                        ScoreNet::classes(first)
                     );
                 }
             }
@@ -57,6 +41,19 @@ impl EnsembleArgs {
         }
         Ok(nets)
     }
+}
+
+/// Refuse a dataset whose classes are not the network's.
+pub fn check_classes(net: &Pretrained, dataset: DatasetKind) -> Result<()> {
+    let (have, want) = (ScoreNet::classes(net), dataset.classes().len());
+    if have != want {
+        bail!(
+            "{}: the network has {have} classes, but --dataset {} has {want}",
+            net.file().path.display(),
+            dataset.name()
+        );
+    }
+    Ok(())
 }
 
 /// The test-time protocol; unset flags take the dataset's published protocol.
@@ -106,25 +103,6 @@ fn parse_max_canvas(s: &str) -> std::result::Result<MaxCanvas, String> {
     }
 }
 
-/// Peak memory per canvas pixel of the full-size A1 s8 + "2 conv" forward pass on the CPU,
-/// measured with `cargo xtask bench-memory` (about 1.2 KiB: 2.96 GB for a 2048x1024 canvas,
-/// weights included), with a margin of three.
-const BYTES_PER_CANVAS_PIXEL: u64 = 4 * 1024;
-
-/// The largest canvas that fits in the memory available now, if the system says.
-fn memory_budget_pixels() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024 / BYTES_PER_CANVAS_PIXEL)
-}
-
 fn parse_fuse(s: &str) -> std::result::Result<Fuse, String> {
     match s {
         "mean" => Ok(Fuse::Mean),
@@ -134,16 +112,9 @@ fn parse_fuse(s: &str) -> std::result::Result<Fuse, String> {
 }
 
 impl ProtocolArgs {
-    /// The dataset's published protocol with the flags applied.
-    pub fn protocol(&self, dataset: Option<DatasetKind>) -> TestProtocol {
-        let mut p = match dataset {
-            Some(DatasetKind::Ade20k) => TestProtocol::ade20k(),
-            Some(DatasetKind::Cityscapes | DatasetKind::CityscapesTrainIds) => {
-                TestProtocol::cityscapes()
-            }
-            Some(DatasetKind::FashionScenes) => scenes_protocol(96),
-            _ => TestProtocol::voc(),
-        };
+    /// The dataset's published protocol, then what the (first) file records, then the flags.
+    pub fn protocol(&self, dataset: Option<DatasetKind>, net: &Pretrained) -> TestProtocol {
+        let mut p = r38::evaluation::dataset_protocol(dataset.unwrap_or(DatasetKind::Voc), net);
         if let Some(s) = self.scale {
             p.scales = vec![s];
         }
@@ -166,9 +137,7 @@ impl ProtocolArgs {
             MaxCanvas::Pixels(m) => Some(CanvasLimit::Pixels(m)),
             MaxCanvas::Unlimited => None,
             // Tiles only where one pass would not fit: the authors' protocol whenever possible.
-            MaxCanvas::Auto => {
-                memory_budget_pixels().map(|px| CanvasLimit::Pixels(px.max(64 * 64)))
-            }
+            MaxCanvas::Auto => p.max_canvas,
         };
         p
     }
@@ -234,9 +203,7 @@ pub fn apply_crf(
     prediction: &mut Prediction,
 ) -> Result<()> {
     if let Some(config) = crf {
-        let q = r38_seg::crf::refine(config, image, &prediction.probabilities)?;
-        prediction.labels = r38_seg::argmax_labels(&q)?;
-        prediction.probabilities = q;
+        r38::seg::crf::refine_prediction(config, image, prediction)?;
     }
     Ok(())
 }
@@ -247,7 +214,7 @@ pub fn scenes_protocol(canvas: u32) -> TestProtocol {
     TestProtocol::single_scale(canvas).with_flip(true)
 }
 
-pub fn as_score_nets(nets: &[SegmentationNet]) -> Vec<&dyn ScoreNet> {
+pub fn as_score_nets(nets: &[Pretrained]) -> Vec<&dyn ScoreNet> {
     nets.iter().map(|n| n as &dyn ScoreNet).collect()
 }
 
@@ -265,7 +232,7 @@ pub fn overlay(image: &RgbImage, labels: &[u8], palette: &Palette) -> RgbImage {
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
     write_atomically(path, |tmp| {
         image
-            .save_with_format(tmp, r38_data::image::ImageFormat::Png)
+            .save_with_format(tmp, r38::data::image::ImageFormat::Png)
             .with_context(|| format!("{}: cannot write", path.display()))
     })
 }

@@ -1,13 +1,15 @@
 //! `r38 segment`: label maps, colour overlays and probabilities for image files.
 
 use super::seg_common::{
-    apply_crf, as_score_nets, check_overwrite, overlay, save_png, CrfArgs, EnsembleArgs,
-    ProtocolArgs,
+    apply_crf, as_score_nets, check_classes, check_overwrite, overlay, save_png, CrfArgs,
+    EnsembleArgs, ProtocolArgs,
 };
 use crate::network::write_atomically;
-use anyhow::{Context, Result};
-use r38_data::datasets::{voc_colormap, write_label_png, DatasetKind, LabelMap};
-use r38_data::ImageLoader;
+use anyhow::{bail, Context, Result};
+use r38::data::datasets::{write_label_png, DatasetKind, LabelMap};
+use r38::data::ImageLoader;
+use r38::Pretrained;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Segment images with the authors' test protocol; writes `<name>.png` (palette label map),
@@ -41,18 +43,34 @@ pub struct Args {
     #[arg(long)]
     pub keep_going: bool,
     /// Refuse images with more pixels than this, from their header, before decoding.
-    #[arg(long, default_value_t = r38_data::DEFAULT_PIXEL_LIMIT)]
+    #[arg(long, default_value_t = r38::data::DEFAULT_PIXEL_LIMIT)]
     pub max_image_pixels: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let crf = args.crf.config()?;
+    // Two inputs with one stem would write the same outputs.
+    let mut stems = BTreeMap::new();
+    for path in &args.images {
+        let stem = path.file_stem().map(|s| s.to_os_string());
+        if let Some(other) = stems.insert(stem, path) {
+            bail!(
+                "{} and {} would write the same outputs; segment them in separate calls or \
+                 rename one",
+                other.display(),
+                path.display()
+            );
+        }
+    }
     let nets = args.models.load()?;
-    let protocol = args.protocol.protocol(args.dataset);
-    let palette = args
-        .dataset
-        .map(DatasetKind::palette)
-        .unwrap_or_else(voc_colormap);
+    if let Some(kind) = args.dataset {
+        check_classes(&nets[0], kind)?;
+    }
+    let protocol = args.protocol.protocol(args.dataset, &nets[0]);
+    let palette = match args.dataset {
+        Some(kind) => kind.palette(),
+        None => nets[0].palette(),
+    };
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
@@ -89,10 +107,10 @@ pub fn run(args: Args) -> Result<()> {
 
 fn segment_one(
     args: &Args,
-    nets: &[r38_seg::SegmentationNet],
-    protocol: &r38_seg::TestProtocol,
-    crf: Option<&r38_seg::CrfConfig>,
-    palette: &r38_data::datasets::Palette,
+    nets: &[Pretrained],
+    protocol: &r38::TestProtocol,
+    crf: Option<&r38::seg::CrfConfig>,
+    palette: &r38::data::datasets::Palette,
     loader: &ImageLoader,
     path: &std::path::Path,
 ) -> Result<Vec<String>> {
@@ -135,8 +153,12 @@ fn segment_one(
         })?;
     }
     if args.save_probs {
-        write_atomically(&out("_probs.npy"), |tmp| {
-            Ok(prediction.probabilities.write_npy(tmp)?)
+        let probs = out("_probs.npy");
+        write_atomically(&probs, |tmp| {
+            prediction
+                .probabilities
+                .write_npy(tmp)
+                .with_context(|| format!("{}: cannot write the probabilities", probs.display()))
         })?;
     }
     Ok(targets.iter().map(|t| t.display().to_string()).collect())

@@ -12,12 +12,10 @@ use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
 use r38_train::sources::{top1, FashionCls, ImageFolder};
 use r38_train::trainer::{Task, Validator};
-use r38_train::MomentumKind;
 
-use super::train_seg::{
-    init_tensors, parse_range, train_with_progress, CommonArgs, Recipe, ScheduleKind,
-};
+use super::train_seg::{parse_range, train_with_progress, CommonArgs};
 use crate::network::device;
+use r38_train::recipe::{initial_weights, Recipe};
 
 /// Train a classifier with the authors' ImageNet recipe.
 #[derive(Debug, clap::Args)]
@@ -65,22 +63,12 @@ pub struct Args {
     pub train_limit: Option<usize>,
 }
 
-/// The ImageNet recipe: batch 256, lr 0.1 "linear" over 90 epochs, Nesterov, wd 1e-4.
-pub const CLS_RECIPE: Recipe = Recipe {
-    epochs: 90.0,
-    batch_size: 256,
-    lr: 0.1,
-    schedule: ScheduleKind::Linear,
-    wd: 1e-4,
-    momentum: MomentumKind::TorchNesterov,
-};
-
 pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
     if c.plot_only_done()? {
         return Ok(());
     }
-    c.check_out()?;
+    let settings = c.settings(&Recipe::IMAGENET)?;
     let dev = device(&c.device)?;
     let fashion = match args.dataset.as_str() {
         "fashion-mnist" | "fashion_mnist" | "fmnist" => true,
@@ -153,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         BackboneConfig::preset(args.arch, 32)?.narrowed(args.width_divisor)
     };
-    let init = init_tensors(&args.init)?;
+    let init = initial_weights(args.init.as_deref())?;
     let mut built = r38_train::model::classifier_from(&init, &backbone, classes, &dev, c.seed)?;
     if !args.bn_frozen && c.recompute {
         bail!("--recompute needs --bn-frozen: batch statistics would be updated twice");
@@ -176,9 +164,16 @@ pub fn run(args: Args) -> Result<()> {
             crop: Some(eval.crop),
             ..Preprocess::for_head(&head_kind)
         },
-        source_file: args.init.as_ref().map(|p| p.display().to_string()),
+        class_names: None,
+        // The name only: a file says nothing about the machine that wrote it.
+        source_file: args
+            .init
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned()),
         source_md5: None,
         released: None,
+        extra: Default::default(),
     };
     let run = serde_json::json!({
         "command": "train-cls",
@@ -187,8 +182,8 @@ pub fn run(args: Args) -> Result<()> {
         "classes": classes,
         "crop": crop,
     });
-    let config = c.config(
-        &CLS_RECIPE,
+    let config = settings.train_config(
+        &Recipe::IMAGENET,
         Task::Classification,
         train_src.len(),
         &[],

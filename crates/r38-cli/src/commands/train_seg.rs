@@ -1,12 +1,10 @@
 //! `r38 train-seg`: segmentation fine-tuning with the authors' recipe (reference §7.2-7.3),
 //! and the options both training commands share.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use r38_data::{DatasetKind, Normalization, SegDataset, SegmentationDataset};
 use r38_model::{Arch, BackboneConfig, BatchNormMode, HeadKind, ModelMetadata, Preprocess};
@@ -14,10 +12,11 @@ use r38_seg::HeadConfig;
 use r38_train::augment::{SegAugment, MEAN_RGB};
 use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
+use r38_train::recipe::{initial_weights, Recipe, RunSettings, ScheduleKind};
 use r38_train::scenes::{SceneConfig, Scenes};
 use r38_train::sources::{seg_confusion, DatasetSeg, SceneSeg};
 use r38_train::trainer::{train, Event, Summary, Task, TrainConfig, Validator};
-use r38_train::{LrRule, LrSchedule, MomentumKind, MultiplierPolicy, OhemConfig, SgdConfig};
+use r38_train::{LrRule, OhemConfig};
 
 use crate::network::device;
 
@@ -32,20 +31,6 @@ pub fn parse_range(s: &str) -> std::result::Result<(f64, f64), String> {
         return Err(format!("`{s}`: need finite LO <= HI"));
     }
     Ok((a, b))
-}
-
-/// The learning-rate schedule family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScheduleKind {
-    /// `--lr` at every step (Cityscapes stage 1).
-    Fixed,
-    /// The authors' "linear": `lr * (1 - step / (steps + 1))`, floored at min(lr/100, 1e-6).
-    Linear,
-    /// `lr * (1 - step / steps)^power`, floored at `--lr-floor`.
-    Poly,
-    /// `--lr` fixed for `--fixed-steps`, then linear from `--lr2` over the remaining steps
-    /// (the Cityscapes two-stage recipe in one run).
-    FixedThenLinear,
 }
 
 /// The multiplier rule, as `--lr-mult` names it.
@@ -100,8 +85,9 @@ pub struct CommonArgs {
     /// Base learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Learning-rate schedule.
-    #[arg(long, value_enum)]
+    /// Learning-rate schedule: fixed, linear (the authors' `lr * (1 - step / (steps + 1))`),
+    /// poly, or fixed-then-linear (--lr for --fixed-steps, then linear from --lr2).
+    #[arg(long)]
     pub schedule: Option<ScheduleKind>,
     /// Exponent of --schedule poly.
     #[arg(long, default_value_t = 1.0)]
@@ -164,16 +150,6 @@ pub struct CommonArgs {
     pub recompute: bool,
 }
 
-/// Recipe defaults of one command.
-pub struct Recipe {
-    pub epochs: f64,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub schedule: ScheduleKind,
-    pub wd: f64,
-    pub momentum: MomentumKind,
-}
-
 impl CommonArgs {
     /// Handles --plot-only; true when the command is done.
     pub fn plot_only_done(&self) -> Result<bool> {
@@ -187,104 +163,38 @@ impl CommonArgs {
         Ok(true)
     }
 
-    /// Refuses to start afresh over an existing run unless --resume or --overwrite.
-    pub fn check_out(&self) -> Result<()> {
-        let latest = self.out.join("checkpoints").join("latest");
-        if latest.exists() && !self.resume && !self.overwrite {
-            bail!(
-                "{} already holds a run; pass --resume to continue it or --overwrite to start afresh",
-                self.out.display()
-            );
-        }
-        if self.accumulate == 0 {
-            bail!("--accumulate must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// The micro-batch size.
-    pub fn micro_batch(&self, recipe: &Recipe) -> Result<usize> {
-        let b = self.batch_size.unwrap_or(recipe.batch_size);
-        if b == 0 || !b.is_multiple_of(self.accumulate) {
-            bail!(
-                "--batch-size {b} is not a positive multiple of --accumulate {}",
-                self.accumulate
-            );
-        }
-        Ok(b / self.accumulate)
-    }
-
-    /// Training settings for a dataset of `len` samples.
-    pub fn config(
-        &self,
-        recipe: &Recipe,
-        task: Task,
-        len: usize,
-        new_layers: &[&str],
-        run: serde_json::Value,
-        model_metadata: BTreeMap<String, String>,
-    ) -> Result<TrainConfig> {
-        let micro = self.micro_batch(recipe)?;
-        let batch = micro * self.accumulate;
-        let per_epoch = (len / batch).max(1);
-        let steps = match self.steps {
-            Some(s) => s,
-            None => (self.epochs.unwrap_or(recipe.epochs) * per_epoch as f64).ceil() as usize,
-        }
-        .max(1);
-        let lr = self.lr.unwrap_or(recipe.lr);
-        let schedule = match self.schedule.unwrap_or(recipe.schedule) {
-            ScheduleKind::Fixed => LrSchedule::Fixed { base: lr },
-            ScheduleKind::Linear => LrSchedule::authors_linear(lr, 0, steps),
-            ScheduleKind::Poly => LrSchedule::Poly {
-                base: lr,
-                power: self.power,
-                total: steps,
-                floor: self.lr_floor,
-            },
-            ScheduleKind::FixedThenLinear => {
-                let fixed = self.fixed_steps.unwrap_or(steps / 2).min(steps);
-                LrSchedule::FixedThenLinear {
-                    fixed_lr: lr,
-                    fixed_updates: fixed,
-                    linear_base: self.lr2.unwrap_or(lr / 2.0),
-                    linear_updates: steps - fixed,
-                }
-            }
-        };
-        let sgd = SgdConfig {
-            momentum: self.momentum,
-            weight_decay: self.wd.unwrap_or(recipe.wd),
-            // Micro-batch gradients are averaged by the trainer.
-            rescale_grad: 1.0,
-            clip_gradient: self.clip_gradient,
-            kind: recipe.momentum,
-        };
-        let policy = MultiplierPolicy {
-            base: self.lr_mult.into(),
-            ..MultiplierPolicy::alex()
-        }
-        .with_new_layers(new_layers, self.new_lr_mult.into());
-        Ok(TrainConfig {
-            task,
-            steps,
-            batch_size: micro,
+    /// The run's settings for the library, checked against `recipe` and the output folder.
+    pub fn settings(&self, recipe: &Recipe) -> Result<RunSettings> {
+        let settings = RunSettings {
+            out: self.out.clone(),
+            resume: self.resume,
+            overwrite: self.overwrite,
+            steps: self.steps,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
             accumulate: self.accumulate,
+            lr: self.lr,
+            schedule: self.schedule,
+            power: self.power,
+            lr_floor: self.lr_floor,
+            fixed_steps: self.fixed_steps,
+            lr2: self.lr2,
+            momentum: self.momentum,
+            wd: self.wd,
+            clip_gradient: self.clip_gradient,
+            lr_mult: self.lr_mult.into(),
+            new_lr_mult: self.new_lr_mult.into(),
             seed: self.seed,
             workers: self.workers,
             prefetch: self.prefetch,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
             validate_every: self.validate_every,
-            out_dir: self.out.clone(),
-            schedule,
-            sgd,
-            policy,
-            resume: self.resume,
             recompute: self.recompute,
-            run,
-            model_metadata,
-        })
+        };
+        settings.check(recipe)?;
+        settings.check_out_dir()?;
+        Ok(settings)
     }
 }
 
@@ -362,18 +272,6 @@ pub fn report(summary: &Summary, out: &Path, metric: &str) {
         out.display(),
         out.display()
     );
-}
-
-/// Initial weights as canonical tensors, or none.
-pub fn init_tensors(init: &Option<PathBuf>) -> Result<BTreeMap<String, Tensor>> {
-    match init {
-        Some(p) => Ok(
-            r38_model::weights::load(&crate::network::resolve_weights(p)?)
-                .with_context(|| format!("--init {}", p.display()))?
-                .tensors,
-        ),
-        None => Ok(BTreeMap::new()),
-    }
 }
 
 /// Fine-tune a segmentation net with the authors' recipe.
@@ -466,23 +364,23 @@ pub struct Args {
     pub scene_grey: bool,
 }
 
-/// The segmentation recipe (Cityscapes stage 1: batch 16, lr 0.0016 fixed, 140 epochs,
-/// wd 5e-4, standard momentum).
-pub const SEG_RECIPE: Recipe = Recipe {
-    epochs: 140.0,
-    batch_size: 16,
-    lr: 0.0016,
-    schedule: ScheduleKind::Fixed,
-    wd: 5e-4,
-    momentum: MomentumKind::Standard,
-};
-
 pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
     if c.plot_only_done()? {
         return Ok(());
     }
-    c.check_out()?;
+    let settings = c.settings(&Recipe::SEGMENTATION)?;
+    // Sizes the network and the scenes are built from, refused before anything is built.
+    for (flag, value, max) in [
+        ("--head-dilation", args.head_dilation.map(|d| d as u64), 256),
+        ("--crop", args.crop.map(u64::from), 4096),
+        ("--scene-size", Some(u64::from(args.scene_size)), 4096),
+        ("--width-divisor", Some(args.width_divisor as u64), 64),
+    ] {
+        if let Some(v) = value.filter(|v| !(1..=max).contains(v)) {
+            bail!("{flag} {v}: must be in 1..={max}");
+        }
+    }
     let dev = device(&c.device)?;
     let scenes = args.dataset == "fashion-scenes";
     let crop = args.crop.unwrap_or(if scenes { 64 } else { 504 });
@@ -563,7 +461,7 @@ pub fn run(args: Args) -> Result<()> {
         kernel: 3,
         dilation: args.head_dilation.unwrap_or(if scenes { 2 } else { 12 }),
     };
-    let init = init_tensors(&args.init)?;
+    let init = initial_weights(args.init.as_deref())?;
     let mut built = r38_train::model::segmentation_from(&init, &backbone, head, &dev, c.seed)?;
     if !built.dropped.is_empty() {
         println!("dropped from --init: {}", built.dropped.join(", "));
@@ -580,7 +478,7 @@ pub fn run(args: Args) -> Result<()> {
             &built.net,
             train_src.as_ref(),
             args.bn_recalibrate,
-            c.batch_size.unwrap_or(SEG_RECIPE.batch_size) / c.accumulate.max(1),
+            settings.micro_batch(&Recipe::SEGMENTATION)?,
             c.seed,
             &dev,
         )?;
@@ -620,9 +518,16 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             Preprocess::for_head(&head_kind)
         },
-        source_file: args.init.as_ref().map(|p| p.display().to_string()),
+        class_names: None,
+        // The name only: a file says nothing about the machine that wrote it.
+        source_file: args
+            .init
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|f| f.to_string_lossy().into_owned()),
         source_md5: None,
         released: None,
+        extra: Default::default(),
     };
     let run = serde_json::json!({
         "command": "train-seg",
@@ -633,8 +538,8 @@ pub fn run(args: Args) -> Result<()> {
         "scale_range": args.scale_range,
         "label_stride": label_stride,
     });
-    let config = c.config(
-        &SEG_RECIPE,
+    let config = settings.train_config(
+        &Recipe::SEGMENTATION,
         task,
         train_src.len(),
         &["conv6a", &format!("linear{classes}")],
@@ -654,7 +559,7 @@ pub fn run(args: Args) -> Result<()> {
     let limit = c.val_limit;
     let val = val_src.clone();
     let dev2 = dev.clone();
-    let mut validate = move || -> Result<f64> {
+    let mut validate = move || -> r38_train::error::Result<f64> {
         Ok(seg_confusion(net, val.as_ref(), &dev2, classes, stride, limit)?.mean_iou())
     };
     let validator: Option<&mut Validator<'_>> = (!c.no_val).then_some(&mut validate);
@@ -696,6 +601,8 @@ pub fn run(args: Args) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use r38_train::{LrSchedule, MomentumKind};
+    use std::collections::BTreeMap;
 
     #[derive(Parser)]
     struct Seg {
@@ -727,6 +634,34 @@ mod tests {
     }
 
     #[test]
+    fn sizes_and_rates_no_run_can_use_are_refused_before_anything_is_built() {
+        let out = std::env::temp_dir().join(format!("r38-refused-{}", std::process::id()));
+        for (flag, value) in [
+            ("--head-dilation", "0"),
+            ("--crop", "0"),
+            ("--scene-size", "0"),
+            ("--lr", "NaN"),
+            ("--momentum", "NaN"),
+            ("--wd", "inf"),
+            ("--epochs", "-1"),
+            ("--steps", "0"),
+        ] {
+            let argv = [
+                "t",
+                "--out",
+                out.to_str().unwrap(),
+                "--dataset",
+                "fashion-scenes",
+            ];
+            let setting = format!("{flag}={value}");
+            let args = Seg::parse_from(argv.into_iter().chain([setting.as_str()])).args;
+            let e = run(args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
+        assert!(!out.exists(), "nothing is written");
+    }
+
+    #[test]
     fn defaults_are_the_authors_recipe() {
         let s = Seg::parse_from(["t", "--out", "o", "--dataset", "cityscapes"]).args;
         assert_eq!(s.scale_range, (0.7, 1.3));
@@ -735,8 +670,10 @@ mod tests {
         assert_eq!(s.head_hidden, 512);
         let cfg = s
             .common
-            .config(
-                &SEG_RECIPE,
+            .settings(&Recipe::SEGMENTATION)
+            .unwrap()
+            .train_config(
+                &Recipe::SEGMENTATION,
                 Task::Segmentation { ohem: None },
                 2975,
                 &["conv6a", "linear19"],
@@ -756,8 +693,10 @@ mod tests {
         assert_eq!((c.area, c.jitter, c.lighting), ((0.08, 1.0), 0.4, 0.1));
         let cfg = c
             .common
-            .config(
-                &super::super::train_cls::CLS_RECIPE,
+            .settings(&Recipe::IMAGENET)
+            .unwrap()
+            .train_config(
+                &Recipe::IMAGENET,
                 Task::Classification,
                 1_281_167,
                 &[],
