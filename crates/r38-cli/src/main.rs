@@ -1,5 +1,9 @@
 //! `r38`: classify, inspect, convert and run ResNet-38 weight files without Python or MXNet.
 
+// The doc comments of the argument structs are `--help` text, written for a terminal
+// (`hf://OWNER/REPO/FILE`, `cuda[:N]`, `linear<C>`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod assets;
 mod commands;
 mod network;

@@ -12,7 +12,7 @@
 //! covers output rows `{y0, y0 + d, ..}` and reads input rows `y0 - d, y0, y0 + d, ..`, so no
 //! sub-image is ever copied out.
 //!
-//! **Transforms.** The input and output transforms run on [`LANES`] consecutive tiles of a row
+//! **Transforms.** The input and output transforms run on `LANES` consecutive tiles of a row
 //! at a time, in SIMD registers (compiled for AVX2 + FMA where the CPU has them); the kernel
 //! transform on as many input channels. Kernels too wide for memory are transformed and
 //! multiplied in groups of output channels.
@@ -730,7 +730,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
 }
 
 /// The block [`kernel_gradient`] uses for `g`: [`block`]'s, or 2 where F(4x4)'s transformed
-/// gradient (which is accumulated whole) would exceed [`MAX_WEIGHT_FLOATS`]; `None` where
+/// gradient (which is accumulated whole) would exceed `MAX_WEIGHT_FLOATS`; `None` where
 /// Winograd does not apply or even F(2x2)'s would.
 pub fn kernel_gradient_block(g: &Geometry) -> Option<usize> {
     if !applies(g) {
