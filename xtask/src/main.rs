@@ -34,7 +34,7 @@ tasks:
                                   --recompute
   reproduce [--imagenet DIR] [--voc DIR] [--cityscapes DIR] [--ade20k DIR]
             [--weights-dir DIR] [--weights ROW=FILE|hf://...] [--only ROW,...] [--limit N]
-            [--out DIR] [--demo] [--debug]
+            [--out DIR] [--demo] [--debug] [--device cpu|cuda[:N]|metal]
                                   the authors' published table, measured by r38's evaluation
                                   loop (the one `r38 eval` runs), in a release build:
                                   rows imagenet-a, imagenet-a1, voc, voc-coco, cityscapes,

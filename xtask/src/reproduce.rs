@@ -226,7 +226,7 @@ fn run_row(
             .map_err(|e| e.to_string())
             .and_then(|s| serde_json::from_str(&s).map_err(|e| e.to_string()))?
     } else {
-        let report = evaluate(row, &weights, &dataset_root, &cache_dir, limit)
+        let report = evaluate(args, row, &weights, &dataset_root, &cache_dir, limit)
             .map_err(|e| format!("{e:#}"))?;
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(&json, text).map_err(|e| e.to_string())?;
@@ -242,6 +242,7 @@ fn run_row(
 
 /// One row's evaluation with its benchmark's published protocol, as `r38 eval` runs it.
 fn evaluate(
+    args: &[String],
     row: &Row,
     weights: &str,
     dataset_root: &Path,
@@ -258,7 +259,8 @@ fn evaluate(
         r38::EvalEvent::Failed { message } => eprintln!("  error: {message}"),
         r38::EvalEvent::Sample { .. } => {}
     };
-    let device = r38::Device::Cpu;
+    let device =
+        r38::pretrained::device(&option(args, "--device").unwrap_or_else(|| "cpu".into()))?;
     if row.dataset == "imagenet" {
         let model = r38::Pretrained::load(weights, &device)?;
         let val = r38::data::datasets::ImageNetVal::open(dataset_root)?;
