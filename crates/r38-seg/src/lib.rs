@@ -44,6 +44,6 @@ pub use network::SegmentationNet;
 pub use score_net::{mean_probabilities, ScoreNet};
 pub use sliding_window::{CanvasLimit, WindowPlan};
 pub use test_time::{
-    argmax_labels, fuse_probabilities, CanvasSize, Fuse, Prediction, ScaledImage,
+    argmax_labels, fuse_probabilities, CanvasSize, Fuse, LabelPrediction, Prediction, ScaledImage,
     StridedProbabilities, TestProtocol,
 };

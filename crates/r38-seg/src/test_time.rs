@@ -369,6 +369,109 @@ impl TestProtocol {
     }
 }
 
+impl TestProtocol {
+    /// The labels of [`TestProtocol::predict`], bit for bit, without its full-resolution
+    /// probabilities: each scale's probabilities are kept at the scaled size, and the resize to
+    /// the image, the fusion and the argmax run on bands of `band_rows` image rows. Memory is
+    /// the labels (2 bytes a pixel) and one band, not `classes x 4` bytes a pixel.
+    pub fn predict_labels(
+        &self,
+        nets: &[&dyn ScoreNet],
+        image: &RgbImage,
+        band_rows: usize,
+    ) -> SegResult<LabelPrediction> {
+        let (classes, stride) = common_geometry(nets)?;
+        self.validate(stride)?;
+        if classes > usize::from(u16::MAX) + 1 {
+            return Err(SegError::InvalidArgument(format!(
+                "{classes} classes do not fit 16-bit labels"
+            )));
+        }
+        let (width, height) = image.dimensions();
+        let (w, h) = (width as usize, height as usize);
+        // Per scale: (C planes at the scaled size, the resize from there to the image).
+        let mut scaled = Vec::with_capacity(self.scales.len());
+        for &scale in &self.scales {
+            let _span = tracing::debug_span!("test_scale", scale, flip = self.flip).entered();
+            let prepared = self.prepare(image, scale)?;
+            let strided = self.strided_probabilities(nets, &prepared)?;
+            let planes = strided
+                .at_scaled_size()?
+                .flatten_from(1)?
+                .to_vec2::<f32>()?;
+            let filter = self
+                .interpolation
+                .filter_for(strided.scaled, strided.original);
+            let resizer = r38_data::Resizer::new(strided.scaled, strided.original, filter)?;
+            scaled.push((planes, resizer));
+        }
+        let mut labels = Vec::with_capacity(w * h);
+        for y0 in (0..h).step_by(band_rows.max(1)) {
+            let rows = y0..(y0 + band_rows.max(1)).min(h);
+            let mut fused: Option<Tensor> = None;
+            for (planes, resizer) in &scaled {
+                let mut band = Vec::with_capacity(planes.len() * rows.len() * w);
+                for plane in planes {
+                    band.extend(resizer.resize_f32_rows(plane, rows.clone())?);
+                }
+                let band = Tensor::from_vec(band, (planes.len(), rows.len(), w), &Device::Cpu)?;
+                fused = Some(match fused {
+                    None => band,
+                    Some(acc) => fuse_step(self.fuse, acc, &band)?,
+                });
+            }
+            let mut band = fused.expect("at least one scale");
+            if self.fuse == Fuse::Mean && self.scales.len() > 1 {
+                band = (band / self.scales.len() as f64)?;
+            }
+            labels.extend(argmax_labels(&band)?.into_iter().map(|l| l as u16));
+        }
+        Ok(LabelPrediction {
+            labels,
+            width,
+            height,
+            classes,
+        })
+    }
+}
+
+/// Rows per band of [`TestProtocol::predict_labels`]: about 32 MiB of probabilities a band.
+pub fn label_band_rows(classes: usize, width: u32) -> usize {
+    ((32 << 20) / (4 * classes.max(1) * width.max(1) as usize)).max(1)
+}
+
+/// The result of [`TestProtocol::predict_labels`]: labels without probabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPrediction {
+    /// Class index per pixel, row-major.
+    pub labels: Vec<u16>,
+    /// Image width.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// The networks' class count.
+    pub classes: usize,
+}
+
+impl LabelPrediction {
+    /// The labels as an 8-bit label map; an error for labels above 255.
+    pub fn label_map(&self) -> SegResult<r38_data::datasets::LabelMap> {
+        let labels = self
+            .labels
+            .iter()
+            .map(|&l| u8::try_from(l))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| {
+                SegError::InvalidArgument(format!(
+                    "{} classes: labels above 255 do not fit an 8-bit label map",
+                    self.classes
+                ))
+            })?;
+        r38_data::datasets::LabelMap::new(self.width, self.height, labels)
+            .map_err(|e| SegError::InvalidArgument(e.to_string()))
+    }
+}
+
 /// An image after the test-scale resize and normalisation (steps 1-2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaledImage {
@@ -401,6 +504,17 @@ impl StridedProbabilities {
     /// resize to the original size with `interpolation` if it differs. Returns `(C, H, W)` at the
     /// original size.
     pub fn upsample(&self, interpolation: Interpolation) -> SegResult<Tensor> {
+        let crop = self.at_scaled_size()?;
+        if self.scaled == self.original {
+            return Ok(crop);
+        }
+        let filter = interpolation.filter_for(self.scaled, self.original);
+        Ok(resize_planes_f32(&crop, self.original, filter)?)
+    }
+
+    /// The first half of [`StridedProbabilities::upsample`]: `(C, h, w)` at the scaled image's
+    /// size, before the resize to the original.
+    pub fn at_scaled_size(&self) -> SegResult<Tensor> {
         let dims = self.probabilities.dims();
         if dims.len() != 3 {
             return Err(SegError::InvalidArgument(format!(
@@ -417,15 +531,10 @@ impl StridedProbabilities {
             )));
         }
         let up = resize_planes_f32(&self.probabilities, canvas, Filter::Bicubic)?;
-        let crop = up
+        Ok(up
             .narrow(1, 0, sh as usize)?
             .narrow(2, 0, sw as usize)?
-            .contiguous()?;
-        if self.scaled == self.original {
-            return Ok(crop);
-        }
-        let filter = interpolation.filter_for(self.scaled, self.original);
-        Ok(resize_planes_f32(&crop, self.original, filter)?)
+            .contiguous()?)
     }
 }
 

@@ -15,6 +15,7 @@ use r38_data::datasets::{
     SegmentationDataset,
 };
 use r38_data::{ClassifyTransform, ImageLoader};
+use r38_seg::test_time::label_band_rows;
 use r38_seg::{CanvasLimit, ConfusionMatrix, CrfConfig, MetricsReport, ScoreNet, TestProtocol};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -298,14 +299,17 @@ pub fn evaluate_segmentation(
                     let image = dataset.load_image(&sample)?;
                     let with_file =
                         |e: Error| Error::Invalid(format!("{}: {e}", sample.image_path.display()));
-                    let mut p = protocol
-                        .predict(&nets, &image)
-                        .map_err(|e| with_file(e.into()))?;
-                    if let Some(c) = crf {
-                        r38_seg::crf::refine_prediction(c, &image, &mut p)
-                            .map_err(|e| with_file(e.into()))?;
+                    let map = match crf {
+                        // The CRF refines the full-resolution probabilities.
+                        Some(c) => protocol.predict(&nets, &image).and_then(|mut p| {
+                            r38_seg::crf::refine_prediction(c, &image, &mut p)?;
+                            p.label_map()
+                        }),
+                        None => protocol
+                            .predict_labels(&nets, &image, label_band_rows(classes, image.width()))
+                            .and_then(|p| p.label_map()),
                     }
-                    let map = LabelMap::new(p.width, p.height, labels_u8(&p.labels, &cached)?)?;
+                    .map_err(|e| with_file(e.into()))?;
                     write_atomically(&cached, |tmp| -> Result<()> {
                         Ok(write_label_png(tmp, &map, None)?)
                     })?;
@@ -354,19 +358,6 @@ pub fn evaluate_segmentation(
         metrics: confusion.report(Some(&names)),
         confusion,
     })
-}
-
-fn labels_u8(labels: &[u32], path: &Path) -> Result<Vec<u8>> {
-    labels
-        .iter()
-        .map(|&l| u8::try_from(l))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| {
-            Error::Invalid(format!(
-                "{}: labels above 255 do not fit an 8-bit label PNG",
-                path.display()
-            ))
-        })
 }
 
 fn file_name(path: &Path) -> String {

@@ -221,12 +221,17 @@ pub fn as_score_nets(nets: &[Pretrained]) -> Vec<&dyn ScoreNet> {
 /// A colour overlay: half image, half class colour.
 pub fn overlay(image: &RgbImage, labels: &[u8], palette: &Palette) -> RgbImage {
     let mut out = image.clone();
-    for (pixel, &label) in out.pixels_mut().zip(labels) {
+    overlay_in_place(&mut out, labels, palette);
+    out
+}
+
+/// [`overlay`] into the image itself (no second image of its size).
+pub fn overlay_in_place(image: &mut RgbImage, labels: &[u8], palette: &Palette) {
+    for (pixel, &label) in image.pixels_mut().zip(labels) {
         let c = palette[label as usize];
         let Rgb(p) = *pixel;
         *pixel = Rgb([0, 1, 2].map(|i| ((p[i] as u16 + c[i] as u16) / 2) as u8));
     }
-    out
 }
 
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {

@@ -1,13 +1,14 @@
 //! `r38 segment`: label maps, colour overlays and probabilities for image files.
 
 use super::seg_common::{
-    apply_crf, as_score_nets, check_classes, check_overwrite, overlay, save_png, CrfArgs,
+    apply_crf, as_score_nets, check_classes, check_overwrite, overlay_in_place, save_png, CrfArgs,
     EnsembleArgs, ProtocolArgs,
 };
 use crate::network::write_atomically;
 use anyhow::{bail, Context, Result};
 use r38::data::datasets::{write_label_png, DatasetKind, LabelMap};
 use r38::data::ImageLoader;
+use r38::seg::test_time::label_band_rows;
 use r38::Pretrained;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -134,32 +135,47 @@ fn segment_one(
     for t in &targets {
         check_overwrite(t, args.overwrite)?;
     }
-    let image = loader.load_rgb8(path)?;
-    let mut prediction = protocol
-        .predict(&as_score_nets(nets), &image)
-        .with_context(|| format!("{}: segmentation", path.display()))?;
-    apply_crf(crf, &image, &mut prediction).with_context(|| format!("{}: CRF", path.display()))?;
-    let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
-    let map = LabelMap::new(prediction.width, prediction.height, labels.clone())?;
+    let mut image = loader.load_rgb8(path)?;
+    let nets = as_score_nets(nets);
+    let segmentation = || format!("{}: segmentation", path.display());
+    // Full-resolution probabilities (classes x 4 bytes a pixel) only where they are asked for
+    // or the CRF needs them; otherwise labels in bands of rows.
+    let map = if args.save_probs || crf.is_some() {
+        let mut prediction = protocol.predict(&nets, &image).with_context(segmentation)?;
+        apply_crf(crf, &image, &mut prediction)
+            .with_context(|| format!("{}: CRF", path.display()))?;
+        if args.save_probs {
+            let probs = out("_probs.npy");
+            write_atomically(&probs, |tmp| {
+                prediction
+                    .probabilities
+                    .write_npy(tmp)
+                    .with_context(|| format!("{}: cannot write the probabilities", probs.display()))
+            })?;
+        }
+        prediction.label_map()
+    } else {
+        protocol
+            .predict_labels(
+                &nets,
+                &image,
+                label_band_rows(nets[0].classes(), image.width()),
+            )
+            .with_context(segmentation)?
+            .label_map()
+    }
+    .with_context(|| format!("{}: labels", path.display()))?;
     write_atomically(&out(".png"), |tmp| {
         Ok(write_label_png(tmp, &map, Some(palette))?)
     })?;
-    save_png(&out("_overlay.png"), &overlay(&image, &labels, palette))?;
     if let (true, Some(kind)) = (with_ids, args.dataset) {
-        let ids = kind.codec().encode_slice(&labels);
-        let ids = LabelMap::new(prediction.width, prediction.height, ids)?;
+        let ids = kind.codec().encode_slice(&map.data);
+        let ids = LabelMap::new(map.width, map.height, ids)?;
         write_atomically(&out("_ids.png"), |tmp| {
             Ok(write_label_png(tmp, &ids, None)?)
         })?;
     }
-    if args.save_probs {
-        let probs = out("_probs.npy");
-        write_atomically(&probs, |tmp| {
-            prediction
-                .probabilities
-                .write_npy(tmp)
-                .with_context(|| format!("{}: cannot write the probabilities", probs.display()))
-        })?;
-    }
+    overlay_in_place(&mut image, &map.data, palette);
+    save_png(&out("_overlay.png"), &image)?;
     Ok(targets.iter().map(|t| t.display().to_string()).collect())
 }
