@@ -3,7 +3,10 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use r38_model::weights::{self, WeightFile};
-use r38_model::{Arch, Backbone, BackboneConfig, Classifier, HeadKind, ModelMetadata, PoolPadding};
+use r38_model::{
+    Arch, Backbone, BackboneConfig, CamClassifier, Classifier, HeadKind, ModelMetadata, Origin,
+    PoolPadding,
+};
 use r38_seg::{HeadConfig, SegmentationNet};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +72,8 @@ pub enum Network {
     Classifier(Classifier),
     Segmentation(SegmentationNet),
     Features(Backbone),
+    /// psa's `fc8` classifier: image-level scores (N, C) before the sigmoid.
+    Cam(CamClassifier),
 }
 
 impl Network {
@@ -77,6 +82,7 @@ impl Network {
             Network::Classifier(n) => n.forward_t(x, false),
             Network::Segmentation(n) => n.forward_t(x, false),
             Network::Features(n) => n.forward_t(x, false),
+            Network::Cam(n) => n.forward_t(x, false),
         }
     }
 }
@@ -96,9 +102,7 @@ pub fn shapes(file: &WeightFile) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
-fn is_head_tensor(name: &str) -> bool {
-    name.starts_with("linear") || name.starts_with("conv6a_")
-}
+use r38_model::lineage::is_head_tensor;
 
 /// Decide architecture and head for `file`: explicit flags first, then the file's own
 /// metadata, then the authors' defaults (A1; stride 8 for segmentation, 32 otherwise).
@@ -106,7 +110,9 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     let path = file.path.display();
     let stored =
         ModelMetadata::from_map(&file.metadata).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-    let head = HeadKind::detect(&shapes(file)).with_context(|| format!("{path}"))?;
+    // Lineage (psa, SEAM, ...), head, default stride and BN epsilon: r38_model::Origin.
+    let origin = Origin::detect(file).with_context(|| format!("{path}"))?;
+    let head = origin.head;
     let arch = args
         .arch
         .or(stored.as_ref().map(|m| m.arch))
@@ -114,8 +120,7 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
         .unwrap_or(Arch::A1);
     let default_stride = match (file.released, head) {
         (Some(r), _) => r.output_stride,
-        (None, HeadKind::Segmentation { .. }) => 8,
-        (None, _) => 32,
+        (None, _) => origin.default_output_stride(),
     };
     let mut config = match (&stored, args.arch) {
         (Some(m), None) => m.config.clone(),
@@ -124,7 +129,10 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
                 .output_stride
                 .or(stored.as_ref().map(|m| m.output_stride))
                 .unwrap_or(default_stride);
-            BackboneConfig::infer(&shapes(file), arch, stride).with_context(|| format!("{path}"))?
+            let mut config = BackboneConfig::infer(&shapes(file), arch, stride)
+                .with_context(|| format!("{path}"))?;
+            config.bn_eps = origin.bn_eps();
+            config
         }
     };
     if let Some(stride) = args.output_stride {
@@ -171,6 +179,10 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
             .as_ref()
             .and_then(|m| m.released.clone())
             .or(file.released.map(|r| r.file_name.clone())),
+        lineage: stored
+            .as_ref()
+            .and_then(|m| m.lineage)
+            .or(origin.lineage.is_pytorch().then_some(origin.lineage)),
     })
 }
 
@@ -187,7 +199,7 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
     let mut metadata = describe(&file, args)?;
     let path = file.path.display().to_string();
     let wanted = head.unwrap_or(match metadata.head {
-        HeadKind::Classifier { .. } => HeadChoice::Cls,
+        HeadKind::Classifier { .. } | HeadKind::Fc8 { .. } => HeadChoice::Cls,
         HeadKind::Segmentation { .. } => HeadChoice::Seg,
         HeadKind::None => HeadChoice::None,
     });
@@ -196,7 +208,7 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
             file.tensors.retain(|n, _| !is_head_tensor(n));
             metadata.head = HeadKind::None;
         }
-        (HeadChoice::Cls, HeadKind::Classifier { .. })
+        (HeadChoice::Cls, HeadKind::Classifier { .. } | HeadKind::Fc8 { .. })
         | (HeadChoice::Seg, HeadKind::Segmentation { .. }) => {}
         (want, have) => bail!(
             "{path}: --head {} asked for, but the file holds {}",
@@ -207,6 +219,7 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
             },
             match have {
                 HeadKind::Classifier { classes } => format!("a {classes}-class classifier head"),
+                HeadKind::Fc8 { classes, .. } => format!("a {classes}-class fc8 head (psa)"),
                 HeadKind::Segmentation { classes, .. } =>
                     format!("a {classes}-class segmentation head"),
                 HeadKind::None => "no head (backbone only)".into(),
@@ -242,6 +255,16 @@ pub fn load(args: &ModelArgs, head: Option<HeadChoice>) -> Result<LoadedModel> {
                 |vb| SegmentationNet::new(&config, head, vb),
             )?)
         }
+        HeadKind::Fc8 {
+            classes,
+            background,
+        } => Network::Cam(r38_model::build_strict(
+            &path,
+            &file.tensors,
+            DType::F32,
+            &device,
+            |vb| CamClassifier::new(&config, classes, background, vb),
+        )?),
         HeadKind::None => Network::Features(r38_model::build_strict(
             &path,
             &file.tensors,

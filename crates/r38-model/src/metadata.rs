@@ -4,6 +4,7 @@
 
 use crate::checkpoint::HeadKind;
 use crate::config::{Arch, BackboneConfig};
+use crate::lineage::Lineage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -63,6 +64,8 @@ pub struct ModelMetadata {
     pub source_md5: Option<String>,
     /// Name of the authors' released file, when the checksum matched one.
     pub released: Option<String>,
+    /// The code base the weights come from (psa, SEAM, ...), when known.
+    pub lineage: Option<Lineage>,
 }
 
 impl ModelMetadata {
@@ -77,6 +80,11 @@ impl ModelMetadata {
             self.output_stride.to_string(),
         );
         m.insert(format!("{PREFIX}head"), json(&self.head));
+        // Also inside `config`; on its own so that other tools can read it without our schema.
+        m.insert(format!("{PREFIX}bn_eps"), self.config.bn_eps.to_string());
+        if let Some(l) = self.lineage {
+            m.insert(format!("{PREFIX}lineage"), l.key().into());
+        }
         if let Some(d) = self.head_dilation {
             m.insert(format!("{PREFIX}head_dilation"), d.to_string());
         }
@@ -104,8 +112,15 @@ impl ModelMetadata {
             return Ok(None);
         };
         let parse_err = |k: &str, e: &dyn std::fmt::Display| format!("metadata `{PREFIX}{k}`: {e}");
-        let config: BackboneConfig =
+        let mut config: BackboneConfig =
             serde_json::from_str(config).map_err(|e| parse_err("config", &e))?;
+        if let Some(eps) = get("bn_eps") {
+            config.bn_eps = eps.parse().map_err(|e| parse_err("bn_eps", &e))?;
+        }
+        let lineage = match get("lineage") {
+            Some(l) => Some(l.parse().map_err(|e: String| parse_err("lineage", &e))?),
+            None => None,
+        };
         let arch = match get("arch") {
             Some(a) => a.parse().map_err(|e: String| parse_err("arch", &e))?,
             None => Arch::A1,
@@ -132,6 +147,7 @@ impl ModelMetadata {
             source_file: get("source_file").cloned(),
             source_md5: get("source_md5").cloned(),
             released: get("released").cloned(),
+            lineage,
         }))
     }
 }
@@ -168,8 +184,35 @@ mod tests {
             source_file: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
             source_md5: Some("a34628a63d5f62dcb98c29c4e281f332".into()),
             released: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
+            lineage: None,
         };
         assert_eq!(ModelMetadata::from_map(&meta.to_map()).unwrap(), Some(meta));
+    }
+
+    #[test]
+    fn pytorch_eps_and_lineage_round_trip() {
+        let head = HeadKind::Fc8 {
+            classes: 21,
+            background: true,
+        };
+        let mut config = BackboneConfig::model_a1(8).unwrap();
+        config.bn_eps = crate::lineage::PYTORCH_BN_EPS;
+        let meta = ModelMetadata {
+            arch: Arch::A1,
+            config,
+            output_stride: 8,
+            preprocess: Preprocess::for_head(&head),
+            head,
+            head_dilation: None,
+            source_file: Some("seam.pth".into()),
+            source_md5: None,
+            released: None,
+            lineage: Some(Lineage::Seam),
+        };
+        let map = meta.to_map();
+        assert_eq!(map["r38.bn_eps"], "0.00001");
+        assert_eq!(map["r38.lineage"], "seam");
+        assert_eq!(ModelMetadata::from_map(&map).unwrap(), Some(meta));
         assert_eq!(ModelMetadata::from_map(&BTreeMap::new()).unwrap(), None);
     }
 }

@@ -27,6 +27,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cam;
 pub mod crf;
 pub mod error;
 pub mod head;
@@ -36,6 +37,7 @@ pub mod score_net;
 pub mod sliding_window;
 pub mod test_time;
 
+pub use cam::{infer_cams, CamProtocol, Cams};
 pub use crf::{CrfConfig, DenseCrf};
 pub use error::{SegError, SegResult};
 pub use head::{HeadConfig, SegmentationHead};

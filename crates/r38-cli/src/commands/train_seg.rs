@@ -623,6 +623,7 @@ pub fn run(args: Args) -> Result<()> {
         source_file: args.init.as_ref().map(|p| p.display().to_string()),
         source_md5: None,
         released: None,
+        lineage: None,
     };
     let run = serde_json::json!({
         "command": "train-seg",
