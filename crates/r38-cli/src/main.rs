@@ -27,6 +27,8 @@ enum Command {
     Forward(commands::forward::Args),
     Classify(commands::classify::Args),
     Segment(commands::segment::Args),
+    /// Class activation maps of a psa-style classifier with psa's protocol.
+    Cam(commands::cam::Args),
     Eval(commands::eval::Args),
     /// Fine-tune a segmentation net with the authors' recipe.
     TrainSeg(commands::train_seg::Args),
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Forward(a) => commands::forward::run(a),
         Command::Classify(a) => commands::classify::run(a),
         Command::Segment(a) => commands::segment::run(a),
+        Command::Cam(a) => commands::cam::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::TrainSeg(a) => commands::train_seg::run(a),
         Command::TrainCls(a) => commands::train_cls::run(a),

@@ -9,6 +9,7 @@
 
 use crate::checkpoint::HeadKind;
 use crate::config::{ConfigError, BN_EPS};
+use crate::weights::names::{self, top_module};
 use crate::weights::{SkipReason, WeightFile, WeightFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -89,19 +90,8 @@ impl Lineage {
     }
 }
 
-/// Module prefixes of SEAM's pixel correlation module (PCM).
-const SEAM_PCM: [&str; 3] = ["f8_3", "f8_4", "f9"];
-/// Module prefixes of 1-stage-wseg's segmentation decoder.
-const WSEG_DECODER: [&str; 5] = ["aspp", "fc8_skip", "fc8_x", "last_conv", "shallow_mask"];
-
-/// The first module of a PyTorch key, without `DataParallel`'s `module.` prefixes.
-fn top_module(key: &str) -> &str {
-    let mut key = key;
-    while let Some(k) = key.strip_prefix("module.") {
-        key = k;
-    }
-    key.split('.').next().unwrap_or(key)
-}
+const SEAM_PCM: [&str; 3] = names::SEAM_PCM_MODULES;
+const WSEG_DECODER: [&str; 5] = names::WSEG_DECODER_MODULES;
 
 /// What a weight file is, beyond its tensors: where it comes from, its head, and what of it r38
 /// leaves unused.

@@ -33,6 +33,7 @@ pub mod error;
 pub mod head;
 pub mod metrics;
 pub mod network;
+pub mod psa_npy;
 pub mod score_net;
 pub mod sliding_window;
 pub mod test_time;

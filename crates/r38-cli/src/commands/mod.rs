@@ -1,3 +1,4 @@
+pub mod cam;
 pub mod card;
 pub mod classify;
 pub mod convert;
