@@ -36,6 +36,7 @@ pub mod loader;
 pub mod log;
 pub mod loss;
 pub mod model;
+pub mod multilabel;
 pub mod optimizer;
 pub mod plot;
 pub mod recompute;
