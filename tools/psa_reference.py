@@ -363,6 +363,18 @@ def cmd_fixtures(args):
             base = k.replace(".", "_")
             save_npy(os.path.join(tdir, "grad%d_%s.npy" % (i, base)), grads[k].numpy())
             save_npy(os.path.join(tdir, "after%d_%s.npy" % (i, base)), after[k].numpy())
+    # psa-style cls_labels.npy: protocol 2 as psa's own file, and protocol 3 as np.save today
+    cls = {"2007_000032": np.eye(20, dtype=np.float32)[0] + np.eye(20, dtype=np.float32)[14],
+           "2008_000002": np.eye(20, dtype=np.float32)[19],
+           "2011_003276": np.zeros(20, np.float32)}
+    for proto, name in ((2, "cls_labels.npy"), (3, "cls_labels_protocol3.npy")):
+        holder = np.empty((), object)
+        holder[()] = cls
+        with open(os.path.join(out, name), "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|O", "fortran_order": False, "shape": ()})
+            pickle.dump(holder, f, protocol=proto)
+        assert np.load(os.path.join(out, name), allow_pickle=True).item().keys() == cls.keys()
     meta = {
         "generator": "tools/psa_reference.py fixtures",
         "torch": torch.__version__,

@@ -31,6 +31,7 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod cls_labels;
 pub mod fashion_mnist;
 pub mod loader;
 pub mod log;

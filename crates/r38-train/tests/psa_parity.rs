@@ -115,3 +115,31 @@ fn gradients_and_updates_match_psa() {
         );
     }
 }
+
+#[test]
+fn psa_cls_labels_file() {
+    let labels = r38_train::cls_labels::read_cls_labels(&dir().join("cls_labels.npy")).unwrap();
+    assert_eq!(labels.len(), 3);
+    let on = |name: &str| -> Vec<usize> {
+        labels[name]
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == 1.0)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert_eq!(on("2007_000032"), vec![0, 14]);
+    assert_eq!(on("2008_000002"), vec![19]);
+    assert!(on("2011_003276").is_empty());
+    assert!(labels.values().all(|v| v.len() == 20));
+    // What np.save writes today (protocol 3 bytes) is refused with a way out, naming the file.
+    let path = dir().join("cls_labels_protocol3.npy");
+    let err = format!(
+        "{:#}",
+        r38_train::cls_labels::read_cls_labels(&path).unwrap_err()
+    );
+    assert!(
+        err.contains("protocol 2") && err.contains("cls_labels_protocol3.npy"),
+        "{err}"
+    );
+}
