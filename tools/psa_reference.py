@@ -363,6 +363,42 @@ def cmd_fixtures(args):
             base = k.replace(".", "_")
             save_npy(os.path.join(tdir, "grad%d_%s.npy" % (i, base)), grads[k].numpy())
             save_npy(os.path.join(tdir, "after%d_%s.npy" % (i, base)), after[k].numpy())
+    # SEAM's and 1-stage-wseg's checkpoints (every width / 64): the resnet38d backbone plus
+    # SEAM's 21-channel fc8 (channel 0 = background) and PCM convs f8_3, f8_4, f9; and plus a
+    # subset of 1-stage-wseg's SoftMaxAE decoder, saved through DataParallel ("module." keys).
+    small = 64
+    d = lambda c: max(1, c // small)  # noqa: E731
+    rng = np.random.default_rng(seed + 2)
+    extra_w = lambda *shape: torch.from_numpy(  # noqa: E731
+        rng.standard_normal(shape).astype(np.float32) * 0.1)
+    seam = seeded_state_dict(small, 21, seed + 2, x1)
+    seam.update({"f8_3.weight": extra_w(d(64), d(512), 1, 1),
+                 "f8_4.weight": extra_w(d(128), d(1024), 1, 1),
+                 "f9.weight": extra_w(d(192), d(192) + 3, 1, 1)})
+    torch.save(psa_ordered(seam), os.path.join(out, "seam.pth"))
+    with torch.no_grad():
+        save_npy(os.path.join(out, "seam_relu7.npy"), ResNet38d(small, seam).features(x1).numpy())
+    wseg = seeded_state_dict(small, 20, seed + 3, x1)
+    del wseg["fc8.weight"]
+    bn = lambda c: {"weight": torch.ones(c), "bias": torch.zeros(c),  # noqa: E731
+                    "running_mean": torch.zeros(c), "running_var": torch.ones(c),
+                    "num_batches_tracked": torch.tensor(0)}
+    feat = d(4096)
+    decoder = {"aspp.aspp1.atrous_conv.weight": extra_w(d(256), feat, 1, 1),
+               "aspp.conv1.weight": extra_w(d(256), d(1280), 1, 1),
+               "fc8_skip.0.weight": extra_w(d(48), d(256), 1, 1),
+               "fc8_x.0.weight": extra_w(d(256), d(304), 3, 3),
+               "last_conv.8.weight": extra_w(20, d(256), 1, 1),
+               "last_conv.8.bias": extra_w(20),
+               "shallow_mask.fc_deep.0.weight": extra_w(d(512), d(256), 1, 1)}
+    for k, v in bn(d(256)).items():
+        decoder["aspp.aspp1.bn." + k] = v
+    wseg_sd = psa_ordered(wseg)
+    wseg_sd.update(decoder)
+    torch.save({"module." + k: v for k, v in wseg_sd.items()}, os.path.join(out, "wseg.pth"))
+    with torch.no_grad():
+        save_npy(os.path.join(out, "wseg_relu7.npy"), ResNet38d(small, wseg).features(x1).numpy())
+
     # psa-style cls_labels.npy: protocol 2 as psa's own file, and protocol 3 as np.save today
     cls = {"2007_000032": np.eye(20, dtype=np.float32)[0] + np.eye(20, dtype=np.float32)[14],
            "2008_000002": np.eye(20, dtype=np.float32)[19],

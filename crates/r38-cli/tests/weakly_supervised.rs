@@ -115,3 +115,65 @@ fn cam_needs_an_fc8_head() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn seam_and_one_stage_wseg_files_say_what_is_not_loaded() {
+    let seam = psa("seam.pth");
+    let (text, _) = ok(&["inspect", seam.to_str().unwrap()]);
+    assert!(text.contains("lineage:     SEAM"), "{text}");
+    assert!(text.contains("channel 0 background"), "{text}");
+    assert!(
+        text.contains("unsupported: SEAM's pixel correlation module"),
+        "{text}"
+    );
+    let wseg = psa("wseg.pth");
+    let (text, _) = ok(&["inspect", wseg.to_str().unwrap()]);
+    assert!(text.contains("lineage:     1-stage-wseg"), "{text}");
+    assert!(
+        text.contains("unsupported: 1-stage-wseg's segmentation decoder"),
+        "{text}"
+    );
+    // Both run without flags: backbone features / fc8 scores at output stride 8.
+    let dir = scratch("forward");
+    let input = psa("input.npy");
+    let out = dir.join("relu7.npy");
+    ok(&[
+        "forward",
+        "--weights",
+        wseg.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let got = candle_core::Tensor::read_npy(&out).unwrap();
+    let want = candle_core::Tensor::read_npy(psa("wseg_relu7.npy")).unwrap();
+    let err = r38_tests::relative_error(&got, &want);
+    assert!(err <= 1e-4, "1-stage-wseg relu7: {err:e}");
+    let out = dir.join("scores.npy");
+    let image = psa("image.png");
+    ok(&[
+        "forward",
+        "--weights",
+        seam.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        candle_core::Tensor::read_npy(&out).unwrap().dims(),
+        &[1, 21]
+    );
+    let refused = r38(&[
+        "cam",
+        "--weights",
+        seam.to_str().unwrap(),
+        image.to_str().unwrap(),
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PCM"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

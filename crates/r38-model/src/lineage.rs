@@ -167,11 +167,12 @@ impl Origin {
             }
         };
         listed(
-            "SEAM's pixel correlation module; CAMs are fc8's, without PCM refinement",
+            "SEAM's pixel correlation module (PCM), which SEAM's CAMs need: fc8 scores and \
+             the backbone run, `r38 cam` does not",
             &SEAM_PCM,
         );
         listed(
-            "1-stage-wseg's segmentation decoder; only the backbone (and fc8, if present) runs",
+            "1-stage-wseg's segmentation decoder: the backbone (and fc8, if present) runs",
             &WSEG_DECODER,
         );
         let known: Vec<&str> = SEAM_PCM.iter().chain(&WSEG_DECODER).copied().collect();

@@ -204,3 +204,52 @@ fn seam_fc8_is_refused_with_a_reason() {
     .unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
+
+#[test]
+fn seam_and_one_stage_wseg_checkpoints_load_without_flags() {
+    let x = npy("input.npy");
+    for (file, lineage, relu7) in [
+        ("seam.pth", Lineage::Seam, "seam_relu7.npy"),
+        ("wseg.pth", Lineage::OneStageWseg, "wseg_relu7.npy"),
+    ] {
+        let weights = weights::load(&fixture().join(file)).unwrap();
+        let origin = Origin::detect(&weights).unwrap();
+        assert_eq!(origin.lineage, lineage, "{file}");
+        assert_eq!(
+            origin.unsupported.len(),
+            1,
+            "{file}: {:?}",
+            origin.unsupported
+        );
+        let config = config(&weights, &origin);
+        assert_eq!((config.output_stride(), config.bn_eps), (8, 1e-5), "{file}");
+        let features = match origin.head {
+            HeadKind::Fc8 {
+                classes,
+                background,
+            } => {
+                assert_eq!((classes, background, lineage), (21, true, Lineage::Seam));
+                let net = r38_model::build_strict(
+                    file,
+                    &weights.tensors,
+                    DType::F32,
+                    &Device::Cpu,
+                    |vb| CamClassifier::new(&config, classes, background, vb),
+                )
+                .unwrap();
+                net.backbone().forward_t(&x, false).unwrap()
+            }
+            HeadKind::None => {
+                assert_eq!(lineage, Lineage::OneStageWseg);
+                r38_model::build_strict(file, &weights.tensors, DType::F32, &Device::Cpu, |vb| {
+                    r38_model::Backbone::new(&config, vb)?.forward_t(&x, false)
+                })
+                .unwrap()
+            }
+            other => panic!("{file}: head {other:?}"),
+        };
+        let err = relative_error(&values(&features), &values(&npy(relu7)));
+        eprintln!("{file}: relu7 relative error {err:e}");
+        assert!(err <= TOLERANCE, "{file}: relu7 relative error {err:e}");
+    }
+}
