@@ -530,6 +530,19 @@ def cmd_check_psa(args):
     agree = float((their_pred == cam_pred(ours)).mean())
     print("classes %s: max |ours - psa's infer_cls.py| = %.3e over %dx%d CAMs; "
           "cam_pred pixels agreeing: %.4f" % (sorted(theirs), worst, h, w, agree))
+    if args.r38:
+        # r38 on the same pixels (the JPEG as Pillow decoded it) and weights.
+        import subprocess
+        img.save(os.path.join(work, "decoded.png"))
+        keys = ",".join(str(k) for k in sorted(theirs))
+        subprocess.run([args.r38, "cam", "--weights", weights, os.path.join(work, "decoded.png"),
+                        "--out-dir", os.path.join(work, "r38"), "--labels", keys], check=True)
+        r38_cams = np.load(os.path.join(work, "r38", "decoded.npy"), allow_pickle=True).item()
+        assert sorted(r38_cams) == sorted(theirs), (sorted(r38_cams), sorted(theirs))
+        worst_r38 = max(float(np.abs(r38_cams[k] - theirs[k]).max()) for k in theirs)
+        r38_pred = np.asarray(PIL.Image.open(os.path.join(work, "r38", "decoded_cam_pred.png")))
+        print("r38 cam: max |r38 - psa's infer_cls.py| = %.3e; cam_pred pixels agreeing: %.4f"
+              % (worst_r38, float((r38_pred == their_pred).mean())))
     if not args.keep:
         shutil.rmtree(work)
     else:
@@ -547,6 +560,7 @@ def main():
     c.add_argument("--divisor", type=int, default=1)
     c.add_argument("--size", default="64x48", help="WxH of the synthetic image")
     c.add_argument("--keep", action="store_true")
+    c.add_argument("--r38", help="also run this r38 binary's `cam` and compare it with psa's")
     e = sub.add_parser("eps-effect")
     e.add_argument("--divisor", type=int, default=32)
     e.add_argument("--var-scale", type=float, default=1e-2)
