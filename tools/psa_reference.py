@@ -502,7 +502,7 @@ def cmd_check_psa(args):
     torch.save(psa_ordered(p), weights)
     with open(os.path.join(work, "list.txt"), "w") as f:
         f.write("/JPEGImages/%s.jpg\n" % name)
-    for d in ("cam", "pred"):
+    for d in ("cam", "pred", "la_crf", "ha_crf"):
         os.makedirs(os.path.join(work, d))
 
     _shim_modules()
@@ -514,6 +514,9 @@ def cmd_check_psa(args):
                 "--infer_list", os.path.join(work, "list.txt"), "--num_workers", "1",
                 "--voc12_root", root, "--out_cam", os.path.join(work, "cam"),
                 "--out_cam_pred", os.path.join(work, "pred")]
+    if args.crf:  # needs pydensecrf (pip install pydensecrf2)
+        sys.argv += ["--out_la_crf", os.path.join(work, "la_crf"),
+                     "--out_ha_crf", os.path.join(work, "ha_crf")]
     if args.divisor != 1:
         # psa's network has fixed widths; narrow it by patching the constructors' widths.
         sys.exit("check-psa runs psa's full-width network: use --divisor 1")
@@ -536,13 +539,24 @@ def cmd_check_psa(args):
         img.save(os.path.join(work, "decoded.png"))
         keys = ",".join(str(k) for k in sorted(theirs))
         subprocess.run([args.r38, "cam", "--weights", weights, os.path.join(work, "decoded.png"),
-                        "--out-dir", os.path.join(work, "r38"), "--labels", keys], check=True)
+                        "--out-dir", os.path.join(work, "r38"), "--labels", keys]
+                       + (["--crf"] if args.crf else []), check=True)
         r38_cams = np.load(os.path.join(work, "r38", "decoded.npy"), allow_pickle=True).item()
         assert sorted(r38_cams) == sorted(theirs), (sorted(r38_cams), sorted(theirs))
         worst_r38 = max(float(np.abs(r38_cams[k] - theirs[k]).max()) for k in theirs)
         r38_pred = np.asarray(PIL.Image.open(os.path.join(work, "r38", "decoded_cam_pred.png")))
         print("r38 cam: max |r38 - psa's infer_cls.py| = %.3e; cam_pred pixels agreeing: %.4f"
               % (worst_r38, float((r38_pred == their_pred).mean())))
+        for kind in ("la_crf", "ha_crf") if args.crf else ():
+            t = np.load(os.path.join(work, kind, name + ".npy"), allow_pickle=True).item()
+            o = np.load(os.path.join(work, "r38", "decoded_%s.npy" % kind),
+                        allow_pickle=True).item()
+            assert sorted(t) == sorted(o), (sorted(t), sorted(o))
+            diff = max(float(np.abs(t[k] - o[k]).max()) for k in t)
+            agree = float((np.argmax(np.stack([t[k] for k in sorted(t)]), 0)
+                           == np.argmax(np.stack([o[k] for k in sorted(o)]), 0)).mean())
+            print("r38 cam --crf %s: max |r38 - psa| = %.3e; argmax pixels agreeing: %.4f"
+                  % (kind, diff, agree))
     if not args.keep:
         shutil.rmtree(work)
     else:
@@ -561,6 +575,8 @@ def main():
     c.add_argument("--size", default="64x48", help="WxH of the synthetic image")
     c.add_argument("--keep", action="store_true")
     c.add_argument("--r38", help="also run this r38 binary's `cam` and compare it with psa's")
+    c.add_argument("--crf", action="store_true",
+                   help="also compare psa's --out_la_crf/--out_ha_crf (needs pydensecrf)")
     e = sub.add_parser("eps-effect")
     e.add_argument("--divisor", type=int, default=32)
     e.add_argument("--var-scale", type=float, default=1e-2)
