@@ -177,3 +177,45 @@ fn seam_and_one_stage_wseg_files_say_what_is_not_loaded() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PCM"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cam_takes_labels_from_psa_cls_labels_by_image_name() {
+    let dir = scratch("cls-labels");
+    // psa looks labels up by the VOC image name: give the fixture image such a name.
+    let image = dir.join("2007_000032.png");
+    std::fs::copy(psa("image.png"), &image).unwrap();
+    let weights = psa("cls.pth");
+    let labels = psa("cls_labels.npy");
+    let out = dir.join("out");
+    let (_, stderr) = ok(&[
+        "cam",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--cls-labels",
+        labels.to_str().unwrap(),
+        image.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("labelled classes [0, 14]"), "{stderr}");
+    // An image the file does not know is an error naming both.
+    let unknown = dir.join("unknown.png");
+    std::fs::copy(psa("image.png"), &unknown).unwrap();
+    let res = r38(&[
+        "cam",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--cls-labels",
+        labels.to_str().unwrap(),
+        unknown.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("no labels for `unknown`") && stderr.contains("cls_labels.npy"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -26,8 +26,12 @@ pub struct Args {
     /// Image-level labels, as psa's `cls_labels.npy` gives them: comma-separated class indices
     /// 0..19 (VOC order, no background), the same for every image. Default: the predicted
     /// classes (score > 0 on the unscaled image, else the best one).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "cls_labels")]
     pub labels: Option<Vec<usize>>,
+    /// psa's `voc12/cls_labels.npy`: each image's labels, looked up by its file stem (as psa's
+    /// `infer_cls.py` does with the VOC image name). An image missing from it is an error.
+    #[arg(long)]
+    pub cls_labels: Option<PathBuf>,
     /// Background score of the label map (psa's `--out_cam_pred`: 0.2).
     #[arg(long, default_value_t = PSA_BG_THRESHOLD)]
     pub bg_threshold: f32,
@@ -58,6 +62,10 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("{}: cannot create", args.out_dir.display()))?;
     let loader = ImageLoader::new().with_pixel_limit(Some(args.max_image_pixels));
     let protocol = CamProtocol::psa();
+    let label_file = match &args.cls_labels {
+        Some(p) => Some((p, r38_train::cls_labels::read_cls_labels(p)?)),
+        None => None,
+    };
     for image_path in &args.images {
         let stem = image_path
             .file_stem()
@@ -66,7 +74,21 @@ pub fn run(args: Args) -> Result<()> {
             .into_owned();
         let out = |suffix: &str| args.out_dir.join(format!("{stem}{suffix}"));
         let image = loader.load_rgb8(image_path)?;
-        let cams = infer_cams(net, &image, args.labels.as_deref(), &protocol, &device)
+        let from_file: Option<Vec<usize>> = match &label_file {
+            Some((p, table)) => {
+                let v = table.get(&stem).with_context(|| {
+                    format!(
+                        "{}: no labels for `{stem}` in {}",
+                        image_path.display(),
+                        p.display()
+                    )
+                })?;
+                Some((0..v.len()).filter(|&c| v[c] > 1e-5).collect())
+            }
+            None => None,
+        };
+        let labels = from_file.as_deref().or(args.labels.as_deref());
+        let cams = infer_cams(net, &image, labels, &protocol, &device)
             .with_context(|| format!("{}: CAMs", image_path.display()))?;
         let mut targets = vec![out(".npy"), out("_cam_pred.png")];
         targets.extend(
