@@ -181,6 +181,7 @@ impl Origin {
             .copied()
             .filter(|m| !known.contains(m))
             .collect();
+        others.sort_unstable();
         others.dedup();
         if !others.is_empty() {
             unsupported.push(format!(
@@ -284,13 +285,15 @@ mod tests {
             "fc8_skip.0.weight",
             "last_conv.0.weight",
             "whatever.weight",
+            "other.weight",
+            "whatever.bias",
         ];
         let o =
             Origin::from_parts(WeightFormat::PyTorch, None, &backbone_shapes(), &skipped).unwrap();
         assert_eq!(o.lineage, Lineage::OneStageWseg);
         assert_eq!(o.default_output_stride(), 8);
         assert_eq!(o.unsupported.len(), 2, "{o:?}");
-        assert!(o.unsupported[1].contains("whatever"));
+        assert!(o.unsupported[1].contains("(other, whatever)"), "{o:?}");
     }
 
     #[test]
