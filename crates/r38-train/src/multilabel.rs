@@ -21,13 +21,20 @@
 //!   reproduced).
 //! * **Dropout**: psa's `Dropout2d` (channel-wise) twice in each of `b6`/`b7` and on `relu7`;
 //!   r38's dropout is element-wise and once per bottleneck, so training runs differ there.
+//!
+//! [`MultiLabelImages`] is the data source for [`crate::trainer::train`] with
+//! [`crate::trainer::Task::MultiLabel`] and a [`r38_model::CamClassifier`].
 
-use anyhow::{ensure, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use r38_data::image::RgbImage;
-use r38_data::{resize_u8, Filter, Normalization};
+use r38_data::{resize_u8, Filter, ImageLoader, Normalization};
 
 use crate::augment::Planar;
+use crate::loader::{Example, Source, Target};
 use crate::optimizer::{LrRule, MomentumKind, MultiplierPolicy, SgdConfig};
 use crate::rng::Rng;
 
@@ -166,6 +173,85 @@ impl PsaAugment {
             width: c,
             height: c,
             data,
+        })
+    }
+}
+
+/// A multi-label training set: image files with their label vectors, augmented as psa does.
+pub struct MultiLabelImages {
+    /// `(image file, label vector)`; a label counts when it is above 1e-5 (psa's test).
+    pub items: Vec<(PathBuf, Vec<f32>)>,
+    /// The augmentation.
+    pub augment: PsaAugment,
+    /// Image decoding (pixel limit).
+    pub loader: ImageLoader,
+}
+
+impl MultiLabelImages {
+    /// psa's training list: VOC image names, their images under `images` (`<name>.jpg`) and their
+    /// labels from a `cls_labels.npy` table. A name missing from the table is an error.
+    pub fn from_cls_labels(
+        images: &Path,
+        names: &[String],
+        table: &BTreeMap<String, Vec<f32>>,
+        augment: PsaAugment,
+    ) -> Result<Self> {
+        let items = names
+            .iter()
+            .map(|n| {
+                let labels = table
+                    .get(n)
+                    .with_context(|| format!("no labels for `{n}` in the labels file"))?;
+                Ok((images.join(format!("{n}.jpg")), labels.clone()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            items,
+            augment,
+            loader: ImageLoader::new(),
+        })
+    }
+
+    /// Labels from segmentation label PNGs (VOC layout): `(image file, label PNG)` pairs.
+    pub fn from_segmentation(
+        pairs: &[(PathBuf, PathBuf)],
+        classes: usize,
+        augment: PsaAugment,
+    ) -> Result<Self> {
+        let items = pairs
+            .iter()
+            .map(|(image, label)| {
+                let map = r38_data::datasets::read_label_png(label)
+                    .with_context(|| format!("{}: label map", label.display()))?;
+                Ok((image.clone(), labels_from_segmentation(&map.data, classes)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            items,
+            augment,
+            loader: ImageLoader::new(),
+        })
+    }
+}
+
+impl Source for MultiLabelImages {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn example(&self, index: usize, rng: &mut Rng) -> Result<Example> {
+        let (path, labels) = self
+            .items
+            .get(index)
+            .with_context(|| format!("sample {index} of {}", self.items.len()))?;
+        let image = self.loader.load_rgb8(path)?;
+        let image = self
+            .augment
+            .apply(&image, rng)
+            .with_context(|| format!("{}: augmentation", path.display()))?;
+        Ok(Example {
+            image,
+            target: Target::Labels(labels.iter().map(|&v| u8::from(v > 1e-5)).collect()),
         })
     }
 }
