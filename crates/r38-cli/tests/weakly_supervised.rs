@@ -95,6 +95,24 @@ fn cam_writes_psa_outputs_and_refuses_to_overwrite() {
 }
 
 #[test]
+fn classify_points_psa_files_to_cam() {
+    let weights = psa("cls.pth");
+    let image = psa("image.png");
+    let out = r38(&[
+        "classify",
+        "--weights",
+        weights.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("r38 cam") && stderr.contains("cls.pth"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn cam_needs_an_fc8_head() {
     let dir = scratch("cam-mxnet");
     let weights = r38_tests::fixtures_dir().join("a1_cls/weights.params");

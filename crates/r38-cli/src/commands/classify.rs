@@ -34,6 +34,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = load(&args.model, Some(HeadChoice::Cls))?;
+    if matches!(model.network, crate::network::Network::Cam(_)) {
+        anyhow::bail!(
+            "{}: psa's multi-label classifier (fc8) scores each class with its own sigmoid, on \
+             the whole image; use `r38 cam` (its predicted classes and their CAMs) or \
+             `r38 forward` (the raw scores)",
+            model.file.path.display()
+        );
+    }
     let device = crate::network::device(&args.model.device)?;
     let mut transform = transform_for(&model);
     if let Some(scale) = args.scale {
