@@ -237,3 +237,74 @@ fn cam_takes_labels_from_psa_cls_labels_by_image_name() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn multi_label_training_then_cams() {
+    let dir = scratch("train-multilabel");
+    let voc = dir.join("VOC2012");
+    std::fs::create_dir_all(voc.join("JPEGImages")).unwrap();
+    let image = r38_data::image::open(psa("image.png")).unwrap().to_rgb8();
+    for name in ["2007_000032", "2008_000002"] {
+        image
+            .save_with_format(
+                voc.join("JPEGImages").join(format!("{name}.jpg")),
+                r38_data::image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+    }
+    let list = dir.join("train.txt");
+    std::fs::write(
+        &list,
+        "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n\
+         /JPEGImages/2008_000002.jpg\n",
+    )
+    .unwrap();
+    let labels = psa("cls_labels.npy");
+    let init = psa("train/cls.pth");
+    let out = dir.join("run");
+    let (stdout, _) = ok(&[
+        "train-cls",
+        "--multi-label",
+        "--dataset",
+        "voc",
+        "--root",
+        voc.to_str().unwrap(),
+        "--list",
+        list.to_str().unwrap(),
+        "--cls-labels",
+        labels.to_str().unwrap(),
+        "--init",
+        init.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--accumulate",
+        "1",
+        "--crop",
+        "32",
+    ]);
+    assert!(stdout.contains("voc multi-label: 2 images"), "{stdout}");
+    assert!(stdout.contains("power: 0.9"), "psa's poly power: {stdout}");
+    let model = out.join("checkpoints/step-00000002/model.safetensors");
+    let (text, _) = ok(&["inspect", model.to_str().unwrap()]);
+    assert!(text.contains("r38.lineage = psa"), "{text}");
+    assert!(text.contains("fc8"), "{text}");
+    let cams = dir.join("cams");
+    let photo = voc.join("JPEGImages/2007_000032.jpg");
+    let (_, stderr) = ok(&[
+        "cam",
+        "--weights",
+        model.to_str().unwrap(),
+        "--cls-labels",
+        labels.to_str().unwrap(),
+        photo.to_str().unwrap(),
+        "--out-dir",
+        cams.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("labelled classes [0, 14]"), "{stderr}");
+    assert!(cams.join("2007_000032.npy").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

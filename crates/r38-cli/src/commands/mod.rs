@@ -9,4 +9,5 @@ pub mod inspect;
 pub mod seg_common;
 pub mod segment;
 pub mod train_cls;
+pub mod train_multilabel;
 pub mod train_seg;
