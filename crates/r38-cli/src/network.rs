@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use r38_model::lineage::is_head_tensor;
 use r38_model::weights::{self, WeightFile};
 use r38_model::{
     Arch, Backbone, BackboneConfig, CamClassifier, Classifier, HeadKind, ModelMetadata, Origin,
@@ -102,10 +103,9 @@ pub fn shapes(file: &WeightFile) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
-use r38_model::lineage::is_head_tensor;
-
 /// Decide architecture and head for `file`: explicit flags first, then the file's own
-/// metadata, then the authors' defaults (A1; stride 8 for segmentation, 32 otherwise).
+/// metadata, then the defaults of the file's lineage (`r38_model::Origin`: A1; stride 8 for
+/// resnet38d files and segmentation or fc8 heads, 32 otherwise; its framework's BN epsilon).
 pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     let path = file.path.display();
     let stored =
