@@ -14,11 +14,11 @@ use super::train_cls::Args;
 use super::train_seg::{train_with_progress, Recipe, ScheduleKind};
 use crate::network::device;
 
-/// psa's ResNet-38 settings (its README): batch 8, lr 0.1, 15 epochs, poly 0.9, wd 5e-4; the
+/// psa's settings (its README): batch 16, lr 0.1, 15 epochs, crop 448, poly 0.9, wd 5e-4; the
 /// momentum is psa's (`psa_sgd`), set below.
 pub const PSA_RECIPE: Recipe = Recipe {
     epochs: 15.0,
-    batch_size: 8,
+    batch_size: 16,
     lr: 0.1,
     schedule: ScheduleKind::Poly,
     wd: 5e-4,
