@@ -74,25 +74,24 @@ pub fn run(args: &Args) -> Result<()> {
         MultiLabelImages::from_cls_labels(&root.join("JPEGImages"), &names, &table, augment)
             .with_context(|| format!("{}", labels_path.display()))?;
 
-    // The backbone: the --init file's shapes (psa's resnet38d, or the authors' ImageNet A1
-    // file) at output stride 8, with its framework's BN epsilon.
-    let (init, config, lineage) = match &args.init {
+    // psa's network: resnet38d (A1 at output stride 8, PyTorch's BN epsilon) on the --init
+    // file's shapes, whether that is psa's .pth or the authors' ImageNet .params (psa converts
+    // it and runs it with PyTorch's epsilon too).
+    let (init, mut config) = match &args.init {
         Some(p) => {
             let file = r38_model::weights::load(&crate::network::resolve_weights(p)?)
                 .with_context(|| format!("--init {}", p.display()))?;
-            let origin = r38_model::Origin::detect(&file)?;
-            let shapes = crate::network::shapes(&file);
-            let mut config = BackboneConfig::infer(&shapes, Arch::A1, 8)?;
-            config.bn_eps = origin.bn_eps();
-            let lineage = origin.lineage.is_pytorch().then_some(origin.lineage);
-            (file.tensors, config, lineage)
+            let config = BackboneConfig::infer(&crate::network::shapes(&file), Arch::A1, 8)
+                .with_context(|| format!("--init {}", p.display()))?;
+            (file.tensors, config)
         }
         None => (
             Default::default(),
             BackboneConfig::preset(Arch::A1, 8)?.narrowed(args.width_divisor),
-            None,
         ),
     };
+    config.bn_eps = r38_model::lineage::PYTORCH_BN_EPS;
+    let lineage = Some(r38_model::Lineage::Psa);
     let mut built = r38_train::model::build(
         &init,
         &dev,
