@@ -96,6 +96,12 @@ impl Case {
                 };
                 SegmentationNet::new(cfg, head, vb)?.forward_t(&x, false)
             }),
+            HeadKind::Fc8 {
+                classes,
+                background,
+            } => build(&|vb| {
+                r38_model::CamClassifier::new(cfg, classes, background, vb)?.forward_t(&x, false)
+            }),
             HeadKind::None => build(&|vb| r38_model::Backbone::new(cfg, vb)?.forward_t(&x, false)),
         }
     }

@@ -35,6 +35,8 @@ enum Command {
     Forward(commands::forward::Args),
     Classify(commands::classify::Args),
     Segment(commands::segment::Args),
+    /// Class activation maps of a psa-style classifier with psa's protocol.
+    Cam(commands::cam::Args),
     Eval(commands::eval::Args),
     /// Merge the --json reports of `r38 eval --shard I/N` runs into the whole split's.
     EvalMerge(commands::eval_merge::Args),
@@ -62,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Forward(a) => commands::forward::run(a),
         Command::Classify(a) => commands::classify::run(a),
         Command::Segment(a) => commands::segment::run(a),
+        Command::Cam(a) => commands::cam::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::EvalMerge(a) => commands::eval_merge::run(a),
         Command::TrainSeg(a) => commands::train_seg::run(a),

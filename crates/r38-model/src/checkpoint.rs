@@ -22,6 +22,15 @@ pub enum HeadKind {
         /// Kernel size of the head convolutions.
         kernel: usize,
     },
+    /// psa's multi-label classifier `fc8`: a bias-free 1×1 convolution on `relu7`, applied after
+    /// global average pooling for image-level scores and before it for class activation maps.
+    Fc8 {
+        /// Output channels of `fc8`.
+        classes: usize,
+        /// Channel 0 is the background (SEAM), not a foreground class (psa).
+        #[serde(default)]
+        background: bool,
+    },
     /// Backbone only (e.g. the PyTorch port's files).
     None,
 }
@@ -30,15 +39,37 @@ impl HeadKind {
     /// The number of classes, if there is a head.
     pub fn classes(&self) -> Option<usize> {
         match self {
-            HeadKind::Classifier { classes } | HeadKind::Segmentation { classes, .. } => {
-                Some(*classes)
-            }
+            HeadKind::Classifier { classes }
+            | HeadKind::Segmentation { classes, .. }
+            | HeadKind::Fc8 { classes, .. } => Some(*classes),
             HeadKind::None => None,
         }
     }
 
-    /// Read the head off `linear<C>_weight` (rank 2: classifier, rank 4: segmentation).
+    /// Read the head off `linear<C>_weight` (rank 2: classifier, rank 4: segmentation) or psa's
+    /// `fc8_weight` (`[C, features, 1, 1]`). SEAM's background channel is not visible in the
+    /// shapes; [`crate::lineage::Origin`] sets it.
     pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self, ConfigError> {
+        if let Some(fc8) = shapes.get("fc8_weight") {
+            return match fc8.as_slice() {
+                _ if shapes
+                    .keys()
+                    .any(|n| n.starts_with("linear") || n.starts_with("conv6a_")) =>
+                {
+                    Err(ConfigError(
+                        "both psa's `fc8_weight` and an authors' head (`linear<C>`/`conv6a`)"
+                            .into(),
+                    ))
+                }
+                [classes, _, 1, 1] => Ok(HeadKind::Fc8 {
+                    classes: *classes,
+                    background: false,
+                }),
+                other => Err(ConfigError(format!(
+                    "`fc8_weight` has shape {other:?}, expected [C, features, 1, 1] (psa's fc8)"
+                ))),
+            };
+        }
         let linears: Vec<(&String, &Vec<usize>)> = shapes
             .iter()
             .filter(|(n, _)| {

@@ -16,21 +16,25 @@
 #![warn(missing_docs)]
 
 pub mod backbone;
+pub mod cam_classifier;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod hub;
+pub mod lineage;
 pub mod loading;
 pub mod metadata;
 pub mod stages;
 pub mod weights;
 
 pub use backbone::{Backbone, Level, LevelFeatures};
+pub use cam_classifier::CamClassifier;
 pub use checkpoint::HeadKind;
 pub use classifier::Classifier;
 pub use config::{
     Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind,
 };
+pub use lineage::{Lineage, Origin};
 pub use loading::{build_strict, LoadError, TensorProblem};
 pub use metadata::{MetadataError, ModelMetadata, Overrides, Preprocess};
 pub use r38_ops::BatchNormMode;

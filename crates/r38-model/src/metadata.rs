@@ -4,6 +4,7 @@
 
 use crate::checkpoint::HeadKind;
 use crate::config::{Arch, BackboneConfig, ConfigError, PoolPadding};
+use crate::lineage::{Lineage, Origin};
 use crate::weights::released::{ReleasedFile, ReleasedHead};
 use crate::weights::WeightFile;
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,8 @@ pub struct ModelMetadata {
     pub source_md5: Option<String>,
     /// Name of the authors' released file, when the checksum matched one.
     pub released: Option<String>,
+    /// The code base the weights come from (psa, SEAM, ...), when known.
+    pub lineage: Option<Lineage>,
     /// Every other `r38.*` entry (training records such as `r38.held_out_miou`), kept as it is
     /// so that a conversion loses nothing.
     pub extra: BTreeMap<String, String>,
@@ -149,6 +152,11 @@ impl ModelMetadata {
             self.output_stride.to_string(),
         );
         m.insert(format!("{PREFIX}head"), json(&self.head));
+        // Also inside `config`; on its own so that other tools can read it without our schema.
+        m.insert(format!("{PREFIX}bn_eps"), self.config.bn_eps.to_string());
+        if let Some(l) = self.lineage {
+            m.insert(format!("{PREFIX}lineage"), l.key().into());
+        }
         if let Some(d) = self.head_dilation {
             m.insert(format!("{PREFIX}head_dilation"), d.to_string());
         }
@@ -183,8 +191,15 @@ impl ModelMetadata {
             return Ok(None);
         };
         let parse_err = |k: &str, e: &dyn std::fmt::Display| (k.to_string(), e.to_string());
-        let config: BackboneConfig =
+        let mut config: BackboneConfig =
             serde_json::from_str(config).map_err(|e| parse_err("config", &e))?;
+        if let Some(eps) = get("bn_eps") {
+            config.bn_eps = eps.parse().map_err(|e| parse_err("bn_eps", &e))?;
+        }
+        let lineage = match get("lineage") {
+            Some(l) => Some(l.parse().map_err(|e: String| parse_err("lineage", &e))?),
+            None => None,
+        };
         let arch = match get("arch") {
             Some(a) => a.parse().map_err(|e: String| parse_err("arch", &e))?,
             None => Arch::A1,
@@ -222,13 +237,15 @@ impl ModelMetadata {
             source_file: get("source_file").map(|f| file_name_of(f)),
             source_md5: get("source_md5").cloned(),
             released: get("released").cloned(),
+            lineage,
             extra,
         }))
     }
 
     /// Decide the network a weight file holds: `overrides` first, then the file's own metadata,
-    /// then the authors' defaults (the released-file table; A1; stride 8 for a segmentation
-    /// head and 32 otherwise).
+    /// then the defaults of its lineage ([`Origin`]: the released-file table; A1; stride 8 for
+    /// PyTorch resnet38d files and segmentation or fc8 heads, 32 otherwise; the BN epsilon of
+    /// the framework that trained it).
     pub fn describe(file: &WeightFile, overrides: &Overrides) -> Result<Self, MetadataError> {
         let name = file.path.display().to_string();
         let stored =
@@ -242,16 +259,17 @@ impl ModelMetadata {
             source,
         };
         let shapes = file.shapes();
-        let head = HeadKind::detect(&shapes).map_err(config_err)?;
+        // Lineage (psa, SEAM, ...), head, default stride and BN epsilon.
+        let origin = Origin::detect(file).map_err(config_err)?;
+        let head = origin.head;
         let arch = overrides
             .arch
             .or(stored.as_ref().map(|m| m.arch))
             .or(file.released.map(|r| r.arch))
             .unwrap_or(Arch::A1);
-        let default_stride = match (file.released, head) {
-            (Some(r), _) => r.output_stride,
-            (None, HeadKind::Segmentation { .. }) => 8,
-            (None, _) => 32,
+        let default_stride = match file.released {
+            Some(r) => r.output_stride,
+            None => origin.default_output_stride(),
         };
         let mut config = match (&stored, overrides.arch) {
             (Some(m), None) => m.config.clone(),
@@ -260,7 +278,10 @@ impl ModelMetadata {
                     .output_stride
                     .or(stored.as_ref().map(|m| m.output_stride))
                     .unwrap_or(default_stride);
-                BackboneConfig::infer(&shapes, arch, stride).map_err(config_err)?
+                let mut config =
+                    BackboneConfig::infer(&shapes, arch, stride).map_err(config_err)?;
+                config.bn_eps = origin.bn_eps();
+                config
             }
         };
         if let Some(stride) = overrides.output_stride {
@@ -307,13 +328,16 @@ impl ModelMetadata {
             released: stored
                 .and_then(|m| m.released.clone())
                 .or(file.released.map(|r| r.file_name.clone())),
+            lineage: stored
+                .and_then(|m| m.lineage)
+                .or(origin.lineage.is_pytorch().then_some(origin.lineage)),
             extra: stored.map(|m| m.extra.clone()).unwrap_or_default(),
         })
     }
 }
 
 /// The keys [`ModelMetadata`] models; every other `r38.*` key goes to [`ModelMetadata::extra`].
-const MODELLED_KEYS: [&str; 11] = [
+const MODELLED_KEYS: [&str; 13] = [
     "arch",
     "config",
     "output_stride",
@@ -325,6 +349,8 @@ const MODELLED_KEYS: [&str; 11] = [
     "source_file",
     "source_md5",
     "released",
+    "bn_eps",
+    "lineage",
 ];
 
 fn file_name_of(recorded: &str) -> String {
@@ -368,10 +394,39 @@ mod tests {
             source_file: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
             source_md5: Some("a34628a63d5f62dcb98c29c4e281f332".into()),
             released: Some("voc_rna-a1_cls21_s8_ep-0001.params".into()),
+            lineage: None,
             extra: [("held_out_miou".to_string(), "0.665".to_string())].into(),
         };
         let map = meta.to_map();
         assert_eq!(map["r38.held_out_miou"], "0.665");
+        assert_eq!(ModelMetadata::from_map(&map).unwrap(), Some(meta));
+    }
+
+    #[test]
+    fn pytorch_eps_and_lineage_round_trip() {
+        let head = HeadKind::Fc8 {
+            classes: 21,
+            background: true,
+        };
+        let mut config = BackboneConfig::model_a1(8).unwrap();
+        config.bn_eps = crate::lineage::PYTORCH_BN_EPS;
+        let meta = ModelMetadata {
+            arch: Arch::A1,
+            config,
+            output_stride: 8,
+            preprocess: Preprocess::for_head(&head),
+            head,
+            head_dilation: None,
+            class_names: None,
+            source_file: Some("seam.pth".into()),
+            source_md5: None,
+            released: None,
+            lineage: Some(Lineage::Seam),
+            extra: BTreeMap::new(),
+        };
+        let map = meta.to_map();
+        assert_eq!(map["r38.bn_eps"], "0.00001");
+        assert_eq!(map["r38.lineage"], "seam");
         assert_eq!(ModelMetadata::from_map(&map).unwrap(), Some(meta));
         assert_eq!(ModelMetadata::from_map(&BTreeMap::new()).unwrap(), None);
     }

@@ -46,6 +46,21 @@ impl Stages for crate::Classifier {
     }
 }
 
+impl Stages for crate::CamClassifier {
+    /// The backbone's stages, then global pooling and `fc8` (image-level scores).
+    fn stage_count(&self) -> usize {
+        self.backbone().stage_count() + 1
+    }
+
+    fn forward_stage(&self, stage: usize, x: &Tensor, train: bool) -> Result<Tensor> {
+        if stage < self.backbone().stage_count() {
+            self.backbone().forward_stage(stage, x, train)
+        } else {
+            self.scores(x)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

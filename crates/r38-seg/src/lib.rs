@@ -27,15 +27,18 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cam;
 pub mod crf;
 pub mod error;
 pub mod head;
 pub mod metrics;
 pub mod network;
+pub mod psa_npy;
 pub mod score_net;
 pub mod sliding_window;
 pub mod test_time;
 
+pub use cam::{infer_cams, CamProtocol, Cams};
 pub use crf::{CrfConfig, DenseCrf};
 pub use error::{SegError, SegResult};
 pub use head::{HeadConfig, SegmentationHead};

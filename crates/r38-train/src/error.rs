@@ -45,14 +45,13 @@ pub enum TrainError {
     /// What the training code itself refuses.
     #[error("{0}")]
     Message(String),
-    /// An error with what was being done when it happened.
-    #[error("{context}")]
+    /// An error with what was being done when it happened (shown together: `context: error`).
+    #[error("{context}: {error}")]
     Context {
         /// What was being done (which file, which step).
         context: String,
         /// The error.
-        #[source]
-        source: Box<TrainError>,
+        error: Box<TrainError>,
     },
 }
 
@@ -71,14 +70,14 @@ impl<T, E: Into<TrainError>> Context<T> for std::result::Result<T, E> {
     fn context(self, context: impl std::fmt::Display) -> Result<T> {
         self.map_err(|e| TrainError::Context {
             context: context.to_string(),
-            source: Box::new(e.into()),
+            error: Box::new(e.into()),
         })
     }
 
     fn with_context<C: std::fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|e| TrainError::Context {
             context: f().to_string(),
-            source: Box::new(e.into()),
+            error: Box::new(e.into()),
         })
     }
 }

@@ -31,12 +31,14 @@
 
 pub mod augment;
 pub mod checkpoint;
+pub mod cls_labels;
 pub mod error;
 pub mod fashion_mnist;
 pub mod loader;
 pub mod log;
 pub mod loss;
 pub mod model;
+pub mod multilabel;
 pub mod optimizer;
 pub mod plot;
 pub mod recipe;

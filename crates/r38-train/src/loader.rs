@@ -31,6 +31,8 @@ pub enum Target {
         /// Width.
         width: usize,
     },
+    /// Image-level labels, 1 for every class present (multi-label classification).
+    Labels(Vec<u8>),
 }
 
 /// One augmented sample.
@@ -75,6 +77,7 @@ pub fn collate(index: usize, examples: &[Example]) -> Result<Batch> {
     let mut images = Vec::with_capacity(examples.len() * 3 * h * w);
     let mut targets: Vec<u32> = Vec::new();
     let mut mask_shape = None;
+    let mut label_count = None;
     for ex in examples {
         if (ex.image.height, ex.image.width) != (h, w) {
             return Err(train_error!("images of one batch differ in size"));
@@ -92,13 +95,25 @@ pub fn collate(index: usize, examples: &[Example]) -> Result<Batch> {
                 }
                 targets.extend(labels.iter().map(|&l| u32::from(l)));
             }
+            Target::Labels(labels) => {
+                if label_count.get_or_insert(labels.len()) != &labels.len() {
+                    return Err(train_error!("label vectors of one batch differ in length"));
+                }
+                targets.extend(labels.iter().map(|&l| u32::from(l)));
+            }
         }
+    }
+    if mask_shape.is_some() && label_count.is_some() {
+        return Err(train_error!("a batch mixes label maps and label vectors"));
     }
     let n = examples.len();
     let images = Tensor::from_vec(images, (n, 3, h, w), &Device::Cpu)?;
     let targets = match mask_shape {
         Some((mh, mw)) => Tensor::from_vec(targets, (n, mh, mw), &Device::Cpu)?,
-        None => Tensor::from_vec(targets, n, &Device::Cpu)?,
+        None => match label_count {
+            Some(c) => Tensor::from_vec(targets, (n, c), &Device::Cpu)?,
+            None => Tensor::from_vec(targets, n, &Device::Cpu)?,
+        },
     };
     Ok(Batch {
         index,

@@ -174,7 +174,11 @@ fn seeded_init(name: &str, dims: &[usize], seed: u64) -> Result<Option<Tensor>> 
     let mut rng = Rng::derive(seed, name, 0, 0);
     let n: usize = dims.iter().product();
     let linear = name.starts_with("linear") && dims.len() <= 2;
-    let data: Vec<f32> = if name.ends_with("_weight") && dims.len() == 4 {
+    let data: Vec<f32> = if name == "fc8_weight" && dims.len() == 4 {
+        // psa's new classifier: Xavier uniform.
+        let b = (6.0 / (dims[0] + dims[1]) as f64).sqrt();
+        (0..n).map(|_| rng.range(-b, b) as f32).collect()
+    } else if name.ends_with("_weight") && dims.len() == 4 {
         let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
         let std = (2.0 / fan_in).sqrt();
         (0..n).map(|_| (rng.normal() * std) as f32).collect()

@@ -182,6 +182,10 @@ pub enum MomentumKind {
     Standard,
     /// The authors' `TorchNesterov` (their ImageNet recipe).
     TorchNesterov,
+    /// PyTorch's `torch.optim.SGD` (psa's recipe): `d = g + wd * w; m = momentum * m + d;
+    /// w = w - lr * m`; differs from `Standard` when the rate changes (the rate is applied at
+    /// update time, not folded into the buffer).
+    Torch,
 }
 
 /// Optimiser settings shared by all parameters.
@@ -435,6 +439,11 @@ fn update_one(p: &mut Param, grad: &Tensor, lr: f64, wd: f64, cfg: &SgdConfig) -
         MomentumKind::Standard => {
             let m = (m_prev.affine(cfg.momentum, 0.0)? - d.affine(lr, 0.0)?)?;
             let new_w = (&w + &m)?;
+            (m, new_w)
+        }
+        MomentumKind::Torch => {
+            let m = (m_prev.affine(cfg.momentum, 0.0)? + &d)?;
+            let new_w = (&w - m.affine(lr, 0.0)?)?;
             (m, new_w)
         }
         MomentumKind::TorchNesterov => {

@@ -40,6 +40,9 @@ pub enum Task {
     },
     /// Logits `(N, C)` against class ids `(N,)`.
     Classification,
+    /// Scores `(N, C)` against 0/1 image-level labels `(N, C)`: psa's multilabel soft-margin
+    /// loss ([`crate::multilabel`]).
+    MultiLabel,
 }
 
 impl Task {
@@ -53,6 +56,10 @@ impl Task {
                 softmax_cross_entropy(output, targets, IGNORE_LABEL)?
             }
             Task::Classification => candle_nn::loss::cross_entropy(output, targets)?,
+            Task::MultiLabel => crate::multilabel::multilabel_soft_margin_loss(
+                output,
+                &targets.to_dtype(output.dtype())?,
+            )?,
         })
     }
 }

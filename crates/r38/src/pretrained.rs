@@ -7,11 +7,14 @@ use candle_core::{DType, Device, Tensor, D};
 use r38_data::datasets::{voc_colormap, DatasetKind, Palette};
 use r38_data::image::RgbImage;
 use r38_data::{imagenet_class, ClassifyTransform, Interpolation, Normalization};
+use r38_model::lineage::is_head_tensor;
 use r38_model::weights::{self, WeightFile};
 use r38_model::{
-    build_strict, Backbone, Classifier, HeadKind, ModelMetadata, Overrides, PoolPadding,
+    build_strict, Backbone, CamClassifier, Classifier, HeadKind, ModelMetadata, Overrides,
+    PoolPadding,
 };
 use r38_ops::engine::{with_engine, Engine};
+use r38_seg::cam::{infer_cams, CamProtocol, Cams};
 use r38_seg::{HeadConfig, Prediction, ScoreNet, SegmentationNet, TestProtocol};
 use std::path::Path;
 
@@ -21,7 +24,7 @@ pub enum HeadChoice {
     /// Whatever head the file holds.
     #[default]
     File,
-    /// The classifier: logits `(N, C)`.
+    /// The classifier: logits `(N, C)`; for psa's `fc8` head, its image-level scores.
     Classifier,
     /// The segmentation head: score maps `(N, C, h, w)`.
     Segmentation,
@@ -71,6 +74,9 @@ pub enum Network {
     Segmentation(SegmentationNet),
     /// The backbone alone.
     Features(Backbone),
+    /// psa's multi-label classifier (`fc8` on the stride-8 features): image-level scores
+    /// `(N, C)` before the sigmoid, and class activation maps.
+    Cam(CamClassifier),
 }
 
 impl Network {
@@ -80,6 +86,7 @@ impl Network {
             Network::Classifier(n) => n.forward_t(x, false),
             Network::Segmentation(n) => n.forward_t(x, false),
             Network::Features(n) => n.forward_t(x, false),
+            Network::Cam(n) => n.forward_t(x, false),
         }
     }
 }
@@ -134,7 +141,7 @@ impl Pretrained {
         let path = file.path.display().to_string();
         let wanted = match options.head {
             HeadChoice::File => match metadata.head {
-                HeadKind::Classifier { .. } => HeadChoice::Classifier,
+                HeadKind::Classifier { .. } | HeadKind::Fc8 { .. } => HeadChoice::Classifier,
                 HeadKind::Segmentation { .. } => HeadChoice::Segmentation,
                 HeadKind::None => HeadChoice::Features,
             },
@@ -145,7 +152,7 @@ impl Pretrained {
                 file.tensors.retain(|n, _| !is_head_tensor(n));
                 metadata.head = HeadKind::None;
             }
-            (HeadChoice::Classifier, HeadKind::Classifier { .. })
+            (HeadChoice::Classifier, HeadKind::Classifier { .. } | HeadKind::Fc8 { .. })
             | (HeadChoice::Segmentation, HeadKind::Segmentation { .. }) => {}
             (want, have) => {
                 return Err(Error::Head {
@@ -183,6 +190,12 @@ impl Pretrained {
                 };
                 build(&|vb| SegmentationNet::new(&config, head, vb).map(Network::Segmentation))?
             }
+            HeadKind::Fc8 {
+                classes,
+                background,
+            } => {
+                build(&|vb| CamClassifier::new(&config, classes, background, vb).map(Network::Cam))?
+            }
             HeadKind::None => build(&|vb| Backbone::new(&config, vb).map(Network::Features))?,
         };
         let class_names = class_names(&metadata, file.released);
@@ -217,6 +230,27 @@ impl Pretrained {
             Network::Segmentation(n) => Some(n),
             _ => None,
         }
+    }
+
+    /// psa's multi-label classifier, if the file holds one.
+    pub fn cam_classifier(&self) -> Option<&CamClassifier> {
+        match &self.network {
+            Network::Cam(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Class activation maps with psa's inference protocol (scales 0.5-2.0 with flips), for
+    /// `labels` or, without them, the classes the network predicts.
+    pub fn cams(&self, image: &RgbImage, labels: Option<&[usize]>) -> Result<Cams> {
+        let net = self
+            .cam_classifier()
+            .ok_or_else(|| self.wrong_head("compute CAMs"))?;
+        let _span =
+            tracing::debug_span!("cams", width = image.width(), height = image.height()).entered();
+        Ok(with_engine(self.engine, || {
+            infer_cams(net, image, labels, &CamProtocol::psa(), &self.device)
+        })?)
     }
 
     /// The device the network runs on.
@@ -381,14 +415,14 @@ impl ScoreNet for Pretrained {
     }
 }
 
-fn is_head_tensor(name: &str) -> bool {
-    name.starts_with("linear") || name.starts_with("conv6a_")
-}
-
 fn describe_head(head: &HeadKind) -> String {
     match head {
         HeadKind::Classifier { classes } => format!("a {classes}-class classifier head"),
         HeadKind::Segmentation { classes, .. } => format!("a {classes}-class segmentation head"),
+        HeadKind::Fc8 { classes, .. } => format!(
+            "a {classes}-class fc8 head (psa's multi-label classifier: `r38 cam`, \
+             `Pretrained::cams`)"
+        ),
         HeadKind::None => "no head (backbone only)".into(),
     }
 }

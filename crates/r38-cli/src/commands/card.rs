@@ -119,6 +119,9 @@ fn head_text(head: &HeadKind) -> String {
         } => format!(
             "segmentation, \"1 conv\": `linear{classes}` ({kernel}x{kernel}, {classes} classes)"
         ),
+        HeadKind::Fc8 { classes, .. } => {
+            format!("psa's multi-label classifier `fc8` ({classes} classes; class activation maps)")
+        }
         HeadKind::None => "none (backbone features only)".into(),
     }
 }
@@ -294,6 +297,9 @@ fn card(args: &Args, name: &str, file: &WeightFile, meta: &ModelMetadata) -> Str
         }
         HeadKind::Classifier { .. } => {
             let _ = writeln!(s, "r38 classify --weights {uri} image.jpg");
+        }
+        HeadKind::Fc8 { .. } => {
+            let _ = writeln!(s, "r38 cam --weights {uri} --out-dir out/ image.jpg");
         }
         HeadKind::None => {
             let _ = writeln!(

@@ -30,6 +30,9 @@ pub fn run(args: Args) -> Result<()> {
             "trainable_parameters": file.trainable_count(),
             "running_statistics": running,
             "head": meta.head,
+            "lineage": r38_model::Origin::detect(&file)?.lineage,
+            "unsupported": r38_model::Origin::detect(&file)?.unsupported,
+            "bn_eps": meta.config.bn_eps,
             "arch": meta.arch,
             "output_stride": meta.output_stride,
             "config": meta.config,
@@ -75,9 +78,22 @@ pub fn run(args: Args) -> Result<()> {
         HeadKind::Segmentation { classes, .. } => {
             format!("segmentation \"1 conv\", {classes} classes (linear{classes})")
         }
+        HeadKind::Fc8 {
+            classes,
+            background: false,
+        } => format!("psa multi-label classifier, {classes} classes (fc8, CAMs)"),
+        HeadKind::Fc8 { classes, .. } => format!(
+            "SEAM multi-label classifier, {classes} channels, channel 0 background (fc8, CAMs)"
+        ),
         HeadKind::None => "none (backbone only)".into(),
     };
+    let origin = r38_model::Origin::detect(&file)?;
+    println!("lineage:     {}", origin.lineage);
     println!("head:        {head}");
+    for what in &origin.unsupported {
+        println!("unsupported: {what}");
+    }
+    println!("bn eps:      {}", meta.config.bn_eps);
     let c = &meta.config;
     println!(
         "backbone:    stem {} ch; {}",
@@ -92,6 +108,8 @@ pub fn run(args: Args) -> Result<()> {
         "from the file's metadata"
     } else if file.released.is_some() {
         "from the released-file table"
+    } else if origin.lineage.is_pytorch() {
+        "resnet38d, the PyTorch port: Model A1 dilated to stride 8"
     } else {
         "assumed; the shapes of A, A1 and A2 are identical, pass --arch to choose"
     };

@@ -1,3 +1,4 @@
+pub mod cam;
 pub mod card;
 pub mod classify;
 pub mod convert;
@@ -9,4 +10,5 @@ pub mod inspect;
 pub mod seg_common;
 pub mod segment;
 pub mod train_cls;
+pub mod train_multilabel;
 pub mod train_seg;

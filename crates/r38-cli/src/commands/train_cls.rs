@@ -61,9 +61,22 @@ pub struct Args {
     /// Use only the first N training images.
     #[arg(long)]
     pub train_limit: Option<usize>,
+    /// psa's multi-label fine-tuning of an fc8 classifier on VOC image-level labels (--dataset
+    /// voc --root VOC2012 --list LIST --cls-labels cls_labels.npy; docs/weakly-supervised.md).
+    #[arg(long)]
+    pub multi_label: bool,
+    /// With --multi-label: psa's list of VOC ids (e.g. its voc12/train_aug.txt).
+    #[arg(long)]
+    pub list: Option<PathBuf>,
+    /// With --multi-label: psa's voc12/cls_labels.npy.
+    #[arg(long)]
+    pub cls_labels: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.multi_label {
+        return super::train_multilabel::run(&args);
+    }
     let c = &args.common;
     if c.plot_only_done()? {
         return Ok(());
@@ -173,6 +186,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|f| f.to_string_lossy().into_owned()),
         source_md5: None,
         released: None,
+        lineage: None,
         extra: Default::default(),
     };
     let run = serde_json::json!({

@@ -527,6 +527,7 @@ pub fn run(args: Args) -> Result<()> {
             .map(|f| f.to_string_lossy().into_owned()),
         source_md5: None,
         released: None,
+        lineage: None,
         extra: Default::default(),
     };
     let run = serde_json::json!({

@@ -30,6 +30,27 @@ const BN_PARAMS: [(&str, &str); 4] = [
     ("moving_var", "running_var"),
 ];
 
+/// SEAM's pixel correlation module (`resnet38_SEAM`): 1×1 convs on level features.
+pub const SEAM_PCM_MODULES: [&str; 3] = ["f8_3", "f8_4", "f9"];
+/// 1-stage-wseg's segmentation decoder (`SoftMaxAE`).
+pub const WSEG_DECODER_MODULES: [&str; 5] =
+    ["aspp", "fc8_skip", "fc8_x", "last_conv", "shallow_mask"];
+
+/// The first module of a PyTorch key, without `DataParallel`'s `module.` prefixes.
+pub fn top_module(key: &str) -> &str {
+    let mut key = key;
+    while let Some(k) = key.strip_prefix("module.") {
+        key = k;
+    }
+    key.split('.').next().unwrap_or(key)
+}
+
+/// Modules of networks built on resnet38d that r38 does not implement: they get no canonical
+/// name (some, like SEAM's `f9`, would otherwise pass the plain-module rule).
+fn is_foreign_module(module: &str) -> bool {
+    SEAM_PCM_MODULES.contains(&module) || WSEG_DECODER_MODULES.contains(&module)
+}
+
 /// The PyTorch BatchNorm step counter, which has no MXNet equivalent.
 pub const BATCH_COUNTER: &str = "num_batches_tracked";
 
@@ -151,6 +172,9 @@ pub fn psa_to_canonical(key: &str) -> Option<String> {
     let mut key = key;
     while let Some(k) = key.strip_prefix("module.") {
         key = k;
+    }
+    if is_foreign_module(top_module(key)) {
+        return None;
     }
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
@@ -340,9 +364,19 @@ pub(crate) mod tests {
             "a.b.c.d",
             "",
             "module.",
+            // SEAM's PCM and 1-stage-wseg's decoder: not ResNet-38 tensors, even where the
+            // plain-module rule would accept the name.
+            "f9.weight",
+            "module.f8_3.weight",
+            "aspp.conv1.weight",
+            "last_conv.0.weight",
         ] {
             assert_eq!(psa_to_canonical(psa), None, "{psa}");
         }
+        assert_eq!(
+            psa_to_canonical("module.fc8.weight").as_deref(),
+            Some("fc8_weight")
+        );
         for canonical in [
             "res4b3_branch2a_bias",
             "bn4b3_branch2a_weight",

@@ -214,7 +214,7 @@ fn read_entry(
 /// Checks the opcode stream of `data.pkl` before candle interprets it: every opcode must be one
 /// candle knows, every argument must fit in the pickle, and the simulated value tree (candle
 /// clones a value on every memo put and get) must stay under [`MAX_PICKLE_MEMORY`].
-fn prescan(pkl: &[u8]) -> Result<(), String> {
+pub fn prescan(pkl: &[u8]) -> Result<(), String> {
     struct Sim<'a> {
         pkl: &'a [u8],
         pos: usize,
