@@ -106,6 +106,10 @@ pub fn describe(file: &WeightFile, args: &ModelArgs) -> Result<ModelMetadata> {
     let path = file.path.display();
     let stored =
         ModelMetadata::from_map(&file.metadata).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    if let Some(m) = &stored {
+        m.validate(&shapes(file))
+            .with_context(|| format!("{path}"))?;
+    }
     let head = HeadKind::detect(&shapes(file)).with_context(|| format!("{path}"))?;
     let arch = args
         .arch
@@ -266,26 +270,8 @@ pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Write through a temporary file and rename, so that no half-written file ever carries the
-/// final name.
+/// final name; the temporary is created exclusively under an unpredictable name
+/// ([`r38_data::output`]), so nothing planted in the output folder is written through.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.partial",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename into place", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    r38_data::output::write_atomically_path(path, write)
 }

@@ -32,6 +32,9 @@ pub use config::{
     Arch, BackboneConfig, ConfigError, Downsample, LevelConfig, PoolPadding, StemConfig, UnitKind,
 };
 pub use loading::{build_strict, LoadError, TensorProblem};
-pub use metadata::{ModelMetadata, Preprocess};
+pub use metadata::{
+    escape_for_terminal, escape_markdown, markdown_code_span, MetadataError, ModelMetadata,
+    Preprocess,
+};
 pub use r38_ops::BatchNormMode;
 pub use stages::Stages;

@@ -57,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             println!("{}", path.display());
             for (rank, (i, p, n)) in top.iter().enumerate() {
+                let n = r38_model::escape_for_terminal(n);
                 println!("  {}. {:>7.3}%  {:>4}  {}", rank + 1, p * 100.0, i, n);
             }
         }
