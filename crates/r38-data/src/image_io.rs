@@ -120,8 +120,15 @@ impl ImageLoader {
                 path: path.into(),
                 source,
             })?;
-        if reader.format().is_none() {
-            return Err(unrecognised(path, bytes));
+        match reader.format() {
+            None => return Err(unrecognised(path, bytes)),
+            Some(image::ImageFormat::Jpeg) => {
+                check_jpeg_complete(bytes).map_err(|detail| DataError::Truncated {
+                    path: path.into(),
+                    detail,
+                })?
+            }
+            Some(_) => {}
         }
         let mut limits = Limits::no_limits();
         limits.max_alloc = self
@@ -223,6 +230,71 @@ pub fn to_rgb8_like_pil(img: &DynamicImage, gray16: Gray16) -> RgbImage {
     }
 }
 
+/// Walks the JPEG's markers to its end-of-image marker (EOI, `FF D9`), so that a file cut short
+/// is refused as Pillow refuses it (the decoder would quietly fill the missing rows with
+/// grey). Segments are skipped by their declared lengths and entropy-coded data by its marker
+/// rules (`FF 00` stuffing, `FF D0`-`FF D7` restarts), so an EOI inside an EXIF thumbnail does
+/// not count. Bytes after the EOI are ignored, as libjpeg ignores them.
+pub fn check_jpeg_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return Err("no JPEG start-of-image marker".into());
+    }
+    let n = bytes.len();
+    let mut i = 2;
+    loop {
+        // Between segments: skip anything up to the next marker (libjpeg warns and skips).
+        while i < n && bytes[i] != 0xff {
+            i += 1;
+        }
+        // Fill bytes: any number of FF before the marker code.
+        while i + 1 < n && bytes[i + 1] == 0xff {
+            i += 1;
+        }
+        if i + 1 >= n {
+            return Err(format!(
+                "the data ends at byte {n} without an end-of-image marker"
+            ));
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0xd9 => return Ok(()),
+            // Markers without a length: restarts, TEM, and a stray FF 00.
+            0xd0..=0xd7 | 0x01 | 0x00 => i += 2,
+            _ => {
+                if i + 4 > n {
+                    return Err(format!("the data ends inside a segment header at byte {n}"));
+                }
+                let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+                if len < 2 {
+                    return Err(format!("segment length {len} at byte {i} is below 2"));
+                }
+                let end = i + 2 + len;
+                if end > n {
+                    return Err(format!(
+                        "a segment of {len} bytes at byte {i} runs past the end ({n} bytes)"
+                    ));
+                }
+                i = end;
+                if marker == 0xda {
+                    // Entropy-coded data runs up to the first marker that is not a stuffed
+                    // zero, a restart or fill.
+                    while i + 1 < n {
+                        if bytes[i] == 0xff {
+                            match bytes[i + 1] {
+                                0x00 | 0xd0..=0xd7 => i += 2,
+                                0xff => i += 1,
+                                _ => break,
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
 }
@@ -272,6 +344,24 @@ mod tests {
     #[test]
     fn default_limit_is_pillows_bomb_error_threshold() {
         assert_eq!(DEFAULT_PIXEL_LIMIT, 178_956_970);
+    }
+
+    #[test]
+    fn jpeg_markers() {
+        // SOI, a 4-byte APP0, SOS with 2 bytes of header, data with stuffing and a restart, EOI.
+        let full = [
+            0xff, 0xd8, 0xff, 0xe0, 0x00, 0x04, 0x00, 0x00, 0xff, 0xda, 0x00, 0x02, 0x12, 0xff,
+            0x00, 0x34, 0xff, 0xd0, 0x56, 0xff, 0xd9, 0x00,
+        ];
+        assert_eq!(check_jpeg_complete(&full), Ok(()));
+        for cut in 0..full.len() - 2 {
+            assert!(check_jpeg_complete(&full[..cut]).is_err(), "cut at {cut}");
+        }
+        // An EOI inside a segment (an EXIF thumbnail) does not end the image.
+        let thumb = [
+            0xff, 0xd8, 0xff, 0xe1, 0x00, 0x04, 0xff, 0xd9, 0xff, 0xda, 0x00, 0x02, 1,
+        ];
+        assert!(check_jpeg_complete(&thumb).is_err());
     }
 
     #[test]

@@ -122,9 +122,20 @@ fn segment_one(
         .with_context(|| format!("{}: segmentation", path.display()))?;
     apply_crf(crf, &image, &mut prediction).with_context(|| format!("{}: CRF", path.display()))?;
     let labels: Vec<u8> = prediction.labels.iter().map(|&l| l as u8).collect();
-    let map = LabelMap::new(prediction.width, prediction.height, labels.clone())?;
+    let (w, h, classes) = (
+        prediction.width,
+        prediction.height,
+        nets.first().map_or(0, |n| n.head().config().classes),
+    );
     write_atomically(&out(".png"), |tmp| {
-        Ok(write_label_png(tmp, &map, Some(palette))?)
+        Ok(r38_data::datasets::write_class_png(
+            tmp,
+            w,
+            h,
+            &prediction.labels,
+            classes,
+            Some(palette),
+        )?)
     })?;
     save_png(&out("_overlay.png"), &overlay(&image, &labels, palette))?;
     if let (true, Some(kind)) = (with_ids, args.dataset) {

@@ -270,6 +270,56 @@ pub fn write_label_png(
     writer.finish().map_err(write_error)
 }
 
+/// Writes predicted class ids (row-major, `width * height`) of a network with `classes`
+/// classes without ever truncating them: as [`write_label_png`] (8-bit, with `palette`) for
+/// up to 256 classes, else as a 16-bit grey PNG (a PNG palette holds at most 256 colours;
+/// `np.array(Image.open(p))` reads the ids back), so every file of one network has one
+/// format. Ids that do not fit the chosen depth are refused, naming the file.
+pub fn write_class_png(
+    path: impl AsRef<Path>,
+    width: u32,
+    height: u32,
+    labels: &[u32],
+    classes: usize,
+    palette: Option<&Palette>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let invalid =
+        |detail: String| DatasetError::InvalidArgument(format!("{}: {detail}", path.display()));
+    if labels.len() != width as usize * height as usize {
+        return Err(invalid(format!(
+            "label map of {width}x{height} holds {} values",
+            labels.len()
+        )));
+    }
+    let max = labels.iter().copied().max().unwrap_or(0);
+    if classes <= 256 && max <= u32::from(u8::MAX) {
+        let map = LabelMap::new(width, height, labels.iter().map(|&l| l as u8).collect())?;
+        return write_label_png(path, &map, palette);
+    }
+    if max > u32::from(u16::MAX) {
+        return Err(invalid(format!(
+            "class id {max} does not fit a 16-bit label PNG (at most 65535)"
+        )));
+    }
+    let file = File::create(path).map_err(|e| io_error(path, e))?;
+    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    encoder.set_depth(BitDepth::Sixteen);
+    encoder.set_color(ColorType::Grayscale);
+    let write_error = |source| DatasetError::PngWrite {
+        path: path.into(),
+        source,
+    };
+    let mut writer = encoder.write_header().map_err(write_error)?;
+    // PNG samples are big-endian.
+    let bytes: Vec<u8> = labels
+        .iter()
+        .flat_map(|&l| (l as u16).to_be_bytes())
+        .collect();
+    writer.write_image_data(&bytes).map_err(write_error)?;
+    writer.finish().map_err(write_error)
+}
+
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| not_found_or_io(path, e))
 }
