@@ -327,8 +327,8 @@ fn run_captured(mut cmd: Command) -> Result<String> {
 
 /// max |a - b| / max |b|.
 fn rel_diff(a: &Path, b: &Path) -> Result<f64> {
-    let a = Tensor::read_npy(a)?;
-    let b = Tensor::read_npy(b)?;
+    let a = r38_data::npy::read_npy(a)?;
+    let b = r38_data::npy::read_npy(b)?;
     if a.dims() != b.dims() {
         bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
     }

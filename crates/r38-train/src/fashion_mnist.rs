@@ -119,17 +119,20 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
 pub fn read_idx_limited(path: &Path, max_bytes: usize) -> Result<IdxArray> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut reader = std::io::BufReader::new(file);
-    let gzip = std::io::BufRead::fill_buf(&mut reader)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .starts_with(&[0x1f, 0x8b]);
-    let read = if gzip {
+    read_idx_reader(std::io::BufReader::new(file), max_bytes)
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// Reads a plain or gzip-compressed IDX stream (told apart by the gzip magic), with the bounds
+/// of [`read_idx_from`].
+pub fn read_idx_reader(mut reader: impl std::io::BufRead, max_bytes: usize) -> Result<IdxArray> {
+    let gzip = reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    if gzip {
         // One gzip member, as gzip(1) writes it; bytes after it are an error.
         read_idx_from(flate2::bufread::GzDecoder::new(reader), max_bytes)
     } else {
         read_idx_from(reader, max_bytes)
-    };
-    read.with_context(|| format!("{}", path.display()))
+    }
 }
 
 /// The `train` or `t10k` ("test") split.

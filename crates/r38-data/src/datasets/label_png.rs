@@ -144,10 +144,15 @@ pub fn read_label_png(path: impl AsRef<Path>) -> Result<LabelMap> {
 pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> Result<LabelMap> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
-    let (width, height) = header_dimensions(&bytes, path)?;
+    decode_label_png(&bytes, path, rgb)
+}
+
+/// [`read_label_png_with`] on a file held in memory; `path` names it in errors.
+pub fn decode_label_png(bytes: &[u8], path: &Path, rgb: Option<&RgbLookup>) -> Result<LabelMap> {
+    let (width, height) = header_dimensions(bytes, path)?;
     check_kind(path, bytes[25], bytes[24], rgb.is_some())?;
     let mut decoder =
-        png::Decoder::new_with_limits(Cursor::new(&bytes[..]), png::Limits { bytes: usize::MAX });
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: usize::MAX });
     decoder.set_transformations(Transformations::IDENTITY);
     let png_error = |source| DatasetError::Png {
         path: path.into(),

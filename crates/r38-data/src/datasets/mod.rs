@@ -68,8 +68,8 @@ pub use codec::LabelCodec;
 pub use error::{DatasetError, FileRole, Result};
 pub use imagenet_val::{ImageNetVal, ImageNetValLayout};
 pub use label_png::{
-    label_png_dimensions, label_png_dimensions_with, read_label_png, read_label_png_with,
-    write_class_png, write_label_png, LabelMap, RgbLookup,
+    decode_label_png, label_png_dimensions, label_png_dimensions_with, read_label_png,
+    read_label_png_with, write_class_png, write_label_png, LabelMap, RgbLookup,
 };
 pub use layout::{parse_id_list, MAX_ID_BYTES, MAX_LIST_BYTES};
 
