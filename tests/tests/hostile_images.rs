@@ -205,8 +205,9 @@ fn decompression_bomb_headers_are_refused_before_decoding() {
     );
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
 
-    // The limit is configurable: a 4000 x 3000 header passes the default limit (and then fails
-    // to decode its missing pixels) but is refused from the header under a 10-Mpixel limit.
+    // The limit is configurable: a 4000 x 3000 header passes the default limit (and is then
+    // refused for lacking the image data) but is refused from the header under a 10-Mpixel
+    // limit.
     let png = png_header_only(4000, 3000);
     let strict = ImageLoader::new().with_pixel_limit(Some(10_000_000));
     let e = strict.decode_rgb8(&png, "12mp.png").unwrap_err();
@@ -223,7 +224,8 @@ fn decompression_bomb_headers_are_refused_before_decoding() {
     let e = ImageLoader::new()
         .decode_rgb8(&png, "12mp.png")
         .unwrap_err();
-    assert!(matches!(e, DataError::Decode { .. }), "{e:?}");
+    // Refused before the decoder allocates 36 MB: no image data could hold 12 Mpx.
+    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
     assert!(e.to_string().contains("12mp.png"), "{e}");
 }
 
@@ -369,4 +371,33 @@ fn the_counting_allocator_sees_allocations() {
     let (buffer, peak, _) = measure(|| vec![1u8; 1 << 20]);
     assert_eq!(buffer.len(), 1 << 20);
     assert!(peak >= 1 << 20, "peak {peak}");
+}
+
+/// Inputs the `images` fuzz target found (`tests/fixtures/hostile/images/`), replayed through
+/// the image loader and the label reader with their default limits: each is refused naming the
+/// file, or read, with the heap growing by less than 1 MiB + 64 x the file's size.
+#[test]
+fn fuzzing_regressions_decode_within_the_bound() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile/images");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        let bound = (1 << 20) + 64 * bytes.len();
+        let (result, peak, _) = measure(|| ImageLoader::new().decode_rgb8(&bytes, &path));
+        if let Err(e) = &result {
+            assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        }
+        assert!(peak < bound, "{}: image loader peak {peak}", path.display());
+        let (result, peak, _) =
+            measure(|| r38_data::datasets::decode_label_png(&bytes, &path, None));
+        if let Err(e) = &result {
+            assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        }
+        assert!(peak < bound, "{}: label reader peak {peak}", path.display());
+    }
 }

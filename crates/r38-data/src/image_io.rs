@@ -140,6 +140,12 @@ impl ImageLoader {
             .map_err(|e| map_image_error(path, e))?;
         let (width, height) = decoder.dimensions();
         self.check_dimensions(path, width, height)?;
+        if bytes.starts_with(b"\x89PNG") {
+            check_png_data_bound(bytes).map_err(|detail| DataError::Truncated {
+                path: path.into(),
+                detail,
+            })?;
+        }
         DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(path, e))
     }
 
@@ -228,6 +234,55 @@ pub fn to_rgb8_like_pil(img: &DynamicImage, gray16: Gray16) -> RgbImage {
         // Float images (not produced by the JPEG/PNG decoders): the image crate's conversion.
         other => other.to_rgb8(),
     }
+}
+
+/// Most bytes deflate can expand one compressed byte into (its limit is 1032:1; a little over,
+/// for the zlib header and block overheads of tiny streams).
+const DEFLATE_MAX_RATIO: u64 = 1100;
+
+/// Refuses a PNG whose header declares more pixel bytes than its compressed image data
+/// (`IDAT`) could ever inflate to, before a decoder allocates the declared size: a 144-byte
+/// file declaring 10,813,447 x 5 pixels made the label reader allocate 80 MB. Such a file is
+/// truncated or corrupt whatever the decoder would say; a legitimate file always passes.
+pub fn check_png_data_bound(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 29 || &bytes[12..16] != b"IHDR" {
+        // Not ours to judge: the decoder reports a malformed header.
+        return Ok(());
+    }
+    let be32 =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (width, height) = (u64::from(be32(16)), u64::from(be32(20)));
+    let depth = u64::from(bytes[24]);
+    let channels = match bytes[25] {
+        0 | 3 => 1,
+        4 => 2,
+        2 => 3,
+        6 => 4,
+        _ => return Ok(()),
+    };
+    // The pixel bytes alone, without filter bytes: a lower bound for interlaced files too.
+    let needed = height.saturating_mul((width.saturating_mul(channels * depth)).div_ceil(8));
+    let mut idat = 0u64;
+    let mut at = 8usize;
+    while at + 8 <= bytes.len() {
+        let len = be32(at) as usize;
+        let kind = &bytes[at + 4..at + 8];
+        if kind == b"IDAT" {
+            idat += len.min(bytes.len() - (at + 8)) as u64;
+        }
+        if kind == b"IEND" {
+            break;
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    let most = idat.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1024);
+    if needed > most {
+        return Err(format!(
+            "the header declares {width}x{height} pixels ({needed} bytes), more than its {idat} \
+             bytes of image data can hold (at most {most})"
+        ));
+    }
+    Ok(())
 }
 
 /// Walks the JPEG's markers to its end-of-image marker (EOI, `FF D9`), so that a file cut short
@@ -362,6 +417,21 @@ mod tests {
             0xff, 0xd8, 0xff, 0xe1, 0x00, 0x04, 0xff, 0xd9, 0xff, 0xda, 0x00, 0x02, 1,
         ];
         assert!(check_jpeg_complete(&thumb).is_err());
+    }
+
+    #[test]
+    fn png_data_bound() {
+        // The fuzzer's find: a palette PNG declaring 10,813,447 x 5 pixels in 144 bytes.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend([0, 0xa5, 0, 7, 0, 0, 0, 5, 4, 3, 0, 0, 0, 0, 0, 0, 0]);
+        png.extend([0, 0, 0, 20]);
+        png.extend(b"IDAT");
+        png.extend([0; 24]);
+        let e = check_png_data_bound(&png).unwrap_err();
+        assert!(e.contains("10813447x5") && e.contains("20 bytes"), "{e}");
+        // A 1x1 grey PNG of one IDAT byte is fine.
+        png[16..24].copy_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(check_png_data_bound(&png), Ok(()));
     }
 
     #[test]

@@ -150,6 +150,12 @@ pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> R
 /// [`read_label_png_with`] on a file held in memory; `path` names it in errors.
 pub fn decode_label_png(bytes: &[u8], path: &Path, rgb: Option<&RgbLookup>) -> Result<LabelMap> {
     let (width, height) = header_dimensions(bytes, path)?;
+    crate::image_io::check_png_data_bound(bytes).map_err(|detail| {
+        DatasetError::Data(DataError::Truncated {
+            path: path.into(),
+            detail,
+        })
+    })?;
     check_kind(path, bytes[25], bytes[24], rgb.is_some())?;
     let mut decoder =
         png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: usize::MAX });
