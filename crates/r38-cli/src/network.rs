@@ -273,5 +273,13 @@ pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
 /// final name; the temporary is created exclusively under an unpredictable name
 /// ([`r38_data::output`]), so nothing planted in the output folder is written through.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    r38_data::output::write_atomically_path(path, write)
+    r38_data::output::write_atomically_path(path, |tmp| {
+        // A writer's own error may name only the temporary (candle's `write_npy`): name the
+        // output, unless the message already does.
+        let name = path.display().to_string();
+        write(tmp).map_err(|e| match format!("{e:#}").contains(&name) {
+            true => e,
+            false => e.context(format!("{name}: cannot write")),
+        })
+    })
 }

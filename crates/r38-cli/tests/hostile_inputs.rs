@@ -466,3 +466,40 @@ fn file_size_limit_fails_cleanly() {
     let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The same limit hit by `segment --save-probs`: the probabilities (21 x 16 x 24 f32, 32 KiB)
+/// do not fit, and the error names `_probs.npy`, not a temporary.
+#[cfg(unix)]
+#[test]
+fn failed_probability_writes_name_the_file() {
+    let dir = scratch("probs");
+    let (tensors, meta) = small_model(21, true);
+    let weights = dir.join("seg.safetensors");
+    save(&weights, &tensors, &meta.to_map());
+    let image = dir.join("photo.png");
+    r38_data::image::RgbImage::from_pixel(24, 16, r38_data::image::Rgb([120, 30, 200]))
+        .save(&image)
+        .unwrap();
+    let out_dir = dir.join("out");
+    let script = format!(
+        "ulimit -f 4 && exec \"$0\" segment --weights '{}' '{}' --out-dir '{}' --scale 32 \
+         --no-flip --save-probs",
+        weights.display(),
+        image.display(),
+        out_dir.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_r38")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("photo_probs.npy: cannot write"), "{stderr}");
+    assert!(!stderr.contains(".partial"), "{stderr}");
+    let left: Vec<String> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
