@@ -131,17 +131,23 @@ fn seed_corpus(target: &str, corpus: &Path) -> Result<()> {
         "safetensors" => "safetensors",
         "npy" => "npy",
         "metadata" => "json",
-        "images" => "jpg",
+        // Every file of `hostile/images/`, whatever its format.
+        "images" => "",
         "idx" => "gz",
         "lists" => "txt",
         _ => "state",
     };
-    if let Ok(entries) = std::fs::read_dir(fixtures.join("hostile")) {
+    // The image decoders' regressions have a folder of their own (they are not weight files).
+    let hostile = match target {
+        "images" => fixtures.join("hostile/images"),
+        _ => fixtures.join("hostile"),
+    };
+    if let Ok(entries) = std::fs::read_dir(hostile) {
         sources.extend(
             entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == ext)),
+                .filter(|p| ext.is_empty() || p.extension().is_some_and(|e| e == ext)),
         );
     }
     for src in sources.iter().filter(|p| p.is_file()) {
