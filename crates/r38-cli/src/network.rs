@@ -277,9 +277,12 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
         // A writer's own error may name only the temporary (candle's `write_npy`): name the
         // output, unless the message already does.
         let name = path.display().to_string();
-        write(tmp).map_err(|e| match format!("{e:#}").contains(&name) {
-            true => e,
-            false => e.context(format!("{name}: cannot write")),
+        write(tmp).map_err(|e| {
+            if format!("{e:#}").contains(&name) {
+                e
+            } else {
+                e.context(format!("{name}: cannot write"))
+            }
         })
     })
 }
