@@ -163,11 +163,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let (md, json) = report(&outcomes, limit.as_deref());
     println!("{md}");
-    std::fs::write(out.join("report.md"), &md)?;
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
+    use r38_data::output::write_bytes_atomically;
+    write_bytes_atomically(&out.join("report.md"), md.as_bytes())?;
+    let json = serde_json::to_string_pretty(&json)?;
+    write_bytes_atomically(&out.join("report.json"), json.as_bytes())?;
     println!("wrote {} and report.json", out.join("report.md").display());
     Ok(())
 }
@@ -224,7 +223,8 @@ fn run_row(
         if !status.success() {
             return Err(format!("r38 eval failed ({status})"));
         }
-        std::fs::write(&stamp, &signature).map_err(|e| e.to_string())?;
+        r38_data::output::write_bytes_atomically(&stamp, signature.as_bytes())
+            .map_err(|e| e.to_string())?;
     } else {
         eprintln!("  reusing {}", json.display());
     }

@@ -448,7 +448,8 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
     }
     print_tables(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        let text = serde_json::to_string_pretty(&report)?;
+        r38_data::output::write_bytes_atomically(path, text.as_bytes())?;
     }
     Ok(())
 }
