@@ -401,3 +401,26 @@ fn fuzzing_regressions_decode_within_the_bound() {
         assert!(peak < bound, "{}: label reader peak {peak}", path.display());
     }
 }
+
+/// A real JPEG whose frame header is patched to 4000 x 3000 (12 Mpx, under the default limit):
+/// its 2 KB cannot code that many pixels (at most 512 per byte), so it is refused before the
+/// decoder allocates 36 MB.
+#[test]
+fn jpeg_declaring_more_pixels_than_its_bytes_can_code_is_refused() {
+    let mut bytes = std::fs::read(pillow("dec_rgb.jpg")).unwrap();
+    // The baseline or progressive frame header: FF C0/C2, length, precision, height, width.
+    let sof = bytes
+        .windows(2)
+        .position(|w| w[0] == 0xff && (w[1] == 0xc0 || w[1] == 0xc2))
+        .expect("a frame header");
+    bytes[sof + 5..sof + 7].copy_from_slice(&3000u16.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&4000u16.to_be_bytes());
+    let (result, peak, _) = measure(|| ImageLoader::new().decode_rgb8(&bytes, "patched.jpg"));
+    let e = match result {
+        Ok(img) => panic!("decoded as {:?}", img.dimensions()),
+        Err(e) => e,
+    };
+    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("patched.jpg"), "{e}");
+    assert!(peak < 1 << 20, "peak {peak}");
+}

@@ -140,12 +140,15 @@ impl ImageLoader {
             .map_err(|e| map_image_error(path, e))?;
         let (width, height) = decoder.dimensions();
         self.check_dimensions(path, width, height)?;
-        if bytes.starts_with(b"\x89PNG") {
-            check_png_data_bound(bytes).map_err(|detail| DataError::Truncated {
-                path: path.into(),
-                detail,
-            })?;
-        }
+        let bound = if bytes.starts_with(b"\x89PNG") {
+            check_png_data_bound(bytes)
+        } else {
+            check_jpeg_data_bound(width, height, bytes.len())
+        };
+        bound.map_err(|detail| DataError::Truncated {
+            path: path.into(),
+            detail,
+        })?;
         DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(path, e))
     }
 
@@ -280,6 +283,32 @@ pub fn check_png_data_bound(bytes: &[u8]) -> std::result::Result<(), String> {
         return Err(format!(
             "the header declares {width}x{height} pixels ({needed} bytes), more than its {idat} \
              bytes of image data can hold (at most {most})"
+        ));
+    }
+    Ok(())
+}
+
+/// Most pixels one byte of a (Huffman-coded) JPEG can stand for: every 8x8 block of the full-
+/// resolution component codes its DC difference in its first scan with a Huffman code of at
+/// least one bit, so one byte covers at most 8 blocks, 512 pixels. (Arithmetic-coded JPEGs,
+/// which could do with less, are not decoded by this build.)
+const JPEG_MAX_PIXELS_PER_BYTE: u64 = 512;
+
+/// Refuses a JPEG whose header declares more pixels than its bytes can code, before the
+/// decoder allocates the declared size (as [`check_png_data_bound`] for PNG).
+pub fn check_jpeg_data_bound(
+    width: u32,
+    height: u32,
+    file_len: usize,
+) -> std::result::Result<(), String> {
+    let pixels = u64::from(width) * u64::from(height);
+    let most = (file_len as u64)
+        .saturating_mul(JPEG_MAX_PIXELS_PER_BYTE)
+        .saturating_add(64 * 64);
+    if pixels > most {
+        return Err(format!(
+            "the header declares {width}x{height} pixels, more than its {file_len} bytes can \
+             code (at most {most})"
         ));
     }
     Ok(())
