@@ -86,6 +86,7 @@ pub fn bounded(len: usize, f: impl FnOnce()) {
 
 /// Every loaded tensor is an `f32` CPU tensor whose element count matches its shape, and the
 /// loader kept no more values than the input could hold (no value is made up).
+#[allow(dead_code)]
 pub fn check_loaded(file: &WeightFile, input_len: usize) {
     let mut values = 0usize;
     for (name, t) in &file.tensors {

@@ -45,7 +45,7 @@ impl Case {
 
     pub fn npy(&self, file: &str) -> Tensor {
         let path = self.dir.join(file);
-        Tensor::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        r38_data::npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     pub fn input(&self) -> Tensor {

@@ -143,7 +143,7 @@ fn agreement(a: &[u8], b: &[u8]) -> f64 {
 }
 
 fn npy_f32(path: &Path) -> Vec<f32> {
-    Tensor::read_npy(path)
+    r38_data::npy::read_npy(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .flatten_all()
         .unwrap()
@@ -315,7 +315,7 @@ fn read_npz(path: &Path) -> Vec<(String, Tensor)> {
         };
         let file = scratch.join(&name);
         std::fs::write(&file, bytes).unwrap();
-        let t = Tensor::read_npy(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let t = r38_data::npy::read_npy(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
         out.push((name.trim_end_matches(".npy").to_owned(), t));
         p += 46 + name_len + extra_len + comment_len;
     }

@@ -205,8 +205,9 @@ fn decompression_bomb_headers_are_refused_before_decoding() {
     );
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
 
-    // The limit is configurable: a 4000 x 3000 header passes the default limit (and then fails
-    // to decode its missing pixels) but is refused from the header under a 10-Mpixel limit.
+    // The limit is configurable: a 4000 x 3000 header passes the default limit (and is then
+    // refused for lacking the image data) but is refused from the header under a 10-Mpixel
+    // limit.
     let png = png_header_only(4000, 3000);
     let strict = ImageLoader::new().with_pixel_limit(Some(10_000_000));
     let e = strict.decode_rgb8(&png, "12mp.png").unwrap_err();
@@ -223,7 +224,8 @@ fn decompression_bomb_headers_are_refused_before_decoding() {
     let e = ImageLoader::new()
         .decode_rgb8(&png, "12mp.png")
         .unwrap_err();
-    assert!(matches!(e, DataError::Decode { .. }), "{e:?}");
+    // Refused before the decoder allocates 36 MB: no image data could hold 12 Mpx.
+    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
     assert!(e.to_string().contains("12mp.png"), "{e}");
 }
 
@@ -239,27 +241,20 @@ fn truncated_and_corrupt_jpegs_give_a_defined_result() {
         assert!(
             matches!(
                 e,
-                DataError::Decode { .. } | DataError::UnsupportedFormat { .. }
+                DataError::Decode { .. }
+                    | DataError::UnsupportedFormat { .. }
+                    | DataError::Truncated { .. }
             ),
             "{e:?}"
         );
     }
-    // Cut inside the entropy-coded data: the decoder either refuses (error naming the file) or,
-    // like libjpeg, returns the full-size image with the missing part filled in. Both are
-    // defined; what matters is no panic, the right size, and the file named on error.
-    let (w, h) = r38_data::load_rgb8(pillow("dec_rgb.jpg"))
-        .unwrap()
-        .dimensions();
+    // Cut inside the entropy-coded data, or just before the end-of-image marker: refused as
+    // Pillow refuses it ("image file is truncated"), not filled in with grey.
     for cut in [full.len() / 2, full.len() - 2] {
         let name = format!("jpeg_cut_{cut}.jpg");
-        match names_file(loader.decode_rgb8(&full[..cut], &name), &name) {
-            None => {
-                let img = loader.decode_rgb8(&full[..cut], &name).unwrap();
-                assert_eq!(img.dimensions(), (w, h), "{name}");
-                eprintln!("{name}: decoded with the missing part filled in");
-            }
-            Some(e) => eprintln!("{name}: {e}"),
-        }
+        let e = names_file(loader.decode_rgb8(&full[..cut], &name), &name)
+            .unwrap_or_else(|| panic!("{name} decoded"));
+        assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
     }
     // Flipped bytes in the scan and in the Huffman tables: same contract.
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -376,4 +371,56 @@ fn the_counting_allocator_sees_allocations() {
     let (buffer, peak, _) = measure(|| vec![1u8; 1 << 20]);
     assert_eq!(buffer.len(), 1 << 20);
     assert!(peak >= 1 << 20, "peak {peak}");
+}
+
+/// Inputs the `images` fuzz target found (`tests/fixtures/hostile/images/`), replayed through
+/// the image loader and the label reader with their default limits: each is refused naming the
+/// file, or read, with the heap growing by less than 1 MiB + 64 x the file's size.
+#[test]
+fn fuzzing_regressions_decode_within_the_bound() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hostile/images");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        let bound = (1 << 20) + 64 * bytes.len();
+        let (result, peak, _) = measure(|| ImageLoader::new().decode_rgb8(&bytes, &path));
+        if let Err(e) = &result {
+            assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        }
+        assert!(peak < bound, "{}: image loader peak {peak}", path.display());
+        let (result, peak, _) =
+            measure(|| r38_data::datasets::decode_label_png(&bytes, &path, None));
+        if let Err(e) = &result {
+            assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        }
+        assert!(peak < bound, "{}: label reader peak {peak}", path.display());
+    }
+}
+
+/// A real JPEG whose frame header is patched to 4000 x 3000 (12 Mpx, under the default limit):
+/// its 2 KB cannot code that many pixels (at most 512 per byte), so it is refused before the
+/// decoder allocates 36 MB.
+#[test]
+fn jpeg_declaring_more_pixels_than_its_bytes_can_code_is_refused() {
+    let mut bytes = std::fs::read(pillow("dec_rgb.jpg")).unwrap();
+    // The baseline or progressive frame header: FF C0/C2, length, precision, height, width.
+    let sof = bytes
+        .windows(2)
+        .position(|w| w[0] == 0xff && (w[1] == 0xc0 || w[1] == 0xc2))
+        .expect("a frame header");
+    bytes[sof + 5..sof + 7].copy_from_slice(&3000u16.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&4000u16.to_be_bytes());
+    let (result, peak, _) = measure(|| ImageLoader::new().decode_rgb8(&bytes, "patched.jpg"));
+    let e = match result {
+        Ok(img) => panic!("decoded as {:?}", img.dimensions()),
+        Err(e) => e,
+    };
+    assert!(matches!(e, DataError::Truncated { .. }), "{e:?}");
+    assert!(e.to_string().contains("patched.jpg"), "{e}");
+    assert!(peak < 1 << 20, "peak {peak}");
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`: the libFuzzer targets of `fuzz/` (cargo-fuzz) on the weight-file
-//! readers, each until it has executed a given number of inputs, with memory limits that turn
+//! readers, the `.npy` reader, metadata validation and construction, image and label
+//! decoding, IDX/gzip, dataset lists and training resume state, each until it has executed a given number of inputs, with memory limits that turn
 //! an oversized allocation into a crash; prints executions, time and crashes per target.
 //!
 //! Needs `cargo install cargo-fuzz` and a C++ compiler (libFuzzer is built from source). On a
@@ -11,7 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const TARGETS: [&str; 3] = ["params", "pth", "safetensors"];
+const TARGETS: [&str; 9] = [
+    "params",
+    "pth",
+    "safetensors",
+    "npy",
+    "metadata",
+    "images",
+    "idx",
+    "lists",
+    "resume",
+];
 
 /// Results of one target's run.
 struct Figures {
@@ -103,7 +114,9 @@ fn seed_corpus(target: &str, corpus: &Path) -> Result<()> {
                 let wanted = match target {
                     "params" => name.starts_with("weights") && name.ends_with(".params"),
                     "pth" => name.ends_with(".pth"),
-                    _ => name.ends_with(".safetensors"),
+                    "safetensors" => name.ends_with(".safetensors"),
+                    // The new readers start from their committed seeds only.
+                    _ => false,
                 };
                 if wanted {
                     sources.push(f);
@@ -115,14 +128,26 @@ fn seed_corpus(target: &str, corpus: &Path) -> Result<()> {
     let ext = match target {
         "params" => "params",
         "pth" => "pth",
-        _ => "safetensors",
+        "safetensors" => "safetensors",
+        "npy" => "npy",
+        "metadata" => "json",
+        // Every file of `hostile/images/`, whatever its format.
+        "images" => "",
+        "idx" => "gz",
+        "lists" => "txt",
+        _ => "state",
     };
-    if let Ok(entries) = std::fs::read_dir(fixtures.join("hostile")) {
+    // The image decoders' regressions have a folder of their own (they are not weight files).
+    let hostile = match target {
+        "images" => fixtures.join("hostile/images"),
+        _ => fixtures.join("hostile"),
+    };
+    if let Ok(entries) = std::fs::read_dir(hostile) {
         sources.extend(
             entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == ext)),
+                .filter(|p| ext.is_empty() || p.extension().is_some_and(|e| e == ext)),
         );
     }
     for src in sources.iter().filter(|p| p.is_file()) {

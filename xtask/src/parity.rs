@@ -3,7 +3,6 @@
 
 use crate::{option, reference, root, run_command, target_dir};
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -76,7 +75,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn compare(actual: &Path, expected: &Path) -> Result<(f32, f32, Vec<usize>)> {
-    let read = |p: &Path| Tensor::read_npy(p).with_context(|| format!("{}", p.display()));
+    let read = |p: &Path| r38_data::npy::read_npy(p).with_context(|| format!("{}", p.display()));
     let (a, e) = (read(actual)?, read(expected)?);
     if a.dims() != e.dims() {
         bail!("shape {:?} differs from MXNet's {:?}", a.dims(), e.dims());

@@ -177,11 +177,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let (md, json) = report(&outcomes, limit_arg.as_deref());
     println!("{md}");
-    std::fs::write(out.join("report.md"), &md)?;
-    std::fs::write(
-        out.join("report.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
+    use r38_data::output::write_bytes_atomically;
+    write_bytes_atomically(&out.join("report.md"), md.as_bytes())?;
+    let json = serde_json::to_string_pretty(&json)?;
+    write_bytes_atomically(&out.join("report.json"), json.as_bytes())?;
     println!("wrote {} and report.json", out.join("report.md").display());
     Ok(())
 }
@@ -229,8 +228,9 @@ fn run_row(
         let report = evaluate(args, row, &weights, &dataset_root, &cache_dir, limit)
             .map_err(|e| format!("{e:#}"))?;
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(&json, text).map_err(|e| e.to_string())?;
-        std::fs::write(&stamp, &signature).map_err(|e| e.to_string())?;
+        r38::output::write_bytes_atomically(&json, text.as_bytes()).map_err(|e| e.to_string())?;
+        r38::output::write_bytes_atomically(&stamp, signature.as_bytes())
+            .map_err(|e| e.to_string())?;
         report
     };
     Ok(row

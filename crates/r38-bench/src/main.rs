@@ -330,8 +330,8 @@ fn run_captured(mut cmd: Command) -> Result<String> {
 
 /// max |a - b| / max |b|.
 fn rel_diff(a: &Path, b: &Path) -> Result<f64> {
-    let a = Tensor::read_npy(a)?;
-    let b = Tensor::read_npy(b)?;
+    let a = r38_data::npy::read_npy(a)?;
+    let b = r38_data::npy::read_npy(b)?;
     if a.dims() != b.dims() {
         bail!("shapes differ: {:?} vs {:?}", a.dims(), b.dims());
     }
@@ -451,7 +451,8 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
     }
     print_tables(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        let text = serde_json::to_string_pretty(&report)?;
+        r38_data::output::write_bytes_atomically(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -52,6 +52,9 @@ fn main() -> std::process::ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Past the file-size limit, fail the write (EFBIG) so its temporary is removed,
+        // instead of dying with a `.partial` file left behind.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     r38_ops::engine::allocator::keep_freed_memory();
     let cli = Cli::parse();
@@ -76,7 +79,13 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Messages quote names from the files read; show their control characters.
+            let message = format!("{e:#}");
+            let lines: Vec<_> = message
+                .lines()
+                .map(r38_model::escape_for_terminal)
+                .collect();
+            eprintln!("error: {}", lines.join("\n"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -93,5 +93,16 @@ pub fn load(args: &ModelArgs, head: HeadChoice) -> Result<Pretrained> {
 /// Write `path` through an exclusive temporary file renamed into place
 /// ([`r38::output::write_atomically`]).
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    r38::output::write_atomically(path, write)
+    r38::output::write_atomically(path, |tmp| {
+        // A writer's own error may name only the temporary (candle's `write_npy`): name the
+        // output, unless the message already does.
+        let name = path.display().to_string();
+        write(tmp).map_err(|e| {
+            if format!("{e:#}").contains(&name) {
+                e
+            } else {
+                e.context(format!("{name}: cannot write"))
+            }
+        })
+    })
 }

@@ -1,6 +1,5 @@
 //! The command-line contract, run against the committed MXNet fixtures.
 
-use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -42,8 +41,8 @@ fn fails(args: &[&str], needles: &[&str]) {
 /// Parity of an output file with a reference file, as in the parity tests.
 fn relative_error(actual: &Path, expected: &Path) -> f32 {
     r38_tests::relative_error(
-        &Tensor::read_npy(actual).unwrap(),
-        &Tensor::read_npy(expected).unwrap(),
+        &r38_data::npy::read_npy(actual).unwrap(),
+        &r38_data::npy::read_npy(expected).unwrap(),
     )
 }
 

@@ -299,7 +299,7 @@ fn segment_writes_labels_overlay_and_probabilities() {
     let labels = r38_data::datasets::read_label_png(out.join("photo.png")).unwrap();
     assert_eq!(labels.dimensions(), (20, 14));
     assert!(labels.data.iter().all(|&l| l == 15));
-    let probs = Tensor::read_npy(out.join("photo_probs.npy")).unwrap();
+    let probs = r38_data::npy::read_npy(out.join("photo_probs.npy")).unwrap();
     assert_eq!(probs.dims(), &[21, 14, 20]);
     assert!(out.join("photo_overlay.png").exists());
     // Outputs are never replaced without --overwrite.
@@ -364,9 +364,9 @@ fn segment_crf_refines_the_probabilities() {
         ..Default::default()
     };
     let photo = r38_data::load_rgb8(&image).unwrap();
-    let p = Tensor::read_npy(plain.join("photo_probs.npy")).unwrap();
+    let p = r38_data::npy::read_npy(plain.join("photo_probs.npy")).unwrap();
     let expected = r38_seg::crf::refine(&config, &photo, &p).unwrap();
-    let got = Tensor::read_npy(refined.join("photo_probs.npy")).unwrap();
+    let got = r38_data::npy::read_npy(refined.join("photo_probs.npy")).unwrap();
     assert_eq!(got.dims(), &[21, 14, 20]);
     let diff = |a: &Tensor, b: &Tensor| -> f32 {
         (a - b)

@@ -372,10 +372,7 @@ fn existing_outputs_are_not_overwritten_without_the_flag() {
     let mut with_flag = fwd.to_vec();
     with_flag.push("--overwrite");
     run_ok(&with_flag);
-    assert_eq!(
-        candle_core::Tensor::read_npy(&out).unwrap().dims(),
-        &[2, 10]
-    );
+    assert_eq!(r38_data::npy::read_npy(&out).unwrap().dims(), &[2, 10]);
 
     // segment: any one of its outputs existing stops it before anything is written.
     let seg_weights = random_network(&dir, 21);

@@ -133,8 +133,8 @@ fn inspect_and_forward_from_the_cache() {
             &root,
         );
         let err = r38_tests::relative_error(
-            &candle_core::Tensor::read_npy(&out).unwrap(),
-            &candle_core::Tensor::read_npy(fixture("a1_cls", "output.npy")).unwrap(),
+            &r38_data::npy::read_npy(&out).unwrap(),
+            &r38_data::npy::read_npy(fixture("a1_cls", "output.npy")).unwrap(),
         );
         assert!(err <= r38_tests::PARITY_TOLERANCE, "relative error {err:e}");
     }

@@ -72,6 +72,15 @@ pub enum DataError {
         #[source]
         source: image::ImageError,
     },
+    /// The file ends before the image does (a JPEG without its end-of-image marker), which
+    /// Pillow refuses with "image file is truncated"; decoders would fill the rest with grey.
+    #[error("{path}: truncated image: {detail}")]
+    Truncated {
+        /// The file being decoded.
+        path: PathBuf,
+        /// Where the data ran out.
+        detail: String,
+    },
     /// A function was called with sizes or buffers that do not fit together.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

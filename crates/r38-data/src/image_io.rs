@@ -120,8 +120,15 @@ impl ImageLoader {
                 path: path.into(),
                 source,
             })?;
-        if reader.format().is_none() {
-            return Err(unrecognised(path, bytes));
+        match reader.format() {
+            None => return Err(unrecognised(path, bytes)),
+            Some(image::ImageFormat::Jpeg) => {
+                check_jpeg_complete(bytes).map_err(|detail| DataError::Truncated {
+                    path: path.into(),
+                    detail,
+                })?
+            }
+            Some(_) => {}
         }
         let mut limits = Limits::no_limits();
         limits.max_alloc = self
@@ -133,6 +140,15 @@ impl ImageLoader {
             .map_err(|e| map_image_error(path, e))?;
         let (width, height) = decoder.dimensions();
         self.check_dimensions(path, width, height)?;
+        let bound = if bytes.starts_with(b"\x89PNG") {
+            check_png_data_bound(bytes)
+        } else {
+            check_jpeg_data_bound(width, height, bytes.len())
+        };
+        bound.map_err(|detail| DataError::Truncated {
+            path: path.into(),
+            detail,
+        })?;
         DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(path, e))
     }
 
@@ -223,6 +239,146 @@ pub fn to_rgb8_like_pil(img: &DynamicImage, gray16: Gray16) -> RgbImage {
     }
 }
 
+/// Most bytes deflate can expand one compressed byte into (its limit is 1032:1; a little over,
+/// for the zlib header and block overheads of tiny streams).
+const DEFLATE_MAX_RATIO: u64 = 1100;
+
+/// Refuses a PNG whose header declares more pixel bytes than its compressed image data
+/// (`IDAT`) could ever inflate to, before a decoder allocates the declared size: a 144-byte
+/// file declaring 10,813,447 x 5 pixels made the label reader allocate 80 MB. Such a file is
+/// truncated or corrupt whatever the decoder would say; a legitimate file always passes.
+pub fn check_png_data_bound(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 29 || &bytes[12..16] != b"IHDR" {
+        // Not ours to judge: the decoder reports a malformed header.
+        return Ok(());
+    }
+    let be32 =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (width, height) = (u64::from(be32(16)), u64::from(be32(20)));
+    let depth = u64::from(bytes[24]);
+    let channels = match bytes[25] {
+        0 | 3 => 1,
+        4 => 2,
+        2 => 3,
+        6 => 4,
+        _ => return Ok(()),
+    };
+    // The pixel bytes alone, without filter bytes: a lower bound for interlaced files too.
+    let needed = height.saturating_mul((width.saturating_mul(channels * depth)).div_ceil(8));
+    let mut idat = 0u64;
+    let mut at = 8usize;
+    while at + 8 <= bytes.len() {
+        let len = be32(at) as usize;
+        let kind = &bytes[at + 4..at + 8];
+        if kind == b"IDAT" {
+            idat += len.min(bytes.len() - (at + 8)) as u64;
+        }
+        if kind == b"IEND" {
+            break;
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    let most = idat.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1024);
+    if needed > most {
+        return Err(format!(
+            "the header declares {width}x{height} pixels ({needed} bytes), more than its {idat} \
+             bytes of image data can hold (at most {most})"
+        ));
+    }
+    Ok(())
+}
+
+/// Most pixels one byte of a (Huffman-coded) JPEG can stand for: every 8x8 block of the full-
+/// resolution component codes its DC difference in its first scan with a Huffman code of at
+/// least one bit, so one byte covers at most 8 blocks, 512 pixels. (Arithmetic-coded JPEGs,
+/// which could do with less, are not decoded by this build.)
+const JPEG_MAX_PIXELS_PER_BYTE: u64 = 512;
+
+/// Refuses a JPEG whose header declares more pixels than its bytes can code, before the
+/// decoder allocates the declared size (as [`check_png_data_bound`] for PNG).
+pub fn check_jpeg_data_bound(
+    width: u32,
+    height: u32,
+    file_len: usize,
+) -> std::result::Result<(), String> {
+    let pixels = u64::from(width) * u64::from(height);
+    let most = (file_len as u64)
+        .saturating_mul(JPEG_MAX_PIXELS_PER_BYTE)
+        .saturating_add(64 * 64);
+    if pixels > most {
+        return Err(format!(
+            "the header declares {width}x{height} pixels, more than its {file_len} bytes can \
+             code (at most {most})"
+        ));
+    }
+    Ok(())
+}
+
+/// Walks the JPEG's markers to its end-of-image marker (EOI, `FF D9`), so that a file cut short
+/// is refused as Pillow refuses it (the decoder would quietly fill the missing rows with
+/// grey). Segments are skipped by their declared lengths and entropy-coded data by its marker
+/// rules (`FF 00` stuffing, `FF D0`-`FF D7` restarts), so an EOI inside an EXIF thumbnail does
+/// not count. Bytes after the EOI are ignored, as libjpeg ignores them.
+pub fn check_jpeg_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return Err("no JPEG start-of-image marker".into());
+    }
+    let n = bytes.len();
+    let mut i = 2;
+    loop {
+        // Between segments: skip anything up to the next marker (libjpeg warns and skips).
+        while i < n && bytes[i] != 0xff {
+            i += 1;
+        }
+        // Fill bytes: any number of FF before the marker code.
+        while i + 1 < n && bytes[i + 1] == 0xff {
+            i += 1;
+        }
+        if i + 1 >= n {
+            return Err(format!(
+                "the data ends at byte {n} without an end-of-image marker"
+            ));
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0xd9 => return Ok(()),
+            // Markers without a length: restarts, TEM, and a stray FF 00.
+            0xd0..=0xd7 | 0x01 | 0x00 => i += 2,
+            _ => {
+                if i + 4 > n {
+                    return Err(format!("the data ends inside a segment header at byte {n}"));
+                }
+                let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+                if len < 2 {
+                    return Err(format!("segment length {len} at byte {i} is below 2"));
+                }
+                let end = i + 2 + len;
+                if end > n {
+                    return Err(format!(
+                        "a segment of {len} bytes at byte {i} runs past the end ({n} bytes)"
+                    ));
+                }
+                i = end;
+                if marker == 0xda {
+                    // Entropy-coded data runs up to the first marker that is not a stuffed
+                    // zero, a restart or fill.
+                    while i + 1 < n {
+                        if bytes[i] == 0xff {
+                            match bytes[i + 1] {
+                                0x00 | 0xd0..=0xd7 => i += 2,
+                                0xff => i += 1,
+                                _ => break,
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
 }
@@ -272,6 +428,39 @@ mod tests {
     #[test]
     fn default_limit_is_pillows_bomb_error_threshold() {
         assert_eq!(DEFAULT_PIXEL_LIMIT, 178_956_970);
+    }
+
+    #[test]
+    fn jpeg_markers() {
+        // SOI, a 4-byte APP0, SOS with 2 bytes of header, data with stuffing and a restart, EOI.
+        let full = [
+            0xff, 0xd8, 0xff, 0xe0, 0x00, 0x04, 0x00, 0x00, 0xff, 0xda, 0x00, 0x02, 0x12, 0xff,
+            0x00, 0x34, 0xff, 0xd0, 0x56, 0xff, 0xd9, 0x00,
+        ];
+        assert_eq!(check_jpeg_complete(&full), Ok(()));
+        for cut in 0..full.len() - 2 {
+            assert!(check_jpeg_complete(&full[..cut]).is_err(), "cut at {cut}");
+        }
+        // An EOI inside a segment (an EXIF thumbnail) does not end the image.
+        let thumb = [
+            0xff, 0xd8, 0xff, 0xe1, 0x00, 0x04, 0xff, 0xd9, 0xff, 0xda, 0x00, 0x02, 1,
+        ];
+        assert!(check_jpeg_complete(&thumb).is_err());
+    }
+
+    #[test]
+    fn png_data_bound() {
+        // The fuzzer's find: a palette PNG declaring 10,813,447 x 5 pixels in 144 bytes.
+        let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        png.extend([0, 0xa5, 0, 7, 0, 0, 0, 5, 4, 3, 0, 0, 0, 0, 0, 0, 0]);
+        png.extend([0, 0, 0, 20]);
+        png.extend(b"IDAT");
+        png.extend([0; 24]);
+        let e = check_png_data_bound(&png).unwrap_err();
+        assert!(e.contains("10813447x5") && e.contains("20 bytes"), "{e}");
+        // A 1x1 grey PNG of one IDAT byte is fine.
+        png[16..24].copy_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(check_png_data_bound(&png), Ok(()));
     }
 
     #[test]

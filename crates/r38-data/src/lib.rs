@@ -38,6 +38,8 @@ pub mod error;
 pub mod image_io;
 pub mod imagenet;
 pub mod interpolation;
+pub mod npy;
+pub mod output;
 pub mod resample;
 pub mod transforms;
 

@@ -891,7 +891,7 @@ fn read_npz(path: &Path, scratch: &Path) -> Vec<(String, candle_core::Tensor)> {
         };
         let file = scratch.join(&name);
         fs::write(&file, bytes).unwrap();
-        let tensor = candle_core::Tensor::read_npy(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tensor = r38_data::npy::read_npy(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
         out.push((name.trim_end_matches(".npy").to_owned(), tensor));
         p += 46 + name_len + extra_len + comment_len;
     }

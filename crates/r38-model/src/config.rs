@@ -151,6 +151,28 @@ impl std::fmt::Display for Arch {
     }
 }
 
+/// Bounds on a configuration, checked by [`BackboneConfig::validate`] before anything is
+/// allocated. Each is far above the released family (shown in brackets) and low enough that
+/// the names and shapes a configuration implies can be listed without running out of memory;
+/// a file beyond them is refused, not built. To raise one, change it here.
+pub mod limits {
+    /// Channels of any convolution (64..4096).
+    pub const MAX_CHANNELS: usize = 65_536;
+    /// Residual units in one level (1..6).
+    pub const MAX_UNITS: usize = 256;
+    /// Levels (6).
+    pub const MAX_LEVELS: usize = 16;
+    /// Level number (2..7); it names the tensors (`res4b2_...`).
+    pub const MAX_LEVEL_NUMBER: usize = 99;
+    /// Kernel size of the stem and of the head (3).
+    pub const MAX_KERNEL: usize = 15;
+    /// Smallest BN epsilon (1.001e-5): below it, `1 / sqrt(var + eps)` of a dead channel
+    /// overflows f32 arithmetic.
+    pub const MIN_BN_EPS: f64 = 1e-10;
+    /// Largest BN epsilon: beyond it BN no longer normalises.
+    pub const MAX_BN_EPS: f64 = 0.1;
+}
+
 /// A configuration the network cannot be built from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid backbone configuration: {0}")]
@@ -313,22 +335,48 @@ impl BackboneConfig {
 
     /// Check that the network can be built: widths match unit kinds, levels increase, etc.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        use limits::*;
         let err = |m: String| Err(ConfigError(m));
-        if self.stem.channels == 0 || self.stem.kernel.is_multiple_of(2) {
-            return err("the stem needs channels > 0 and an odd kernel".into());
+        let s = &self.stem;
+        if s.channels == 0 || s.channels > MAX_CHANNELS {
+            return err(format!(
+                "stem channels {} not in 1..={MAX_CHANNELS}",
+                s.channels
+            ));
         }
-        if self.levels.is_empty() {
-            return err("at least one level is required".into());
+        if s.kernel.is_multiple_of(2) || s.kernel > MAX_KERNEL {
+            return err(format!(
+                "stem kernel {} is not odd and at most {MAX_KERNEL}",
+                s.kernel
+            ));
         }
-        if self.bn_eps.is_nan() || self.bn_eps <= 0.0 {
-            return err(format!("bn_eps must be positive, got {}", self.bn_eps));
+        if self.levels.is_empty() || self.levels.len() > MAX_LEVELS {
+            return err(format!(
+                "{} levels, expected 1..={MAX_LEVELS}",
+                self.levels.len()
+            ));
+        }
+        if !(MIN_BN_EPS..=MAX_BN_EPS).contains(&self.bn_eps) {
+            return err(format!(
+                "bn_eps {} not in [{MIN_BN_EPS:e}, {MAX_BN_EPS}]",
+                self.bn_eps
+            ));
         }
         for (i, l) in self.levels.iter().enumerate() {
+            if l.level > MAX_LEVEL_NUMBER {
+                return err(format!(
+                    "level number {} exceeds {MAX_LEVEL_NUMBER}",
+                    l.level
+                ));
+            }
             if i > 0 && l.level <= self.levels[i - 1].level {
                 return err("level numbers must increase".into());
             }
-            if l.units == 0 {
-                return err(format!("level {} has no units", l.level));
+            if l.units == 0 || l.units > MAX_UNITS {
+                return err(format!(
+                    "level {} has {} units, expected 1..={MAX_UNITS}",
+                    l.level, l.units
+                ));
             }
             if l.widths.len() != l.unit.kernels().len() || l.widths.contains(&0) {
                 return err(format!(
@@ -337,6 +385,12 @@ impl BackboneConfig {
                     l.unit,
                     l.unit.kernels().len(),
                     l.widths
+                ));
+            }
+            if let Some(w) = l.widths.iter().find(|&&w| w > MAX_CHANNELS) {
+                return err(format!(
+                    "level {}: width {w} exceeds {MAX_CHANNELS}",
+                    l.level
                 ));
             }
             if !(0.0..1.0).contains(&l.dropout) {
@@ -386,6 +440,36 @@ mod tests {
             .map(|l| l.level)
             .collect();
         assert_eq!(dilated, vec![5, 6]);
+    }
+
+    #[test]
+    fn limits_are_checked_before_building() {
+        let base = BackboneConfig::model_a1(8).unwrap();
+        type Mutation = fn(&mut BackboneConfig);
+        let cases: [(&str, Mutation); 8] = [
+            ("stem channels", |c| c.stem.channels = 1 << 62),
+            ("stem kernel", |c| c.stem.kernel = 0),
+            ("units", |c| c.levels[0].units = 1_000_000_000),
+            ("width", |c| c.levels[1].widths[0] = 1 << 40),
+            ("bn_eps", |c| c.bn_eps = 0.0),
+            ("bn_eps", |c| c.bn_eps = 1e308),
+            ("bn_eps", |c| c.bn_eps = f64::NAN),
+            ("levels", |c| {
+                let l = c.levels[0].clone();
+                c.levels = (0..17)
+                    .map(|i| LevelConfig {
+                        level: i,
+                        ..l.clone()
+                    })
+                    .collect();
+            }),
+        ];
+        for (what, mutate) in cases {
+            let mut c = base.clone();
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
     }
 
     #[test]

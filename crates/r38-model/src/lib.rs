@@ -36,6 +36,9 @@ pub use config::{
 };
 pub use lineage::{Lineage, Origin};
 pub use loading::{build_strict, LoadError, TensorProblem};
-pub use metadata::{MetadataError, ModelMetadata, Overrides, Preprocess};
+pub use metadata::{
+    escape_for_terminal, escape_markdown, markdown_code_span, InvalidMetadata, MetadataError,
+    ModelMetadata, Overrides, Preprocess,
+};
 pub use r38_ops::BatchNormMode;
 pub use stages::Stages;

@@ -11,7 +11,6 @@
 //! Each run covers what a caller pays per image: building both lattices from the image, the
 //! mean-field iterations and the argmax (the probabilities are already in memory).
 
-use candle_core::Tensor;
 use r38_seg::{argmax_labels, CrfConfig, DenseCrf};
 use std::time::Instant;
 
@@ -32,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let image = r38_data::load_rgb8(&image_path)?;
-    let probs = Tensor::read_npy(&probs_path)?;
+    let probs = r38_data::npy::read_npy(&probs_path)?;
     let (w, h) = image.dimensions();
     println!(
         "{image_path}: {w}x{h}, {} classes, {} iterations, {} rayon threads",

@@ -74,7 +74,7 @@ fn manifest() -> Manifest {
 
 fn npy(name: &str) -> Tensor {
     let path = fixtures().join("seg_protocol").join(name);
-    Tensor::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    r38_data::npy::read_npy(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -12,7 +12,6 @@
 //! kill at any moment leaves `latest` naming a complete directory.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context, Result};
@@ -64,28 +63,10 @@ fn sync_file(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", path.display()))
 }
 
-/// Replaces `path` with `contents` through a synced temporary file and a rename.
+/// Replaces `path` with `contents` through a synced temporary file (created exclusively under
+/// an unpredictable name, see [`r38_data::output`]) and a rename.
 pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(contents)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    sync_dir(dir);
-    Ok(())
+    Ok(r38_data::output::write_durably(path, contents)?)
 }
 
 /// All variables of `varmap` by name, on the CPU.
@@ -222,14 +203,24 @@ impl Checkpoints {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
         let name = step_dir_name(state.step);
-        let tmp = self.dir.join(format!(".{name}.partial"));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)
-                .with_context(|| format!("cannot remove {}", tmp.display()))?;
+        // A fresh folder of our own (exclusive create, unpredictable name): nothing planted in
+        // the run folder is written through. Removed when dropped, unless kept below.
+        let prefix = format!(".{name}.");
+        let mut staging = tempfile::Builder::new();
+        staging.prefix(&prefix).suffix(".partial");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            staging.permissions(std::fs::Permissions::from_mode(0o777));
         }
+        let staging = staging.tempdir_in(&self.dir).with_context(|| {
+            format!(
+                "cannot create a checkpoint folder in {}",
+                self.dir.display()
+            )
+        })?;
+        let tmp = staging.path().to_path_buf();
         let written = (|| -> Result<()> {
-            std::fs::create_dir(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
             let model = tmp.join("model.safetensors");
             r38_model::weights::save_safetensors(&model, &varmap_tensors(varmap)?, metadata)?;
             let opt = tmp.join("optimizer.safetensors");
@@ -244,11 +235,10 @@ impl Checkpoints {
             sync_dir(&tmp);
             Ok(())
         })();
-        if let Err(e) = written {
-            // A failed save (a full disk) leaves no half checkpoint taking up space.
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
+        // A failed save (a full disk) leaves no half checkpoint taking up space: dropping
+        // `staging` removes it.
+        written?;
+        let tmp = staging.keep();
         let final_dir = self.dir.join(&name);
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -270,7 +260,8 @@ impl Checkpoints {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with(".step-") && n.ends_with(".partial") {
                 let _ = std::fs::remove_dir_all(e.path());
-            } else if (n.starts_with(".latest.") || n.starts_with(".best.")) && n.ends_with(".tmp")
+            } else if (n.starts_with(".latest.") || n.starts_with(".best."))
+                && (n.ends_with(".tmp") || n.ends_with(".partial"))
             {
                 let _ = std::fs::remove_file(e.path());
             }

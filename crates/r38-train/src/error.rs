@@ -21,6 +21,9 @@ pub enum TrainError {
     /// A dataset layout, list or label problem.
     #[error(transparent)]
     Dataset(#[from] r38_data::datasets::DatasetError),
+    /// An output could not be written into place.
+    #[error(transparent)]
+    Output(#[from] r38_data::output::OutputError),
     /// An image file could not be encoded.
     #[error(transparent)]
     Image(#[from] r38_data::image::ImageError),

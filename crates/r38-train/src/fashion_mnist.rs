@@ -36,60 +36,103 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Parses an unsigned-byte IDX file held in memory (already decompressed).
-pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray> {
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+/// Largest IDX body read, 1 GiB (Fashion-MNIST's training images are 47 MB, EMNIST's
+/// largest split 547 MB). A header declaring more is refused before anything is inflated.
+pub const MAX_IDX_BYTES: usize = 1 << 30;
+
+/// Largest IDX rank (Fashion-MNIST uses 1 and 3).
+pub const MAX_IDX_RANK: usize = 8;
+
+/// Reads an unsigned-byte IDX array from `reader` (already decompressed, or a decoder): the
+/// header first, then exactly the number of values it declares (at most `max_bytes`), then
+/// one more read to check that nothing follows. Memory follows the data actually present,
+/// never what the header claims, and a gzip stream is inflated no further than the header
+/// allows.
+pub fn read_idx_from(mut reader: impl Read, max_bytes: usize) -> Result<IdxArray> {
+    let mut magic = [0u8; 4];
+    reader
+        .read_exact(&mut magic)
+        .context("not an IDX file (shorter than its 4-byte magic)")?;
+    if magic[0] != 0 || magic[1] != 0 {
         bail!("not an IDX file (bad magic)");
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         bail!(
             "IDX value type 0x{:02x} is not supported (only 0x08, unsigned byte)",
-            bytes[2]
+            magic[2]
         );
     }
-    let rank = bytes[3] as usize;
-    let header = 4 + 4 * rank;
-    if bytes.len() < header {
-        bail!("IDX header truncated");
+    let rank = magic[3] as usize;
+    if rank > MAX_IDX_RANK {
+        bail!("IDX rank {rank} exceeds the limit of {MAX_IDX_RANK}");
     }
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| {
-            let b = &bytes[4 + 4 * i..8 + 4 * i];
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        })
-        .collect();
+    let mut dims = Vec::with_capacity(rank);
+    for _ in 0..rank {
+        let mut b = [0u8; 4];
+        reader.read_exact(&mut b).context("IDX header truncated")?;
+        dims.push(u32::from_be_bytes(b) as usize);
+    }
     let count = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .context("IDX dimensions overflow")?;
-    let body = &bytes[header..];
-    if body.len() != count {
+        .filter(|&c| c <= max_bytes)
+        .with_context(|| {
+            format!("IDX dimensions {dims:?} exceed the limit of {max_bytes} bytes")
+        })?;
+    // Grown as data arrives, so a short file costs only what it holds.
+    let mut data = Vec::with_capacity(count.min(1 << 20));
+    (&mut reader)
+        .take(count as u64)
+        .read_to_end(&mut data)
+        .context("cannot read the IDX body")?;
+    if data.len() != count {
         bail!(
             "IDX body has {} bytes, dimensions {:?} need {}",
-            body.len(),
+            data.len(),
             dims,
             count
         );
     }
-    Ok(IdxArray {
-        dims,
-        data: body.to_vec(),
-    })
+    let mut extra = [0u8; 1];
+    if reader
+        .read(&mut extra)
+        .context("cannot read the IDX body")?
+        != 0
+    {
+        bail!("IDX body is longer than dimensions {dims:?} declare ({count} bytes)");
+    }
+    Ok(IdxArray { dims, data })
 }
 
-/// Reads an IDX file; gzip is detected by its magic bytes, not by the name.
+/// Parses an unsigned-byte IDX file held in memory (already decompressed).
+pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray> {
+    read_idx_from(bytes, MAX_IDX_BYTES)
+}
+
+/// Reads an IDX file; gzip is detected by its magic bytes, not by the name. The stream is
+/// inflated only as far as the header allows (at most [`MAX_IDX_BYTES`] values).
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: bad gzip data", path.display()))?;
-        out
+    read_idx_limited(path, MAX_IDX_BYTES)
+}
+
+/// [`read_idx`] with another bound on the number of values.
+pub fn read_idx_limited(path: &Path, max_bytes: usize) -> Result<IdxArray> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    read_idx_reader(std::io::BufReader::new(file), max_bytes)
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// Reads a plain or gzip-compressed IDX stream (told apart by the gzip magic), with the bounds
+/// of [`read_idx_from`].
+pub fn read_idx_reader(mut reader: impl std::io::BufRead, max_bytes: usize) -> Result<IdxArray> {
+    let gzip = reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    if gzip {
+        // One gzip member, as gzip(1) writes it; bytes after it are an error.
+        read_idx_from(flate2::bufread::GzDecoder::new(reader), max_bytes)
     } else {
-        raw
-    };
-    parse_idx(&bytes).with_context(|| format!("{}", path.display()))
+        read_idx_from(reader, max_bytes)
+    }
 }
 
 /// The `train` or `t10k` ("test") split.
@@ -141,15 +184,15 @@ fn find(root: &Path, stem: &str) -> Result<PathBuf> {
 impl FashionMnist {
     /// Loads `root/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
     pub fn load(root: &Path, split: Split) -> Result<Self> {
-        let images = read_idx(&find(
-            root,
-            &format!("{}-images-idx3-ubyte", split.prefix()),
-        )?)?;
-        let labels = read_idx(&find(
-            root,
-            &format!("{}-labels-idx1-ubyte", split.prefix()),
-        )?)?;
+        let image_path = find(root, &format!("{}-images-idx3-ubyte", split.prefix()))?;
+        let label_path = find(root, &format!("{}-labels-idx1-ubyte", split.prefix()))?;
+        let images = read_idx(&image_path)?;
+        let labels = read_idx(&label_path)?;
+        if let Some(l) = labels.data.iter().find(|&&l| l as usize >= CLASSES.len()) {
+            bail!("{}: label {l} out of range 0..10", label_path.display());
+        }
         Self::from_arrays(images, labels)
+            .with_context(|| format!("{} with {}", image_path.display(), label_path.display()))
     }
 
     /// From parsed arrays: images `(N, H, W)` and labels `(N,)` in `0..10`.
@@ -209,14 +252,14 @@ pub fn write_toy_dataset(root: &Path, train: usize, test: usize) -> std::io::Res
                 }
             }
         }
-        std::fs::write(
-            root.join(format!("{split}-images-idx3-ubyte")),
-            encode_idx(&[n, 28, 28], &images),
-        )?;
-        std::fs::write(
-            root.join(format!("{split}-labels-idx1-ubyte")),
-            encode_idx(&[n], &labels),
-        )?;
+        for (name, bytes) in [
+            ("images-idx3", encode_idx(&[n, 28, 28], &images)),
+            ("labels-idx1", encode_idx(&[n], &labels)),
+        ] {
+            let path = root.join(format!("{split}-{name}-ubyte"));
+            r38_data::output::write_bytes_atomically(&path, &bytes)
+                .map_err(std::io::Error::other)?;
+        }
     }
     Ok(())
 }
@@ -262,6 +305,8 @@ mod tests {
         assert!(parse_idx(&[0, 0, 0x08]).is_err());
         assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0]).is_err());
         assert!(parse_idx(&encode_idx(&[3], &[1, 2])).is_err());
+        assert!(parse_idx(&encode_idx(&[1], &[1, 2])).is_err());
+        assert!(parse_idx(&[0, 0, 8, 9]).is_err());
         let bad = FashionMnist::from_arrays(
             IdxArray {
                 dims: vec![1, 1, 1],
@@ -273,6 +318,59 @@ mod tests {
             },
         );
         assert!(bad.is_err());
+    }
+
+    /// A 3 MB gzip of zeros claims 3.2 GB; the header is checked before inflating, and the
+    /// stream is inflated only as far as the header declares.
+    #[test]
+    fn gzip_bombs_stop_at_the_header() {
+        let dir = tempfile_dir("bomb");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        // Declares 2 labels, then keeps going for 64 MiB.
+        gz.write_all(&encode_idx(&[2], &[1, 2])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let path = dir.join("t10k-labels-idx1-ubyte.gz");
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let e = format!("{:#}", read_idx(&path).unwrap_err());
+        assert!(
+            e.contains("t10k-labels-idx1-ubyte.gz") && e.contains("longer than"),
+            "{e}"
+        );
+        // Declares 2^32-1 x 2^32-1 values: refused by the limit, nothing inflated.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&[0, 0, 8, 2, 255, 255, 255, 255, 255, 255, 255, 255])
+            .unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let e = format!("{:#}", read_idx(&path).unwrap_err());
+        assert!(e.contains("exceed the limit of 1073741824 bytes"), "{e}");
+        assert!(format!("{:#}", read_idx_limited(&path, 10).unwrap_err()).contains("limit of 10"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn label_errors_name_the_file() {
+        let dir = tempfile_dir("labels");
+        std::fs::write(
+            dir.join("t10k-images-idx3-ubyte"),
+            encode_idx(&[1, 1, 1], &[0]),
+        )
+        .unwrap();
+        std::fs::write(dir.join("t10k-labels-idx1-ubyte"), encode_idx(&[1], &[10])).unwrap();
+        let e = format!("{:#}", FashionMnist::load(&dir, Split::Test).unwrap_err());
+        assert!(
+            e.contains("t10k-labels-idx1-ubyte: label 10 out of range"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("r38-idx-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -86,8 +86,10 @@ pub fn render(records: &[Record]) -> RgbImage {
 
 /// Writes the curve of `records` to `path` (PNG).
 pub fn write_png(records: &[Record], path: &Path) -> Result<()> {
-    render(records).save(path)?;
-    Ok(())
+    let image = render(records);
+    r38_data::output::write_atomically_path(path, |tmp| {
+        Ok(image.save_with_format(tmp, r38_data::image::ImageFormat::Png)?)
+    })
 }
 
 #[cfg(test)]

@@ -104,6 +104,7 @@ impl Scenes {
         indices: impl IntoIterator<Item = usize>,
     ) -> Result<()> {
         use r38_data::datasets::{write_label_png, DatasetKind, LabelMap};
+        use r38_data::output::{write_atomically_path, write_bytes_atomically};
         let palette = DatasetKind::FashionScenes.palette();
         for dir in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] {
             std::fs::create_dir_all(root.join(dir))?;
@@ -112,21 +113,22 @@ impl Scenes {
         for i in indices {
             let id = format!("scene-{i:05}");
             let (image, labels) = self.render(i)?;
-            image.save(root.join("JPEGImages").join(format!("{id}.png")))?;
+            let image_path = root.join("JPEGImages").join(format!("{id}.png"));
+            write_atomically_path::<crate::error::TrainError>(&image_path, |tmp| {
+                Ok(image.save_with_format(tmp, r38_data::image::ImageFormat::Png)?)
+            })?;
             let map = LabelMap::new(image.width(), image.height(), labels)?;
-            write_label_png(
-                root.join("SegmentationClass").join(format!("{id}.png")),
-                &map,
-                Some(&palette),
-            )?;
+            let label_path = root.join("SegmentationClass").join(format!("{id}.png"));
+            write_atomically_path::<crate::error::TrainError>(&label_path, |tmp| {
+                Ok(write_label_png(tmp, &map, Some(&palette))?)
+            })?;
             list.push_str(&id);
             list.push('\n');
         }
-        std::fs::write(
-            root.join("ImageSets/Segmentation")
-                .join(format!("{split}.txt")),
-            list,
-        )?;
+        let list_path = root
+            .join("ImageSets/Segmentation")
+            .join(format!("{split}.txt"));
+        write_bytes_atomically(&list_path, list.as_bytes())?;
         Ok(())
     }
 

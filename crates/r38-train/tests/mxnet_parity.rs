@@ -16,7 +16,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn npy(path: &Path) -> Tensor {
-    Tensor::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    r38_data::npy::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// max |a - b| / max |b|.

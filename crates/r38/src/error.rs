@@ -45,6 +45,9 @@ pub enum Error {
         /// The system's reason.
         source: std::io::Error,
     },
+    /// An output could not be written into place.
+    #[error(transparent)]
+    Output(#[from] r38_data::output::OutputError),
     /// Settings that cannot work together (a dataset with another class count, an evaluation
     /// cache made for other weights).
     #[error("{0}")]

@@ -1,9 +1,10 @@
 //! Writing files so that nothing the user made is lost and no half-written file ever carries
-//! its final name.
+//! its final name: [`r38_data::output`]'s exclusive temporaries, for the facade's callers.
 
 use crate::error::{Error, Result};
-use std::io::Write;
 use std::path::Path;
+
+pub use r38_data::output::{is_temporary, OutputError};
 
 /// Refuse to replace `path` unless `overwrite`.
 pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
@@ -20,38 +21,31 @@ pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
 ///
 /// The temporary is created exclusively under an unpredictable name (never through a link
 /// someone planted) and is removed if `write` fails.
-pub fn write_atomically<E>(
+pub fn write_atomically<E: From<Error>>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
-) -> std::result::Result<(), E>
-where
-    E: From<Error>,
-{
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, e))?;
-    write(tmp.path())?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+) -> std::result::Result<(), E> {
+    r38_data::output::write_atomically_path(path, |tmp| write(tmp).map_err(Failure::Write)).map_err(
+        |f| match f {
+            Failure::Write(e) => e,
+            Failure::Output(e) => E::from(Error::Output(e)),
+        },
+    )
+}
+
+/// The writer's own error, or the temporary's.
+enum Failure<E> {
+    Write(E),
+    Output(OutputError),
+}
+
+impl<E> From<OutputError> for Failure<E> {
+    fn from(e: OutputError) -> Self {
+        Failure::Output(e)
+    }
 }
 
 /// [`write_atomically`] for bytes in memory.
 pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, |tmp| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(tmp)
-            .map_err(|e| Error::io(path, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(path, e))
-    })
+    Ok(r38_data::output::write_bytes_atomically(path, bytes)?)
 }

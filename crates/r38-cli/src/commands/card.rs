@@ -1,6 +1,6 @@
 //! `r38 card FILE.safetensors`: a Hugging Face model card (README.md) for a converted file.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use r38_model::weights::released::{self, ReleasedFile, ReleasedHead};
 use r38_model::weights::{self, WeightFile};
 use r38_model::{HeadKind, ModelMetadata};
@@ -36,6 +36,10 @@ pub fn run(args: Args) -> Result<()> {
     let meta = ModelMetadata::from_map(&file.metadata).map_err(|(key, e)| {
         anyhow::anyhow!("{}: metadata `r38.{key}`: {e}", args.file.display())
     })?;
+    if let Some(m) = &meta {
+        m.validate(&file.shapes())
+            .with_context(|| format!("{}", args.file.display()))?;
+    }
     let Some(meta) = meta else {
         bail!(
             "{}: no r38 metadata (r38.* keys); a card is written for a safetensors file made by \
@@ -222,14 +226,16 @@ fn card(args: &Args, name: &str, file: &WeightFile, meta: &ModelMetadata) -> Str
             let _ = writeln!(
                 s,
                 "- longer side resized to {} ({} interpolation), whole image",
-                p.test_scale, p.interpolation
+                p.test_scale,
+                r38_model::escape_markdown(&p.interpolation)
             );
         }
         (_, Some(crop)) => {
             let _ = writeln!(
                 s,
                 "- shorter side resized to {} ({} interpolation), centre crop {crop}x{crop}",
-                p.test_scale, p.interpolation
+                p.test_scale,
+                r38_model::escape_markdown(&p.interpolation)
             );
         }
     }
@@ -255,8 +261,9 @@ fn card(args: &Args, name: &str, file: &WeightFile, meta: &ModelMetadata) -> Str
 
     let _ = writeln!(s, "## Provenance\n");
     let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
-    let _ = writeln!(s, "- source file: `{}`", or_unknown(&meta.source_file));
-    let _ = writeln!(s, "- source MD5: `{}`", or_unknown(&meta.source_md5));
+    let code = |v: &Option<String>| r38_model::markdown_code_span(&or_unknown(v));
+    let _ = writeln!(s, "- source file: {}", code(&meta.source_file));
+    let _ = writeln!(s, "- source MD5: {}", code(&meta.source_md5));
     match (&meta.released, released) {
         (Some(n), Some(r)) => {
             let head = match r.head {
@@ -271,7 +278,11 @@ fn card(args: &Args, name: &str, file: &WeightFile, meta: &ModelMetadata) -> Str
             );
         }
         (Some(n), None) => {
-            let _ = writeln!(s, "- recorded as the released file `{n}`");
+            let _ = writeln!(
+                s,
+                "- recorded as the released file {}",
+                code(&Some(n.clone()))
+            );
         }
         (None, _) => {
             let _ = writeln!(

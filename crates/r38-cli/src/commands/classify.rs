@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
                     rank + 1,
                     c.probability * 100.0,
                     c.index,
-                    c.name
+                    r38::model::escape_for_terminal(&c.name)
                 );
             }
         }

@@ -2,7 +2,7 @@
 
 use crate::network::{check_overwrite, load, write_atomically, HeadArg, ModelArgs};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use std::path::PathBuf;
 
 /// Run the network on IN.npy (float32 NCHW, already normalised) and write OUT.npy: logits
@@ -27,8 +27,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     check_overwrite(&args.output, args.overwrite)?;
-    let x = Tensor::read_npy(&args.input)
-        .with_context(|| format!("{}: not a readable .npy array", args.input.display()))?;
+    let x = r38::data::npy::read_nchw_input(&args.input, &Default::default())?;
     let dims = x.dims().to_vec();
     if dims.len() != 4 || dims[1] != 3 || dims.contains(&0) {
         bail!(

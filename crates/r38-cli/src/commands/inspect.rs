@@ -139,7 +139,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     for (k, v) in &file.metadata {
         if !k.starts_with("r38.config") {
-            println!("metadata:    {k} = {v}");
+            let esc = r38_model::escape_for_terminal;
+            println!("metadata:    {} = {}", esc(k), esc(v));
         }
     }
     Ok(())

@@ -137,10 +137,11 @@ fn segment_one(
     }
     let mut image = loader.load_rgb8(path)?;
     let nets = as_score_nets(nets);
+    let classes = nets[0].classes();
     let segmentation = || format!("{}: segmentation", path.display());
     // Full-resolution probabilities (classes x 4 bytes a pixel) only where they are asked for
-    // or the CRF needs them; otherwise labels in bands of rows.
-    let map = if args.save_probs || crf.is_some() {
+    // or the CRF needs them; otherwise labels in bands of rows (2 bytes a pixel).
+    let (labels, w, h): (Vec<u16>, u32, u32) = if args.save_probs || crf.is_some() {
         let mut prediction = protocol.predict(&nets, &image).with_context(segmentation)?;
         apply_crf(crf, &image, &mut prediction)
             .with_context(|| format!("{}: CRF", path.display()))?;
@@ -153,29 +154,37 @@ fn segment_one(
                     .with_context(|| format!("{}: cannot write the probabilities", probs.display()))
             })?;
         }
-        prediction.label_map()
+        let labels = prediction.labels.iter().map(|&l| l as u16).collect();
+        (labels, prediction.width, prediction.height)
     } else {
-        protocol
-            .predict_labels(
-                &nets,
-                &image,
-                label_band_rows(nets[0].classes(), image.width()),
-            )
-            .with_context(segmentation)?
-            .label_map()
-    }
-    .with_context(|| format!("{}: labels", path.display()))?;
+        let p = protocol
+            .predict_labels(&nets, &image, label_band_rows(classes, image.width()))
+            .with_context(segmentation)?;
+        (p.labels, p.width, p.height)
+    };
+    // Above 256 classes a 16-bit PNG: labels are never truncated.
     write_atomically(&out(".png"), |tmp| {
-        Ok(write_label_png(tmp, &map, Some(palette))?)
+        Ok(r38::data::datasets::write_class_png(
+            tmp,
+            w,
+            h,
+            &labels,
+            classes,
+            Some(palette),
+        )?)
     })?;
+    // The overlay and the dataset ids have 8-bit palettes (at most 256 classes there).
+    let wide = labels;
+    let labels: Vec<u8> = wide.iter().map(|&l| l as u8).collect();
+    drop(wide);
     if let (true, Some(kind)) = (with_ids, args.dataset) {
-        let ids = kind.codec().encode_slice(&map.data);
-        let ids = LabelMap::new(map.width, map.height, ids)?;
+        let ids = kind.codec().encode_slice(&labels);
+        let ids = LabelMap::new(w, h, ids)?;
         write_atomically(&out("_ids.png"), |tmp| {
             Ok(write_label_png(tmp, &ids, None)?)
         })?;
     }
-    overlay_in_place(&mut image, &map.data, palette);
+    overlay_in_place(&mut image, &labels, palette);
     save_png(&out("_overlay.png"), &image)?;
     Ok(targets.iter().map(|t| t.display().to_string()).collect())
 }

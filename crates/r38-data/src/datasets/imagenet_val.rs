@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::error::{io_error, DatasetError, Result};
+use super::error::{DatasetError, Result};
 use super::layout::{list_dir, token_stem};
 use crate::imagenet::{imagenet_index_of, IMAGENET_NUM_CLASSES};
 
@@ -149,17 +149,7 @@ impl ImageNetVal {
                 detail: "the image directory does not exist".into(),
             });
         }
-        let text = std::fs::read_to_string(label_file).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                DatasetError::SplitNotFound {
-                    path: label_file.into(),
-                    split: "val".into(),
-                    available: Vec::new(),
-                }
-            } else {
-                io_error(label_file, e)
-            }
-        })?;
+        let text = super::layout::read_list_text(label_file, "val")?;
         let labels = parse_label_file(&text, label_file)?;
         let mut samples = Vec::new();
         for file in list_dir(image_dir)? {

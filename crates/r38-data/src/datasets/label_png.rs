@@ -144,10 +144,21 @@ pub fn read_label_png(path: impl AsRef<Path>) -> Result<LabelMap> {
 pub fn read_label_png_with(path: impl AsRef<Path>, rgb: Option<&RgbLookup>) -> Result<LabelMap> {
     let path = path.as_ref();
     let bytes = read_bytes(path)?;
-    let (width, height) = header_dimensions(&bytes, path)?;
+    decode_label_png(&bytes, path, rgb)
+}
+
+/// [`read_label_png_with`] on a file held in memory; `path` names it in errors.
+pub fn decode_label_png(bytes: &[u8], path: &Path, rgb: Option<&RgbLookup>) -> Result<LabelMap> {
+    let (width, height) = header_dimensions(bytes, path)?;
+    crate::image_io::check_png_data_bound(bytes).map_err(|detail| {
+        DatasetError::Data(DataError::Truncated {
+            path: path.into(),
+            detail,
+        })
+    })?;
     check_kind(path, bytes[25], bytes[24], rgb.is_some())?;
     let mut decoder =
-        png::Decoder::new_with_limits(Cursor::new(&bytes[..]), png::Limits { bytes: usize::MAX });
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: usize::MAX });
     decoder.set_transformations(Transformations::IDENTITY);
     let png_error = |source| DatasetError::Png {
         path: path.into(),
@@ -267,6 +278,60 @@ pub fn write_label_png(
     };
     let mut writer = encoder.write_header().map_err(write_error)?;
     writer.write_image_data(&map.data).map_err(write_error)?;
+    writer.finish().map_err(write_error)
+}
+
+/// Writes predicted class ids (row-major, `width * height`) of a network with `classes`
+/// classes without ever truncating them: as [`write_label_png`] (8-bit, with `palette`) for
+/// up to 256 classes, else as a 16-bit grey PNG (a PNG palette holds at most 256 colours;
+/// `np.array(Image.open(p))` reads the ids back), so every file of one network has one
+/// format. Ids that do not fit the chosen depth are refused, naming the file.
+pub fn write_class_png<L: Copy + Into<u32>>(
+    path: impl AsRef<Path>,
+    width: u32,
+    height: u32,
+    labels: &[L],
+    classes: usize,
+    palette: Option<&Palette>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let invalid =
+        |detail: String| DatasetError::InvalidArgument(format!("{}: {detail}", path.display()));
+    if labels.len() != width as usize * height as usize {
+        return Err(invalid(format!(
+            "label map of {width}x{height} holds {} values",
+            labels.len()
+        )));
+    }
+    let max = labels.iter().map(|&l| l.into()).max().unwrap_or(0);
+    if classes <= 256 && max <= u32::from(u8::MAX) {
+        let map = LabelMap::new(
+            width,
+            height,
+            labels.iter().map(|&l| l.into() as u8).collect(),
+        )?;
+        return write_label_png(path, &map, palette);
+    }
+    if max > u32::from(u16::MAX) {
+        return Err(invalid(format!(
+            "class id {max} does not fit a 16-bit label PNG (at most 65535)"
+        )));
+    }
+    let file = File::create(path).map_err(|e| io_error(path, e))?;
+    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    encoder.set_depth(BitDepth::Sixteen);
+    encoder.set_color(ColorType::Grayscale);
+    let write_error = |source| DatasetError::PngWrite {
+        path: path.into(),
+        source,
+    };
+    let mut writer = encoder.write_header().map_err(write_error)?;
+    // PNG samples are big-endian.
+    let bytes: Vec<u8> = labels
+        .iter()
+        .flat_map(|&l| (l.into() as u16).to_be_bytes())
+        .collect();
+    writer.write_image_data(&bytes).map_err(write_error)?;
     writer.finish().map_err(write_error)
 }
 

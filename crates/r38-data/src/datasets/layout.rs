@@ -91,17 +91,71 @@ pub(crate) fn txt_stems(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Largest list file read, 64 MiB: the ImageNet training list (1.28M lines) is about 40 MiB;
+/// a larger "list" is not one, and is refused before it is read.
+pub const MAX_LIST_BYTES: u64 = 64 << 20;
+
+/// Longest sample id, in bytes (a file name on common file systems).
+pub const MAX_ID_BYTES: usize = 255;
+
 /// Reads the text of a list file; a missing file is [`DatasetError::SplitNotFound`] for
-/// `split`, with the `*.txt` stems next to it as the available splits.
+/// `split`, with the `*.txt` stems next to it as the available splits. Files over
+/// [`MAX_LIST_BYTES`] and text that is not UTF-8 are refused, naming the file.
 pub(crate) fn read_list_text(path: &Path, split: &str) -> Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DatasetError::SplitNotFound {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DatasetError::SplitNotFound {
+                path: path.into(),
+                split: split.into(),
+                available: path.parent().map(txt_stems).unwrap_or_default(),
+            })
+        }
+        Err(e) => return Err(io_error(path, e)),
+    };
+    // Read one byte past the limit to tell "at the limit" from "over it", whatever the
+    // metadata says (a FIFO or /dev/zero has no honest length).
+    let mut bytes = Vec::new();
+    file.take(MAX_LIST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > MAX_LIST_BYTES {
+        return Err(DatasetError::Layout {
             path: path.into(),
-            split: split.into(),
-            available: path.parent().map(txt_stems).unwrap_or_default(),
-        }),
-        Err(e) => Err(io_error(path, e)),
+            detail: format!("list file larger than the limit of {MAX_LIST_BYTES} bytes"),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| DatasetError::Layout {
+        path: path.into(),
+        detail: format!(
+            "list file is not UTF-8 text (byte {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })
+}
+
+/// Refuses split names that are not plain names: a split becomes a path component
+/// (`ImageSets/Segmentation/{split}.txt`, `leftImg8bit/{split}/`), so `../..` or `/etc` would
+/// leave the dataset root.
+pub(crate) fn check_split_name(root: &Path, split: &str) -> Result<()> {
+    let plain = !split.is_empty()
+        && split.len() <= MAX_ID_BYTES
+        && split != "."
+        && split != ".."
+        && !split.starts_with('.')
+        && !split
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if plain {
+        Ok(())
+    } else {
+        Err(DatasetError::InvalidArgument(format!(
+            "{}: split {:?} is not a plain name (no path separators, no leading dot, at most \
+             {MAX_ID_BYTES} bytes)",
+            root.display(),
+            split.escape_debug().to_string()
+        )))
     }
 }
 
@@ -119,7 +173,7 @@ pub(crate) fn token_stem(token: &str) -> &str {
 /// skipped; the id is the first whitespace-separated token, or its stem when the token is a
 /// path (`2007_000032`, `/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`
 /// and `2007_000032 1` all give `2007_000032`).
-pub(crate) fn parse_id_list(text: &str, path: &Path) -> Result<Vec<String>> {
+pub fn parse_id_list(text: &str, path: &Path) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -128,11 +182,23 @@ pub(crate) fn parse_id_list(text: &str, path: &Path) -> Result<Vec<String>> {
         }
         let token = line.split_whitespace().next().unwrap_or(line);
         let id = token_stem(token);
-        if id.is_empty() {
+        let detail = if id.is_empty() || id == "." || id == ".." {
+            Some(format!("no sample id in {line:?}"))
+        } else if id.len() > MAX_ID_BYTES {
+            Some(format!("sample id longer than {MAX_ID_BYTES} bytes"))
+        } else if id.chars().any(char::is_control) {
+            Some(format!(
+                "control character in sample id {:?}",
+                id.escape_debug().to_string()
+            ))
+        } else {
+            None
+        };
+        if let Some(detail) = detail {
             return Err(DatasetError::ListFormat {
                 path: path.into(),
                 line: i + 1,
-                detail: format!("no sample id in {line:?}"),
+                detail,
             });
         }
         ids.push(id.to_owned());
@@ -164,5 +230,29 @@ mod tests {
         let ids = parse_id_list(text, Path::new("l.txt")).unwrap();
         assert_eq!(ids, ["2007_000032", "2007_000033", "2007_000034"]);
         assert!(parse_id_list("\n#x\n", Path::new("l.txt")).is_err());
+        let e = parse_id_list("a\nb\x1b[2Jc\n", Path::new("l.txt")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("l.txt:2: control character"),
+            "{e}"
+        );
+        assert!(parse_id_list(&"x".repeat(300), Path::new("l.txt")).is_err());
+        assert!(parse_id_list("..\n", Path::new("l.txt")).is_err());
+    }
+
+    #[test]
+    fn split_names() {
+        let root = Path::new("/data/voc");
+        for ok in ["train", "val", "train+", "train_aug"] {
+            check_split_name(root, ok).unwrap();
+        }
+        for bad in [
+            "", ".", "..", "../../..", "a/b", "/etc", "a\\b", ".hidden", "a\nb",
+        ] {
+            let e = check_split_name(root, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("/data/voc") && e.contains("not a plain name"),
+                "{e}"
+            );
+        }
     }
 }

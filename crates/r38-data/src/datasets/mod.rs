@@ -68,9 +68,10 @@ pub use codec::LabelCodec;
 pub use error::{DatasetError, FileRole, Result};
 pub use imagenet_val::{ImageNetVal, ImageNetValLayout};
 pub use label_png::{
-    label_png_dimensions, label_png_dimensions_with, read_label_png, read_label_png_with,
-    write_label_png, LabelMap, RgbLookup,
+    decode_label_png, label_png_dimensions, label_png_dimensions_with, read_label_png,
+    read_label_png_with, write_class_png, write_label_png, LabelMap, RgbLookup,
 };
+pub use layout::{parse_id_list, MAX_ID_BYTES, MAX_LIST_BYTES};
 
 /// The label value that marks pixels to ignore in training and evaluation.
 pub const IGNORE_LABEL: u8 = 255;
@@ -431,6 +432,7 @@ impl SegDataset {
     /// [`SegmentationDataset::validate`].
     pub fn open(kind: DatasetKind, root: impl AsRef<Path>, split: &str) -> Result<Self> {
         let root = root.as_ref();
+        layout::check_split_name(root, split)?;
         let (root, samples) = match kind {
             DatasetKind::Cityscapes => cityscapes::enumerate(root, split, "_gtFine_labelIds.png")?,
             DatasetKind::CityscapesTrainIds => {

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
 use image::RgbImage;
 
 /// `tests/fixtures/pillow` at the workspace root.
@@ -33,14 +32,14 @@ pub fn pillow_version() -> String {
 
 /// An `.npy` file as (shape, f32 values).
 pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let t = Tensor::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = r38_data::npy::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let shape = t.dims().to_vec();
     (shape, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
 }
 
 /// An `.npy` file of u8 as (shape, values).
 pub fn read_npy_u8(path: &Path) -> (Vec<usize>, Vec<u8>) {
-    let t = Tensor::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let t = r38_data::npy::read_npy(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let shape = t.dims().to_vec();
     (shape, t.flatten_all().unwrap().to_vec1::<u8>().unwrap())
 }
