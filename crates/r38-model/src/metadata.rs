@@ -383,6 +383,11 @@ const MODELLED_KEYS: [&str; 13] = [
     "lineage",
 ];
 
+/// What a file records of the file it was made from: its name, never its path.
+pub fn source_name(path: &std::path::Path) -> Option<String> {
+    path.file_name().map(|f| f.to_string_lossy().into_owned())
+}
+
 fn file_name_of(recorded: &str) -> String {
     recorded
         .rsplit(['/', '\\'])

@@ -456,20 +456,28 @@ pub struct LabelPrediction {
 impl LabelPrediction {
     /// The labels as an 8-bit label map; an error for labels above 255.
     pub fn label_map(&self) -> SegResult<r38_data::datasets::LabelMap> {
-        let labels = self
-            .labels
-            .iter()
-            .map(|&l| u8::try_from(l))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| {
-                SegError::InvalidArgument(format!(
-                    "{} classes: labels above 255 do not fit an 8-bit label map",
-                    self.classes
-                ))
-            })?;
-        r38_data::datasets::LabelMap::new(self.width, self.height, labels)
-            .map_err(|e| SegError::InvalidArgument(e.to_string()))
+        label_map_of(&self.labels, self.width, self.height, self.classes)
     }
+}
+
+/// An 8-bit label map of `labels`; an error naming the class count for labels above 255.
+fn label_map_of<L: Copy + TryInto<u8>>(
+    labels: &[L],
+    width: u32,
+    height: u32,
+    classes: usize,
+) -> SegResult<r38_data::datasets::LabelMap> {
+    let labels = labels
+        .iter()
+        .map(|&l| l.try_into())
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| {
+            SegError::InvalidArgument(format!(
+                "{classes} classes: labels above 255 do not fit an 8-bit label map"
+            ))
+        })?;
+    r38_data::datasets::LabelMap::new(width, height, labels)
+        .map_err(|e| SegError::InvalidArgument(e.to_string()))
 }
 
 /// An image after the test-scale resize and normalisation (steps 1-2).
@@ -556,19 +564,7 @@ impl Prediction {
     /// The labels as an 8-bit label map (what `write_label_png` writes); an error for a
     /// network whose labels exceed 255.
     pub fn label_map(&self) -> SegResult<r38_data::datasets::LabelMap> {
-        let labels = self
-            .labels
-            .iter()
-            .map(|&l| u8::try_from(l))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| {
-                SegError::InvalidArgument(format!(
-                    "{} classes: labels above 255 do not fit an 8-bit label map",
-                    self.classes()
-                ))
-            })?;
-        r38_data::datasets::LabelMap::new(self.width, self.height, labels)
-            .map_err(|e| SegError::InvalidArgument(e.to_string()))
+        label_map_of(&self.labels, self.width, self.height, self.classes())
     }
 
     /// The number of classes.

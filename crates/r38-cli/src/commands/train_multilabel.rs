@@ -113,12 +113,10 @@ pub fn run(args: &Args) -> Result<()> {
         head_dilation: None,
         preprocess: r38_model::Preprocess::for_head(&head),
         class_names: None,
-        // The name only: a file says nothing about the machine that wrote it.
         source_file: args
             .init
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|f| f.to_string_lossy().into_owned()),
+            .as_deref()
+            .and_then(r38_model::metadata::source_name),
         source_md5: None,
         released: None,
         lineage,
