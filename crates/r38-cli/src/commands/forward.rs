@@ -23,11 +23,21 @@ pub struct Args {
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Refuse inputs taller or wider than this, from the .npy header, before reading them.
+    #[arg(long, default_value_t = r38::data::npy::NchwLimits::DEFAULT.max_side)]
+    pub max_input_side: usize,
+    /// Refuse inputs of more pixels (N x H x W) than this, from the header.
+    #[arg(long, default_value_t = r38::data::npy::NchwLimits::DEFAULT.max_pixels)]
+    pub max_input_pixels: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
     check_overwrite(&args.output, args.overwrite)?;
-    let x = r38::data::npy::read_nchw_input(&args.input, &Default::default())?;
+    let limits = r38::data::npy::NchwLimits {
+        max_side: args.max_input_side,
+        max_pixels: args.max_input_pixels,
+    };
+    let x = r38::data::npy::read_nchw_input(&args.input, &limits)?;
     let dims = x.dims().to_vec();
     if dims.len() != 4 || dims[1] != 3 || dims.contains(&0) {
         bail!(
