@@ -48,7 +48,7 @@ pub enum NpyProblem {
     #[error("bad header: {0}")]
     Header(String),
     /// An element type this reader does not take.
-    #[error("unsupported dtype {0:?} (expected one of <f2 <f4 <f8 |u1 <u4 <i2 <i4 <i8)")]
+    #[error("unsupported dtype {0:?} (expected one of <f2 <f4 <f8 |u1 |b1 <u4 <i2 <i4 <i8)")]
     Dtype(String),
     /// Fortran-ordered data.
     #[error("fortran_order arrays are not supported (save with C order)")]
@@ -112,6 +112,8 @@ fn dtype_of(descr: &str) -> Option<(DType, usize)> {
         "f4" => (DType::F32, 4),
         "f8" => (DType::F64, 8),
         "u1" => (DType::U8, 1),
+        // numpy's bools are one byte, 0 or 1 (masks).
+        "b1" => (DType::U8, 1),
         "u4" => (DType::U32, 4),
         "i2" => (DType::I16, 2),
         "i4" => (DType::I32, 4),
