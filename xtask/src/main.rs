@@ -4,6 +4,7 @@
 mod bench;
 mod bench_memory;
 mod bench_train_memory;
+mod cuda_check;
 mod demo_models;
 mod fuzz;
 mod parity;
@@ -54,6 +55,10 @@ tasks:
                                   libFuzzer on the weight readers (needs cargo-fuzz), N inputs
                                   per target (default 1000000), inputs up to B bytes (4096);
                                   prints the figures
+  cuda-check [--compute-cap 90] [--cache DIR]
+                                  build every crate's library with --features cuda on a machine
+                                  without a GPU: nvcc and the CUDA headers from the NVIDIA wheels
+                                  on PyPI, installed under DIR (default ~/.cache/r38/cuda)
 ";
 
 fn main() -> Result<()> {
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
         "train-fashion" => demo_models::train_fashion(rest),
         "train-scenes" => demo_models::train_scenes(rest),
         "fuzz" => fuzz::run(rest),
+        "cuda-check" => cuda_check::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,144 @@
+//! `cargo xtask cuda-check`: builds every crate with `--features cuda` on a machine without a
+//! GPU, with the CUDA compiler and headers from the Python package registry.
+//!
+//! The NVIDIA wheels (`nvidia-cuda-nvcc-cu12`, `-runtime-`, `-nvrtc-`, `-cublas-`, `-curand-`)
+//! are installed into a virtual environment under the cache folder (never the repository), their
+//! `bin/`, `include/` and `lib/` folders are merged into one toolkit folder that nvcc and
+//! cudarc's build scripts understand, and the libraries are built against it for the compute
+//! capability given (`CUDA_COMPUTE_CAP`, default 90: an H100/H200). Libraries only: the binaries
+//! link `libcuda`, which comes with a driver, not with the wheels.
+
+use crate::{option, run_command};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WHEELS: [&str; 5] = [
+    "nvidia-cuda-nvcc-cu12",
+    "nvidia-cuda-runtime-cu12",
+    "nvidia-cuda-nvrtc-cu12",
+    "nvidia-cublas-cu12",
+    "nvidia-curand-cu12",
+];
+
+/// The crates with a `cuda` feature, each built as a library.
+const CRATES: [&str; 7] = [
+    "r38-ops",
+    "r38-model",
+    "r38-data",
+    "r38-seg",
+    "r38-train",
+    "r38",
+    "r38-bench",
+];
+
+pub fn run(args: &[String]) -> Result<()> {
+    let cache = option(args, "--cache")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_cache);
+    let compute_cap = option(args, "--compute-cap")
+        .or_else(|| std::env::var("CUDA_COMPUTE_CAP").ok())
+        .unwrap_or_else(|| "90".into());
+    let toolkit = install_toolkit(&cache)?;
+    let nvcc = toolkit.join("bin/nvcc");
+    run_command(Command::new(&nvcc).arg("--version"))?;
+    let path = format!(
+        "{}:{}",
+        toolkit.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let lib = toolkit.join("lib64");
+    for krate in CRATES {
+        eprintln!("== {krate} --features cuda (compute capability {compute_cap})");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--lib", "-p", krate, "--features", "cuda"])
+            .current_dir(crate::root())
+            .env("CARGO_TARGET_DIR", cache.join("target"))
+            .env("CUDA_COMPUTE_CAP", &compute_cap)
+            .env("CUDA_ROOT", &toolkit)
+            .env("CUDA_PATH", &toolkit)
+            .env("CUDA_TOOLKIT_ROOT_DIR", &toolkit)
+            .env("PATH", &path)
+            // nvcc finds only its own wheel's headers; the runtime's and cuBLAS's are elsewhere.
+            .env(
+                "NVCC_PREPEND_FLAGS",
+                format!("-I{}", toolkit.join("include").display()),
+            )
+            .env("CPATH", toolkit.join("include"))
+            .env("LIBRARY_PATH", &lib)
+            .env("LD_LIBRARY_PATH", &lib);
+        run_command(&mut build)?;
+    }
+    println!("cuda-check: every crate with a `cuda` feature builds (libraries, sm_{compute_cap})");
+    Ok(())
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("r38/cuda")
+}
+
+/// The wheels in a venv under `cache`, merged into `cache/toolkit`.
+fn install_toolkit(cache: &Path) -> Result<PathBuf> {
+    let venv = cache.join("venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        std::fs::create_dir_all(cache)
+            .with_context(|| format!("{}: cannot create", cache.display()))?;
+        run_command(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run_command(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(WHEELS),
+    )?;
+    let site = Command::new(&python)
+        .args([
+            "-c",
+            "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))",
+        ])
+        .output()
+        .context("python")?;
+    if !site.status.success() {
+        bail!("the NVIDIA wheels installed no `nvidia` package");
+    }
+    let nvidia = PathBuf::from(String::from_utf8_lossy(&site.stdout).trim()).join("nvidia");
+    let toolkit = cache.join("toolkit");
+    let _ = std::fs::remove_dir_all(&toolkit);
+    for (from, to) in [
+        ("bin", "bin"),
+        ("include", "include"),
+        ("lib", "lib64"),
+        ("nvvm", "nvvm"),
+    ] {
+        std::fs::create_dir_all(toolkit.join(to))?;
+        for package in std::fs::read_dir(&nvidia)? {
+            let dir = package?.path().join(from);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let entry = entry?;
+                let link = toolkit.join(to).join(entry.file_name());
+                if !link.exists() {
+                    std::os::unix::fs::symlink(entry.path(), &link)?;
+                }
+            }
+        }
+    }
+    // The wheels ship `libfoo.so.12` only; the linker and cudarc look for `libfoo.so`.
+    for entry in std::fs::read_dir(toolkit.join("lib64"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some((stem, _)) = name.split_once(".so.") {
+            let plain = toolkit.join("lib64").join(format!("{stem}.so"));
+            if !plain.exists() {
+                std::os::unix::fs::symlink(toolkit.join("lib64").join(&name), plain)?;
+            }
+        }
+    }
+    Ok(toolkit)
+}
