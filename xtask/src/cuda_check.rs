@@ -1,25 +1,34 @@
 //! `cargo xtask cuda-check`: builds every crate with `--features cuda` on a machine without a
 //! GPU, with the CUDA compiler and headers from the Python package registry.
 //!
-//! The NVIDIA wheels (`nvidia-cuda-nvcc-cu12`, `-runtime-`, `-nvrtc-`, `-cublas-`, `-curand-`)
-//! are installed into a virtual environment under the cache folder (never the repository), their
-//! `bin/`, `include/` and `lib/` folders are merged into one toolkit folder that nvcc and
-//! cudarc's build scripts understand, and the libraries are built against it for the compute
-//! capability given (`CUDA_COMPUTE_CAP`, default 90: an H100/H200). Libraries only: the binaries
-//! link `libcuda`, which comes with a driver, not with the wheels.
+//! The NVIDIA wheels of CUDA 13 (`nvidia-cuda-nvcc`, `-cuda-runtime`, `-cuda-nvrtc`, `-cublas`,
+//! `-curand`, `-cuda-crt`, `-nvvm`, `-cuda-cccl`) are installed into a virtual environment under
+//! the cache folder (never the repository), and their `bin/`, `include/` and `lib/` folders are
+//! linked into one toolkit folder. (The CUDA 12 wheels, `nvidia-cuda-nvcc-cu12` 12.1-12.9, ship
+//! `ptxas` but no `nvcc`.) cudarc 0.19 knows CUDA up to 13.4, so its bindings are pinned there
+//! (`CUDARC_CUDA_VERSION=13040`) whatever newer toolkit the wheels bring.
+//! The libraries are built against it for the compute capability given (`CUDA_COMPUTE_CAP`,
+//! default 90: an H100/H200). Libraries only: the binaries link `libcuda`, which comes with a
+//! driver, not with the wheels.
 
 use crate::{option, run_command};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const WHEELS: [&str; 5] = [
-    "nvidia-cuda-nvcc-cu12",
-    "nvidia-cuda-runtime-cu12",
-    "nvidia-cuda-nvrtc-cu12",
-    "nvidia-cublas-cu12",
-    "nvidia-curand-cu12",
+const WHEELS: [&str; 8] = [
+    "nvidia-cuda-nvcc",
+    "nvidia-cuda-runtime",
+    "nvidia-cuda-nvrtc",
+    "nvidia-cublas",
+    "nvidia-curand",
+    "nvidia-cuda-crt",
+    "nvidia-nvvm",
+    "nvidia-cuda-cccl",
 ];
+
+/// The newest CUDA cudarc 0.19 has bindings for.
+const CUDARC_VERSION: &str = "13040";
 
 /// The crates with a `cuda` feature, each built as a library.
 const CRATES: [&str; 7] = [
@@ -56,6 +65,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .current_dir(crate::root())
             .env("CARGO_TARGET_DIR", cache.join("target"))
             .env("CUDA_COMPUTE_CAP", &compute_cap)
+            .env("CUDARC_CUDA_VERSION", CUDARC_VERSION)
             .env("CUDA_ROOT", &toolkit)
             .env("CUDA_PATH", &toolkit)
             .env("CUDA_TOOLKIT_ROOT_DIR", &toolkit)
