@@ -85,11 +85,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn default_cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("r38/cuda")
+    r38::output::cache_root().join("cuda")
 }
 
 /// The wheels in a venv under `cache`, merged into `cache/toolkit`.

@@ -52,11 +52,7 @@ pub fn shipped_root() -> Result<PathBuf> {
         all.extend_from_slice(bytes);
     }
     let digest = r38::model::weights::md5_hex(&all);
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let root = base.join("r38").join(format!("demo-{}", &digest[..12]));
+    let root = r38::output::cache_root().join(format!("demo-{}", &digest[..12]));
     for (path, bytes) in SHIPPED {
         let target = root.join(path);
         if std::fs::read(&target).is_ok_and(|b| b == *bytes) {

@@ -109,11 +109,7 @@ impl Origin {
     /// Read the lineage off the file: recorded metadata (`r38.lineage`) first, then the format and
     /// the names of the modules r38 skipped while reading a `.pth`.
     pub fn detect(file: &WeightFile) -> Result<Self, ConfigError> {
-        let shapes: BTreeMap<String, Vec<usize>> = file
-            .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-            .collect();
+        let shapes = file.shapes();
         let skipped: Vec<&str> = file
             .skipped
             .iter()

@@ -347,11 +347,9 @@ impl ModelMetadata {
             head,
             head_dilation: stored.and_then(|m| m.head_dilation),
             class_names,
-            source_file: stored.and_then(|m| m.source_file.clone()).or_else(|| {
-                file.path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-            }),
+            source_file: stored
+                .and_then(|m| m.source_file.clone())
+                .or_else(|| source_name(&file.path)),
             source_md5: stored
                 .and_then(|m| m.source_md5.clone())
                 .or(Some(file.md5.clone())),

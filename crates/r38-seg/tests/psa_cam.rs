@@ -52,11 +52,7 @@ fn build(file: &WeightFile, config: &BackboneConfig, classes: usize) -> CamClass
 }
 
 fn config(file: &WeightFile, origin: &Origin) -> BackboneConfig {
-    let shapes = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-        .collect();
+    let shapes = file.shapes();
     let mut config =
         BackboneConfig::infer(&shapes, Arch::A1, origin.default_output_stride()).unwrap();
     config.bn_eps = origin.bn_eps();

@@ -23,11 +23,7 @@ fn fixture(name: &str) -> PathBuf {
 fn psa_recipe_trains_through_the_loop() {
     let file = r38_model::weights::load(&fixture("train/cls.pth")).unwrap();
     let origin = Origin::detect(&file).unwrap();
-    let shapes = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-        .collect();
+    let shapes = file.shapes();
     let mut config =
         BackboneConfig::infer(&shapes, Arch::A1, origin.default_output_stride()).unwrap();
     config.bn_eps = origin.bn_eps();

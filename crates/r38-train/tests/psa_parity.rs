@@ -38,11 +38,7 @@ fn gradients_and_updates_match_psa() {
     let train = &meta["train"];
     let file = r38_model::weights::load(&dir().join("train/cls.pth")).unwrap();
     let origin = Origin::detect(&file).unwrap();
-    let shapes = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
-        .collect();
+    let shapes = file.shapes();
     let mut config =
         BackboneConfig::infer(&shapes, Arch::A1, origin.default_output_stride()).unwrap();
     config.bn_eps = origin.bn_eps();

@@ -15,6 +15,7 @@ use r38_data::datasets::{
     SegmentationDataset,
 };
 use r38_data::{ClassifyTransform, ImageLoader};
+use r38_model::metadata::source_name;
 use r38_seg::test_time::label_band_rows;
 use r38_seg::{CanvasLimit, ConfusionMatrix, CrfConfig, MetricsReport, ScoreNet, TestProtocol};
 use serde::{Deserialize, Serialize};
@@ -57,12 +58,18 @@ pub fn dataset_protocol(dataset: DatasetKind, net: &Pretrained) -> TestProtocol 
     let preset = match dataset {
         DatasetKind::Ade20k => TestProtocol::ade20k(),
         DatasetKind::Cityscapes | DatasetKind::CityscapesTrainIds => TestProtocol::cityscapes(),
-        DatasetKind::FashionScenes => TestProtocol::single_scale(96).with_flip(true),
+        DatasetKind::FashionScenes => scenes_protocol(96),
         _ => TestProtocol::voc(),
     };
     let mut protocol = net.test_protocol_over(preset);
     protocol.max_canvas = memory_canvas_limit();
     protocol
+}
+
+/// The fashion scenes' protocol: the canvas side as the single test scale (what the shipped
+/// segmenter was trained and validated at), flipping.
+pub fn scenes_protocol(canvas: u32) -> TestProtocol {
+    TestProtocol::single_scale(canvas).with_flip(true)
 }
 
 /// Peak memory per canvas pixel of the full-size A1 s8 + "2 conv" forward pass on the CPU,
@@ -346,7 +353,13 @@ pub fn evaluate_segmentation(
     Ok(SegEvaluation {
         dataset: dataset.name().to_string(),
         split: dataset.split().to_string(),
-        weights: models.iter().map(|m| file_name(&m.file().path)).collect(),
+        weights: models
+            .iter()
+            .map(|m| {
+                let path = &m.file().path;
+                source_name(path).unwrap_or_else(|| path.display().to_string())
+            })
+            .collect(),
         protocol: protocol_key,
         crf: crf.copied(),
         shard: options.shard,
@@ -358,12 +371,6 @@ pub fn evaluate_segmentation(
         metrics: confusion.report(Some(&names)),
         confusion,
     })
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// What a cache folder's predictions were made with.
@@ -422,11 +429,7 @@ impl CacheKey {
 }
 
 fn default_cache_dir(key: &CacheKey) -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("r38/eval").join(format!(
+    crate::output::cache_root().join("eval").join(format!(
         "{}-{}-{}",
         key.dataset,
         key.split.replace(['/', '\\'], "_"),

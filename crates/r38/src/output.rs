@@ -6,6 +6,16 @@ use std::path::Path;
 
 pub use r38_data::output::{is_temporary, OutputError};
 
+/// Where r38 keeps what it can make again (evaluation caches, the demo's files, toolkits):
+/// `$XDG_CACHE_HOME/r38`, else `~/.cache/r38`, else `r38` in the temporary folder.
+pub fn cache_root() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("r38")
+}
+
 /// Refuse to replace `path` unless `overwrite`.
 pub fn check_overwrite(path: &Path, overwrite: bool) -> Result<()> {
     if path.exists() && !overwrite {

@@ -124,14 +124,13 @@ impl Pretrained {
         let requested = weights.as_ref();
         let _span = tracing::info_span!("load", weights = %requested.display()).entered();
         let file = weights::load(&r38_model::hub::resolve(requested)?)?;
-        let mut pretrained = Self::from_file(file, options)?;
+        let pretrained = Self::from_file(file, options)?;
         tracing::info!(
             head = ?pretrained.metadata.head,
             arch = %pretrained.metadata.arch,
             output_stride = pretrained.metadata.output_stride,
             "loaded"
         );
-        pretrained.engine = options.engine;
         Ok(pretrained)
     }
 

@@ -2,7 +2,7 @@
 //! [`r38::evaluate_segmentation`] / [`r38::evaluate_imagenet`]; this file only maps flags and
 //! prints.
 
-use super::seg_common::{check_classes, CrfArgs, EnsembleArgs, ProtocolArgs};
+use super::seg_common::{CrfArgs, EnsembleArgs, ProtocolArgs};
 use crate::network::{check_overwrite, load_with, write_atomically};
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -104,7 +104,6 @@ pub fn run(args: Args) -> Result<()> {
     let crf = args.crf.config()?;
     let dataset = SegDataset::open(kind, &args.root, &args.split)?.with_loader(loader);
     let nets = args.models.load()?;
-    check_classes(&nets[0], kind)?;
     let protocol = args.protocol.protocol(Some(kind), &nets[0]);
     let result = with_progress(|on_event| {
         r38::evaluate_segmentation(&nets, &dataset, &protocol, crf.as_ref(), &options, on_event)

@@ -208,12 +208,6 @@ pub fn apply_crf(
     Ok(())
 }
 
-/// The fashion scenes' protocol: the canvas side as the single test scale (what the segmenter
-/// was trained and validated at), flipping.
-pub fn scenes_protocol(canvas: u32) -> TestProtocol {
-    TestProtocol::single_scale(canvas).with_flip(true)
-}
-
 pub fn as_score_nets(nets: &[Pretrained]) -> Vec<&dyn ScoreNet> {
     nets.iter().map(|n| n as &dyn ScoreNet).collect()
 }

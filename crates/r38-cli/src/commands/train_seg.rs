@@ -575,7 +575,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(held_out) = &held_out_scenes {
         // The validation metric above reads stride-sub-sampled labels; this is the figure at
         // full resolution through the test protocol, on the final weights.
-        let protocol = super::seg_common::scenes_protocol(args.scene_size);
+        let protocol = r38::evaluation::scenes_protocol(args.scene_size);
         let cm = r38_train::sources::scene_confusion_full_resolution(
             &built.net, held_out, &protocol, None,
         )?;
