@@ -479,3 +479,32 @@ fn a_full_disk_during_a_checkpoint_is_an_error_naming_the_file() {
     assert_eq!(check_latest(&ckpt, tensors), Some(4));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn data_parallel_environments_are_checked_before_anything_is_built() {
+    let dir = scratch("ranks");
+    let root = toy_root(&dir);
+    let out = dir.join("run");
+    for (vars, expected) in [
+        (vec![("RANK", "0"), ("WORLD_SIZE", "2")], "--features nccl"),
+        (
+            vec![("RANK", "3"), ("WORLD_SIZE", "2")],
+            "RANK=3 is not below WORLD_SIZE=2",
+        ),
+        (
+            vec![("RANK", "1")],
+            "RANK and WORLD_SIZE must be set together",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_r38"))
+            .args(train_args(&root, &out, 1, false))
+            .envs(vars)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!out.exists(), "nothing is written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

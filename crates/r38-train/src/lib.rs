@@ -32,6 +32,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod cls_labels;
+pub mod distributed;
 pub mod error;
 pub mod fashion_mnist;
 pub mod loader;
@@ -60,4 +61,4 @@ pub use recipe::{Recipe, RecipeError, RunSettings, ScheduleKind};
 pub use recompute::{micro_batch_gradients, TrainNet};
 pub use rng::Rng;
 pub use schedule::LrSchedule;
-pub use trainer::{train, Event, Summary, Task, TrainConfig};
+pub use trainer::{train, train_data_parallel, Event, Summary, Task, TrainConfig};

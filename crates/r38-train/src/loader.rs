@@ -150,7 +150,44 @@ pub fn make_batch(source: &dyn Source, seed: u64, batch_size: usize, m: usize) -
     collate(m, &examples)
 }
 
-/// Background loading of micro-batches `start, start + 1, ...`, delivered in order.
+/// Which micro-batches one rank of a data-parallel run takes: of every `per_step` consecutive
+/// micro-batches (one update over all ranks), the `per_rank` starting at `offset`. A single
+/// process takes them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Micro-batches per update, over all ranks.
+    pub per_step: usize,
+    /// Micro-batches per update on this rank.
+    pub per_rank: usize,
+    /// This rank's first micro-batch within an update.
+    pub offset: usize,
+}
+
+impl Share {
+    /// Every micro-batch, in order.
+    pub const ALL: Share = Share {
+        per_step: 1,
+        per_rank: 1,
+        offset: 0,
+    };
+
+    /// Rank `rank` of `world_size`, `per_rank` micro-batches each per update.
+    pub fn of_rank(rank: usize, world_size: usize, per_rank: usize) -> Self {
+        Share {
+            per_step: world_size * per_rank,
+            per_rank,
+            offset: rank * per_rank,
+        }
+    }
+
+    /// The micro-batch number of this rank's `k`-th micro-batch, counted from an update's start.
+    fn batch_number(&self, k: usize) -> usize {
+        (k / self.per_rank) * self.per_step + self.offset + k % self.per_rank
+    }
+}
+
+/// Background loading of micro-batches `start, start + 1, ...` (or a rank's [`Share`] of them),
+/// delivered in order.
 pub struct Loader {
     rx: Option<Receiver<(usize, Result<Batch>)>>,
     pending: BTreeMap<usize, Result<Batch>>,
@@ -168,6 +205,31 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Result<Self> {
+        Self::shared(
+            source,
+            seed,
+            batch_size,
+            start,
+            Share::ALL,
+            workers,
+            prefetch,
+        )
+    }
+
+    /// As [`Loader::new`], for one rank: its `share` of the micro-batches from `start` on
+    /// (`start` is the first micro-batch of an update).
+    pub fn shared(
+        source: Arc<dyn Source>,
+        seed: u64,
+        batch_size: usize,
+        start: usize,
+        share: Share,
+        workers: usize,
+        prefetch: usize,
+    ) -> Result<Self> {
+        if share.per_rank == 0 || share.offset + share.per_rank > share.per_step {
+            return Err(train_error!("invalid share of micro-batches: {share:?}"));
+        }
         if source.is_empty() || batch_size == 0 {
             return Err(train_error!("empty dataset or batch size 0"));
         }
@@ -178,13 +240,15 @@ impl Loader {
                 let tx = tx.clone();
                 let source = source.clone();
                 std::thread::spawn(move || {
-                    let mut m = start + w;
+                    // `k` counts this rank's micro-batches; `m` numbers them over all ranks.
+                    let mut k = w;
                     loop {
+                        let m = start + share.batch_number(k);
                         let batch = make_batch(source.as_ref(), seed, batch_size, m);
-                        if tx.send((m, batch)).is_err() {
+                        if tx.send((k, batch)).is_err() {
                             return;
                         }
-                        m += workers;
+                        k += workers;
                     }
                 })
             })
@@ -192,7 +256,7 @@ impl Loader {
         Ok(Self {
             rx: Some(rx),
             pending: BTreeMap::new(),
-            next: start,
+            next: 0,
             workers: handles,
         })
     }
@@ -204,13 +268,13 @@ impl Loader {
                 self.next += 1;
                 return b;
             }
-            let (m, b) = self
+            let (k, b) = self
                 .rx
                 .as_ref()
                 .expect("receiver lives until drop")
                 .recv()
                 .map_err(|_| train_error!("data loader threads stopped"))?;
-            self.pending.insert(m, b);
+            self.pending.insert(k, b);
         }
     }
 }
@@ -278,5 +342,27 @@ mod tests {
             b5.images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             batches[5]
         );
+    }
+
+    #[test]
+    fn ranks_share_the_single_process_sequence() {
+        let src: Arc<dyn Source> = Arc::new(Counting(7));
+        // Three ranks, two micro-batches each per update, from the update starting at 6.
+        let numbers = |rank| {
+            let share = Share::of_rank(rank, 3, 2);
+            let mut l = Loader::shared(src.clone(), 3, 2, 6, share, 2, 2).unwrap();
+            (0..4)
+                .map(|_| l.next_batch().unwrap().index)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(numbers(0), [6, 7, 12, 13]);
+        assert_eq!(numbers(1), [8, 9, 14, 15]);
+        assert_eq!(numbers(2), [10, 11, 16, 17]);
+        let bad = Share {
+            per_step: 2,
+            per_rank: 2,
+            offset: 1,
+        };
+        assert!(Loader::shared(src, 3, 2, 0, bad, 1, 1).is_err());
     }
 }

@@ -22,7 +22,11 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 use crate::checkpoint::{Checkpoints, TrainState};
-use crate::loader::{Loader, Source};
+use crate::distributed::{
+    average_gradients, average_running_statistics, average_scalar, check_same_step, Collective,
+    SingleProcess,
+};
+use crate::loader::{Loader, Share, Source};
 use crate::log::{MetricsLog, Record};
 use crate::loss::{ohem_softmax_cross_entropy, softmax_cross_entropy, OhemConfig, IGNORE_LABEL};
 use crate::optimizer::{MultiplierPolicy, Sgd, SgdConfig};
@@ -211,12 +215,45 @@ pub fn train(
     data: Arc<dyn Source>,
     device: &Device,
     config: &TrainConfig,
+    validate: Option<&mut Validator<'_>>,
+    observer: &mut dyn FnMut(&Event),
+) -> Result<Summary> {
+    train_data_parallel(
+        net,
+        varmap,
+        data,
+        device,
+        config,
+        &SingleProcess,
+        validate,
+        observer,
+    )
+}
+
+/// [`train`] as one rank of a data-parallel run over `collective`: every update averages
+/// `config.accumulate` micro-batches on each of the `W` ranks, the `W·accumulate` that a single
+/// process with `accumulate = W·accumulate` would see ([`crate::distributed`]). Rank 0 alone
+/// validates and writes logs, checkpoints and the curve; every rank resumes from the same
+/// checkpoint folder. Checkpoints record the global micro-batch count, so a run resumes on any
+/// number of ranks that keeps it.
+#[allow(clippy::too_many_arguments)]
+pub fn train_data_parallel(
+    net: &dyn TrainNet,
+    varmap: &VarMap,
+    data: Arc<dyn Source>,
+    device: &Device,
+    config: &TrainConfig,
+    collective: &dyn Collective,
     mut validate: Option<&mut Validator<'_>>,
     observer: &mut dyn FnMut(&Event),
 ) -> Result<Summary> {
     if config.batch_size == 0 || config.accumulate == 0 {
         bail!("batch size and accumulation must be at least 1");
     }
+    let ranks = collective.ranks();
+    let leader = ranks.is_leader();
+    // Micro-batches per update over all ranks: what a checkpoint records.
+    let global_accumulate = config.accumulate * ranks.world_size;
     let mut sgd = Sgd::new(varmap, config.sgd, &config.policy);
     let ckpts = Checkpoints::new(config.out_dir.join("checkpoints"), config.keep_checkpoints);
     let mut best: Option<(f64, usize)> = None;
@@ -227,24 +264,37 @@ pub fn train(
                 .with_context(|| format!("cannot resume from {}", path.display()))?;
             if state.seed != config.seed
                 || state.batch_size != config.batch_size
-                || state.accumulate != config.accumulate
+                || state.accumulate != global_accumulate
             {
                 bail!(
-                    "{}: saved with seed {}, batch {} x {}; this run has seed {}, batch {} x {}",
+                    "{}: saved with seed {}, batch {} x {}; this run has seed {}, batch {} x {}{}",
                     path.display(),
                     state.seed,
                     state.batch_size,
                     state.accumulate,
                     config.seed,
                     config.batch_size,
-                    config.accumulate
+                    global_accumulate,
+                    if ranks.world_size > 1 {
+                        format!(" ({} ranks x {})", ranks.world_size, config.accumulate)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             start = state.step;
             best = state.best;
         }
     }
-    let log = MetricsLog::open(&config.out_dir, config.resume.then_some(start))?;
+    check_same_step(start, collective)?;
+    let log = if leader {
+        Some(MetricsLog::open(
+            &config.out_dir,
+            config.resume.then_some(start),
+        )?)
+    } else {
+        None
+    };
     observer(&Event::Start {
         step: start,
         total: config.steps,
@@ -255,7 +305,7 @@ pub fn train(
         rng_state: Rng::derive(config.seed, "step", step as u64, 0).state(),
         schedule: config.schedule.clone(),
         sgd: config.sgd,
-        accumulate: config.accumulate,
+        accumulate: global_accumulate,
         batch_size: config.batch_size,
         best,
         run: config.run.clone(),
@@ -264,20 +314,21 @@ pub fn train(
         start_step: start,
         losses: Vec::new(),
         best,
-        last_checkpoint: ckpts.latest(),
+        last_checkpoint: if leader { ckpts.latest() } else { None },
     };
     if start >= config.steps {
         return Ok(summary);
     }
-    let mut loader = Loader::new(
+    let mut loader = Loader::shared(
         data.clone(),
         config.seed,
         config.batch_size,
-        start * config.accumulate,
+        start * global_accumulate,
+        Share::of_rank(ranks.rank, ranks.world_size, config.accumulate),
         config.workers,
         config.prefetch,
     )?;
-    let per_step = config.batch_size * config.accumulate;
+    let per_step = config.batch_size * global_accumulate;
     let epoch_len = data.len() as f64;
     for step in start + 1..=config.steps {
         let _span = tracing::debug_span!("step", step).entered();
@@ -287,11 +338,16 @@ pub fn train(
             let b = loader.next_batch()?;
             batches.push((b.images.to_device(device)?, b.targets.to_device(device)?));
         }
-        // Dropout masks depend only on (seed, step, micro-batch): a resumed run draws the same.
-        let seeds = (0..config.accumulate)
+        // Dropout masks depend only on (seed, step, micro-batch within the update): a resumed
+        // run, or one on another number of ranks, draws the same.
+        let first = ranks.rank * config.accumulate;
+        let seeds = (first..first + config.accumulate)
             .map(|m| Rng::derive(config.seed, "dropout", step as u64, m as u64).next_u64());
-        let (grads, loss) =
+        let (mut grads, loss) =
             accumulated_gradients(net, &config.task, &sgd, &batches, seeds, config.recompute)?;
+        average_gradients(&mut grads, &sgd, collective)?;
+        // Every rank sees the same loss, so every rank stops on a non-finite one.
+        let loss = average_scalar(loss, collective)?;
         if !loss.is_finite() {
             let keep = summary
                 .last_checkpoint
@@ -309,13 +365,23 @@ pub fn train(
             samples_per_s: per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9),
             metric: None,
         };
-        log.append(&rec)?;
+        if let Some(log) = &log {
+            log.append(&rec)?;
+        }
         summary.losses.push(loss);
         observer(&Event::Step(rec.clone()));
         let last = step == config.steps;
+        let validation_due =
+            last || (config.validate_every > 0 && step % config.validate_every == 0);
+        let checkpoint_due =
+            last || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0);
+        if (validate.is_some() && validation_due) || checkpoint_due {
+            // What rank 0 validates and saves: the ranks' mean BN statistics.
+            average_running_statistics(varmap, collective)?;
+        }
         let mut is_best = false;
-        if let Some(v) = validate.as_mut() {
-            if last || (config.validate_every > 0 && step % config.validate_every == 0) {
+        if let (Some(v), Some(log)) = (validate.as_mut(), &log) {
+            if validation_due {
                 let metric = v()?;
                 is_best = best.is_none_or(|(b, _)| metric > b);
                 if is_best {
@@ -333,7 +399,7 @@ pub fn train(
                 });
             }
         }
-        if last || is_best || (config.checkpoint_every > 0 && step % config.checkpoint_every == 0) {
+        if leader && (checkpoint_due || is_best) {
             let path = ckpts.save(
                 varmap,
                 &sgd,
@@ -347,7 +413,9 @@ pub fn train(
     }
     drop(loader);
     summary.best = best;
-    crate::plot::write_png(&log.records()?, &config.out_dir.join("curve.png"))?;
+    if let Some(log) = &log {
+        crate::plot::write_png(&log.records()?, &config.out_dir.join("curve.png"))?;
+    }
     Ok(summary)
 }
 

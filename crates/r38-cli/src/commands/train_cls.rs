@@ -13,8 +13,7 @@ use r38_train::loader::Source;
 use r38_train::sources::{top1, FashionCls, ImageFolder};
 use r38_train::trainer::{Task, Validator};
 
-use super::train_seg::{parse_range, train_with_progress, CommonArgs};
-use crate::network::device;
+use super::train_seg::{parse_range, train_with_progress, training_device, CommonArgs};
 use r38_train::recipe::{initial_weights, Recipe};
 
 /// Train a classifier with the authors' ImageNet recipe.
@@ -82,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let settings = c.settings(&Recipe::IMAGENET)?;
-    let dev = device(&c.device)?;
+    let dev = training_device(&c.device)?;
     let fashion = match args.dataset.as_str() {
         "fashion-mnist" | "fashion_mnist" | "fmnist" => true,
         "imagenet" => false,

@@ -11,8 +11,7 @@ use r38_train::multilabel::{psa_policy, psa_sgd, MultiLabelImages, PsaAugment, V
 use r38_train::trainer::Task;
 
 use super::train_cls::Args;
-use super::train_seg::train_with_progress;
-use crate::network::device;
+use super::train_seg::{train_with_progress, training_device};
 use r38_train::recipe::{Recipe, ScheduleKind};
 
 /// psa's settings (its README): batch 16, lr 0.1, 15 epochs, crop 448, poly 0.9, wd 5e-4; the
@@ -48,7 +47,7 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let settings = c.settings(&PSA_RECIPE)?;
-    let dev = device(&c.device)?;
+    let dev = training_device(&c.device)?;
     if args.dataset != "voc" {
         bail!("--multi-label trains on VOC image-level labels: --dataset voc");
     }

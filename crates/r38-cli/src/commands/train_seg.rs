@@ -10,12 +10,15 @@ use r38_data::{DatasetKind, Normalization, SegDataset, SegmentationDataset};
 use r38_model::{Arch, BackboneConfig, BatchNormMode, HeadKind, ModelMetadata, Preprocess};
 use r38_seg::HeadConfig;
 use r38_train::augment::{SegAugment, MEAN_RGB};
+use r38_train::distributed::Ranks;
 use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
 use r38_train::recipe::{initial_weights, Recipe, RunSettings, ScheduleKind};
 use r38_train::scenes::{SceneConfig, Scenes};
 use r38_train::sources::{seg_confusion, DatasetSeg, SceneSeg};
-use r38_train::trainer::{train, Event, Summary, Task, TrainConfig, Validator};
+use r38_train::trainer::{
+    train, train_data_parallel, Event, Summary, Task, TrainConfig, Validator,
+};
 use r38_train::{LrRule, OhemConfig};
 
 use crate::network::device;
@@ -245,11 +248,80 @@ pub fn train_with_progress(
     out: &Path,
     metric: &str,
 ) -> Result<()> {
-    let (bar, mut observer) = progress_observer();
-    let summary = train(net, varmap, data, device, config, validate, &mut observer);
-    bar.finish_and_clear();
-    report(&summary?, out, metric);
+    let ranks = Ranks::from_env()?;
+    if ranks.world_size == 1 {
+        let (bar, mut observer) = progress_observer();
+        let summary = train(net, varmap, data, device, config, validate, &mut observer);
+        bar.finish_and_clear();
+        report(&summary?, out, metric);
+        return Ok(());
+    }
+    let collective = join_data_parallel(ranks, device)?;
+    let summary = if ranks.is_leader() {
+        let (bar, mut observer) = progress_observer();
+        let summary = train_data_parallel(
+            net,
+            varmap,
+            data,
+            device,
+            config,
+            collective.as_ref(),
+            validate,
+            &mut observer,
+        );
+        bar.finish_and_clear();
+        summary
+    } else {
+        train_data_parallel(
+            net,
+            varmap,
+            data,
+            device,
+            config,
+            collective.as_ref(),
+            None,
+            &mut |_| {},
+        )
+    };
+    let summary = summary?;
+    if ranks.is_leader() {
+        report(&summary, out, metric);
+    }
     Ok(())
+}
+
+/// The training device: with `RANK`/`WORLD_SIZE` set (torchrun), a bare `cuda` is this
+/// process's GPU, `cuda:LOCAL_RANK`.
+pub fn training_device(name: &str) -> Result<candle_core::Device> {
+    let ranks = Ranks::from_env()?;
+    if ranks.world_size > 1 && !cfg!(feature = "nccl") {
+        bail!(
+            "WORLD_SIZE={}: data-parallel training runs over NCCL; build r38 with --features nccl",
+            ranks.world_size
+        );
+    }
+    if ranks.world_size > 1 && name == "cuda" {
+        return Ok(device(&format!("cuda:{}", ranks.local_rank))?);
+    }
+    Ok(device(name)?)
+}
+
+#[cfg(feature = "nccl")]
+fn join_data_parallel(
+    ranks: Ranks,
+    device: &candle_core::Device,
+) -> Result<Box<dyn r38_train::distributed::Collective>> {
+    let collective = r38_train::distributed::nccl::NcclCollective::join(ranks, device)?;
+    Ok(Box::new(collective))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_data_parallel(
+    ranks: Ranks,
+    _: &candle_core::Device,
+) -> Result<Box<dyn r38_train::distributed::Collective>> {
+    // `training_device` refuses such a run before anything is built.
+    bail!("WORLD_SIZE={} without the nccl feature", ranks.world_size)
 }
 
 /// Prints the outcome.
@@ -381,7 +453,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("{flag} {v}: must be in 1..={max}");
         }
     }
-    let dev = device(&c.device)?;
+    let dev = training_device(&c.device)?;
     let scenes = args.dataset == "fashion-scenes";
     let crop = args.crop.unwrap_or(if scenes { 64 } else { 504 });
     let mut backbone = if scenes {
