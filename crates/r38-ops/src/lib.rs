@@ -35,5 +35,5 @@ pub mod unit;
 pub use batch_norm::{BatchNorm, BatchNormMode};
 pub use conv::{same_padding, Conv2d, ConvSpec};
 pub use pool::MaxPool;
-pub use pre_activation::PreActivation;
+pub use pre_activation::{relu, PreActivation};
 pub use unit::{Branch, ResidualUnit, UnitSpec};

@@ -33,6 +33,47 @@ impl PreActivation {
         if let Some(y) = self.bn.fused_relu(x, train)? {
             return Ok(y);
         }
-        self.bn.forward_t(x, train)?.relu()
+        relu(&self.bn.forward_t(x, train)?)
+    }
+}
+
+/// ReLU with MXNet's and PyTorch's gradient, zero where the input is 0. Candle's `relu` passes
+/// the gradient there (`x >= 0`), which changes every BN shift's gradient wherever a
+/// pre-activation is exactly 0 (a zero region through a bias-free conv, a zero shift): the
+/// GPU path would train differently from the authors'. Without a graph it is candle's.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        return x.relu();
+    }
+    let open = x.gt(0f64)?.to_dtype(x.dtype())?.detach();
+    x.mul(&open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relu;
+    use candle_core::{Device, Tensor, Var};
+
+    #[test]
+    fn relu_gradient_is_zero_at_zero() {
+        let x = Var::new(&[-1f32, 0.0, 2.0], &Device::Cpu).unwrap();
+        let y = relu(x.as_tensor()).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), [0.0, 0.0, 2.0]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let dx = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dx, [0.0, 0.0, 1.0]);
+        // Candle's own passes it at 0.
+        let g = x
+            .as_tensor()
+            .relu()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            [0.0, 1.0, 1.0]
+        );
     }
 }

@@ -89,7 +89,9 @@ impl Module for SegmentationHead {
     /// Class scores at the backbone's resolution, before the softmax.
     fn forward(&self, features: &Tensor) -> Result<Tensor> {
         match &self.conv6a {
-            Some(conv6a) => self.classifier.forward(&conv6a.forward(features)?.relu()?),
+            Some(conv6a) => self
+                .classifier
+                .forward(&r38_ops::relu(&conv6a.forward(features)?)?),
             None => self.classifier.forward(features),
         }
     }

@@ -115,6 +115,16 @@ fn input(case: &Case) -> RgbImage {
 
 #[test]
 fn protocol_matches_mxnet_reference() {
+    check_protocol_against_mxnet();
+}
+
+/// The GPU's path (candle's convolutions and BN) on the CPU.
+#[test]
+fn protocol_on_the_exact_path_matches_mxnet_reference() {
+    r38_ops::engine::with_engine(r38_ops::engine::Engine::Exact, check_protocol_against_mxnet);
+}
+
+fn check_protocol_against_mxnet() {
     let net = fixture_net();
     let nets: [&dyn ScoreNet; 1] = [&net];
     for case in manifest().cases {

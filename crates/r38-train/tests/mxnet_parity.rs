@@ -139,6 +139,13 @@ fn even_remainders_loss_and_gradients_match_mxnet() {
     check_gradients(&case).expect("backward");
 }
 
+#[test]
+fn diag_exact() {
+    let case = load_case("even_rem");
+    r38_ops::engine::with_engine(r38_ops::engine::Engine::Exact, || check_gradients(&case))
+        .expect("backward");
+}
+
 /// 56x44 input: the level-4 strided convs see 14x11, where candle's own conv2d backward fails
 /// (see `r38_ops::conv_grad`); `r38_ops::Conv2d` routes around it.
 #[test]
