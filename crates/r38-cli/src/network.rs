@@ -62,6 +62,20 @@ pub struct OverrideArgs {
     /// Default: `R38_ENGINE`, else fast.
     #[arg(long, env = "R38_ENGINE", default_value = "fast")]
     pub engine: Engine,
+    /// Float type of the weights and activations: f32, or f16 / bf16 on a GPU (half the
+    /// memory; on the CPU they run candle's slow generic kernels).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: candle_core::DType,
+}
+
+/// `--dtype`: f32, f16 or bf16.
+pub fn parse_dtype(s: &str) -> std::result::Result<candle_core::DType, String> {
+    match s {
+        "f32" => Ok(candle_core::DType::F32),
+        "f16" => Ok(candle_core::DType::F16),
+        "bf16" => Ok(candle_core::DType::BF16),
+        other => Err(format!("{other:?}: expected f32, f16 or bf16")),
+    }
 }
 
 impl OverrideArgs {
@@ -76,6 +90,7 @@ impl OverrideArgs {
                 output_stride: self.output_stride,
                 pool_padding: self.pool_style,
             },
+            dtype: self.dtype,
         })
     }
 }

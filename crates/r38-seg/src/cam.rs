@@ -209,6 +209,7 @@ pub fn infer_cams(
         return Err(SegError::InvalidArgument("empty image".into()));
     }
     let plane = w * h;
+    let dtype = net.fc8().dtype();
     let mut total = vec![0f32; classes * plane];
     let mut scores = None;
     for &s in &protocol.scales {
@@ -227,13 +228,14 @@ pub fn infer_cams(
             &[false]
         };
         for &flip in flips {
-            let x = Tensor::from_vec(normalize_psa(&scaled, flip), (1, 3, size.1, size.0), device)?;
+            let x = Tensor::from_vec(normalize_psa(&scaled, flip), (1, 3, size.1, size.0), device)?
+                .to_dtype(dtype)?;
             let (s_scores, cam) = net.scores_and_cams(&x)?;
             if s == 1.0 && !flip {
-                scores = Some(s_scores.flatten_all()?.to_vec1::<f32>()?);
+                scores = Some(host_f32(&s_scores)?);
             }
             let (_, _, ch, cw) = cam.dims4()?;
-            let cam = cam.flatten_all()?.to_vec1::<f32>()?;
+            let cam = host_f32(&cam)?;
             let up = upsample_bilinear(&cam, (ch, cw), (h, w));
             for c in 0..classes {
                 let (src, dst) = (&up[c * plane..], &mut total[c * plane..(c + 1) * plane]);
@@ -249,8 +251,9 @@ pub fn infer_cams(
     let scores = match scores {
         Some(s) => s,
         None => {
-            let x = Tensor::from_vec(normalize_psa(image, false), (1, 3, h, w), device)?;
-            net.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?
+            let x = Tensor::from_vec(normalize_psa(image, false), (1, 3, h, w), device)?
+                .to_dtype(dtype)?;
+            host_f32(&net.forward_t(&x, false)?)?
         }
     };
     let (chosen, labelled) = match labels {
@@ -354,6 +357,13 @@ fn jet(v: f32) -> [u8; 3] {
         (f(2.0) * 255.0).round() as u8,
         (f(1.0) * 255.0).round() as u8,
     ]
+}
+
+/// A network output as `f32` values on the host, whatever the weights' dtype.
+fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()
 }
 
 #[cfg(test)]

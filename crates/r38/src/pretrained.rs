@@ -43,6 +43,11 @@ pub struct LoadOptions {
     pub head: HeadChoice,
     /// Architecture, output stride and pooling instead of the file's.
     pub overrides: Overrides,
+    /// The weights' and activations' float type: `F32` (default), or `F16` / `BF16` to halve
+    /// memory and use a GPU's tensor cores. Inputs are converted to it and outputs back to
+    /// `f32`. The fast CPU engine is f32-only: on the CPU, `F16` runs candle's generic kernels
+    /// (slowly) and `BF16` is refused.
+    pub dtype: DType,
 }
 
 impl Default for LoadOptions {
@@ -52,6 +57,7 @@ impl Default for LoadOptions {
             engine: Engine::Fast,
             head: HeadChoice::File,
             overrides: Overrides::default(),
+            dtype: DType::F32,
         }
     }
 }
@@ -110,6 +116,7 @@ pub struct Pretrained {
     file: WeightFile,
     device: Device,
     engine: Engine,
+    dtype: DType,
 }
 
 impl Pretrained {
@@ -168,9 +175,22 @@ impl Pretrained {
             }
         }
         let device = options.device.clone();
+        let dtype = options.dtype;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::Invalid(format!(
+                "dtype {dtype:?}: the network runs in f32, f16 or bf16"
+            )));
+        }
+        if dtype == DType::BF16 && device.is_cpu() {
+            return Err(Error::Invalid(
+                "bf16 runs on a GPU only: candle's CPU matrix products have no bf16 (use f16 \
+                 or f32 on the CPU)"
+                    .into(),
+            ));
+        }
         let config = metadata.config.clone();
         let build = |f: &dyn Fn(&candle_nn::VarBuilder) -> candle_core::Result<Network>| {
-            build_strict(&path, &file.tensors, DType::F32, &device, f)
+            build_strict(&path, &file.tensors, dtype, &device, f)
         };
         let network = match metadata.head {
             HeadKind::Classifier { classes } => {
@@ -205,6 +225,7 @@ impl Pretrained {
             file,
             device,
             engine: options.engine,
+            dtype,
         })
     }
 
@@ -260,6 +281,11 @@ impl Pretrained {
     /// The convolution engine its passes use.
     pub fn engine(&self) -> Engine {
         self.engine
+    }
+
+    /// The float type of its weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Class names: the file's own, else those of the benchmark it was released for or whose
@@ -327,10 +353,12 @@ impl Pretrained {
         protocol
     }
 
-    /// One forward pass on a normalised `(N, 3, H, W)` batch: logits, score maps or features.
+    /// One forward pass on a normalised `(N, 3, H, W)` batch: logits, score maps or features,
+    /// as `f32` on the network's device.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_device(&self.device)?;
-        Ok(with_engine(self.engine, || self.network.forward(&x))?)
+        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let y = with_engine(self.engine, || self.network.forward(&x))?;
+        Ok(y.to_dtype(DType::F32)?)
     }
 
     /// Classify one image with the file's test transform: every class, most probable first.

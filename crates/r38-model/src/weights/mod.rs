@@ -443,14 +443,28 @@ pub(crate) struct Loaded {
 /// Names are converted to canonical names (MXNet prefixes removed, PyTorch PSA keys translated
 /// by [`names::to_canonical`]) and every tensor to `f32` on the CPU. The MD5 of the file is
 /// computed and matched against the authors' released files.
+///
+/// The file is memory-mapped, not read: its bytes are decoded straight from the page cache,
+/// so loading holds one copy of the weights (the decoded tensors), not two.
 pub fn load(path: &Path) -> Result<WeightFile, WeightError> {
     let _span = tracing::debug_span!("read_weights", path = %path.display()).entered();
-    let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
-        path: path.to_path_buf(),
-        op: "read",
-        source,
-    })?;
-    load_bytes(path, &bytes)
+    let io = |op: &'static str| {
+        move |source| WeightError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let file = std::fs::File::open(path).map_err(io("open"))?;
+    let meta = file.metadata().map_err(io("read"))?;
+    if !meta.is_file() || meta.len() == 0 {
+        // A directory, a device, an empty file (which cannot be mapped): reading reports it.
+        return load_bytes(path, &std::fs::read(path).map_err(io("read"))?);
+    }
+    // SAFETY: the map is read-only and dropped before returning; like every memory-mapped
+    // loader (candle's, safetensors'), it assumes no other process truncates the file meanwhile.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("map"))?;
+    load_bytes(path, &map)
 }
 
 /// Like [`load`], for a file already in memory; `path` is used for messages and recorded.
