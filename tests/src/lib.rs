@@ -73,12 +73,23 @@ impl Case {
 
     /// Run the case's network, built from `file`, on the case input.
     pub fn run(&self, file: &weights::WeightFile) -> Tensor {
-        let dev = Device::Cpu;
+        self.run_on(file, &Device::Cpu, DType::F32)
+    }
+
+    /// [`Case::run`] with the network on `dev` in `dtype`; the output as f32 on the CPU.
+    pub fn run_on(&self, file: &weights::WeightFile, dev: &Device, dtype: DType) -> Tensor {
         let cfg = &self.meta.config;
         let name = file.path.display().to_string();
-        let x = self.input();
+        let x = self
+            .input()
+            .to_device(dev)
+            .and_then(|x| x.to_dtype(dtype))
+            .unwrap_or_else(|e| panic!("{e}"));
         let build = |f: &dyn Fn(&candle_nn::VarBuilder) -> candle_core::Result<Tensor>| {
-            r38_model::build_strict(&name, &file.tensors, DType::F32, &dev, f)
+            let y = r38_model::build_strict(&name, &file.tensors, dtype, dev, f)
+                .unwrap_or_else(|e| panic!("{e}"));
+            y.to_device(&Device::Cpu)
+                .and_then(|y| y.to_dtype(DType::F32))
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         match self.head() {

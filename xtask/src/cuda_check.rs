@@ -45,51 +45,68 @@ pub fn run(args: &[String]) -> Result<()> {
     let cache = option(args, "--cache")
         .map(PathBuf::from)
         .unwrap_or_else(default_cache);
-    let compute_cap = option(args, "--compute-cap")
-        .or_else(|| std::env::var("CUDA_COMPUTE_CAP").ok())
-        .unwrap_or_else(|| "90".into());
+    let compute_cap = compute_capability(args);
     let toolkit = install_toolkit(&cache)?;
-    let nvcc = toolkit.join("bin/nvcc");
-    run_command(Command::new(&nvcc).arg("--version"))?;
+    run_command(Command::new(toolkit.join("bin/nvcc")).arg("--version"))?;
+    let builds = CRATES
+        .iter()
+        .map(|krate| (*krate, "cuda"))
+        .chain([("r38-train", "nccl")]);
+    for (krate, feature) in builds {
+        eprintln!("== {krate} --features {feature} (compute capability {compute_cap})");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--lib", "-p", krate, "--features", feature])
+            .current_dir(crate::root())
+            .env("CARGO_TARGET_DIR", cache.join("target"));
+        with_toolkit(&mut build, &toolkit, &compute_cap);
+        run_command(&mut build)?;
+    }
+    println!(
+        "cuda-check: every crate with a `cuda` feature builds, and r38-train with `nccl` \
+         (libraries, sm_{compute_cap})"
+    );
+    Ok(())
+}
+
+/// `--compute-cap`, else `CUDA_COMPUTE_CAP`, else 90 (H100/H200).
+pub fn compute_capability(args: &[String]) -> String {
+    option(args, "--compute-cap")
+        .or_else(|| std::env::var("CUDA_COMPUTE_CAP").ok())
+        .unwrap_or_else(|| "90".into())
+}
+
+/// The environment candle's kernel build and cudarc need to find a toolkit folder (`bin/nvcc`,
+/// `include/`, `lib64/`).
+pub fn with_toolkit(cmd: &mut Command, toolkit: &Path, compute_cap: &str) {
     let path = format!(
         "{}:{}",
         toolkit.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let lib = toolkit.join("lib64");
-    for krate in CRATES {
-        eprintln!("== {krate} --features cuda (compute capability {compute_cap})");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--lib", "-p", krate, "--features", "cuda"])
-            .current_dir(crate::root())
-            .env("CARGO_TARGET_DIR", cache.join("target"))
-            .env("CUDA_COMPUTE_CAP", &compute_cap)
-            .env("CUDARC_CUDA_VERSION", CUDARC_VERSION)
-            .env("CUDA_ROOT", &toolkit)
-            .env("CUDA_PATH", &toolkit)
-            .env("CUDA_TOOLKIT_ROOT_DIR", &toolkit)
-            .env("PATH", &path)
-            // nvcc finds only its own wheel's headers; the runtime's and cuBLAS's are elsewhere.
-            .env(
-                "NVCC_PREPEND_FLAGS",
-                format!("-I{}", toolkit.join("include").display()),
-            )
-            .env("CPATH", toolkit.join("include"))
-            .env("LIBRARY_PATH", &lib)
-            .env("LD_LIBRARY_PATH", &lib);
-        run_command(&mut build)?;
-    }
-    println!("cuda-check: every crate with a `cuda` feature builds (libraries, sm_{compute_cap})");
-    Ok(())
+    cmd.env("CUDA_COMPUTE_CAP", compute_cap)
+        .env("CUDARC_CUDA_VERSION", CUDARC_VERSION)
+        .env("CUDA_ROOT", toolkit)
+        .env("CUDA_PATH", toolkit)
+        .env("CUDA_TOOLKIT_ROOT_DIR", toolkit)
+        .env("PATH", &path)
+        // nvcc finds only its own wheel's headers; the runtime's and cuBLAS's are elsewhere.
+        .env(
+            "NVCC_PREPEND_FLAGS",
+            format!("-I{}", toolkit.join("include").display()),
+        )
+        .env("CPATH", toolkit.join("include"))
+        .env("LIBRARY_PATH", &lib)
+        .env("LD_LIBRARY_PATH", &lib);
 }
 
-fn default_cache() -> PathBuf {
+pub fn default_cache() -> PathBuf {
     r38::output::cache_root().join("cuda")
 }
 
 /// The wheels in a venv under `cache`, merged into `cache/toolkit`.
-fn install_toolkit(cache: &Path) -> Result<PathBuf> {
+pub fn install_toolkit(cache: &Path) -> Result<PathBuf> {
     let venv = cache.join("venv");
     let python = venv.join("bin/python");
     if !python.exists() {

@@ -7,6 +7,7 @@ mod bench_train_memory;
 mod cuda_check;
 mod demo_models;
 mod fuzz;
+mod gpu_check;
 mod parity;
 mod reference;
 mod reproduce;
@@ -58,7 +59,14 @@ tasks:
   cuda-check [--compute-cap 90] [--cache DIR]
                                   build every crate's library with --features cuda on a machine
                                   without a GPU: nvcc and the CUDA headers from the NVIDIA wheels
-                                  on PyPI, installed under DIR (default ~/.cache/r38/cuda)
+                                  on PyPI, installed under DIR (default ~/.cache/r38/cuda);
+                                  also r38-train with --features nccl
+  gpu-check [--device cuda:0] [--out DIR] [--reps N] [--cases a,b] [--skip-build]
+            [--toolkit DIR] [--compute-cap 90]
+                                  on a machine with an NVIDIA GPU: build with --features cuda,
+                                  the parity fixtures on the GPU against the CPU (f32, f16,
+                                  bf16), one training step's gradients against the CPU, and the
+                                  benchmark cases' times and GPU memory; see docs/gpu.md
 ";
 
 fn main() -> Result<()> {
@@ -78,6 +86,7 @@ fn main() -> Result<()> {
         "train-scenes" => demo_models::train_scenes(rest),
         "fuzz" => fuzz::run(rest),
         "cuda-check" => cuda_check::run(rest),
+        "gpu-check" => gpu_check::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -8,8 +8,10 @@
 //! - [`cases`]: the benchmark cases.
 //! - [`train_step`]: one training step of the segmentation recipe on the real network.
 //! - [`stats`]: medians and the process's peak RSS.
+//! - [`device_check`]: a GPU against the CPU (parity fixtures per dtype, training gradients).
 
 pub mod cases;
+pub mod device_check;
 pub mod layers;
 pub mod net;
 pub mod stats;

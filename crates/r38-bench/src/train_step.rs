@@ -48,6 +48,17 @@ impl TrainStep {
         self.net.backbone()
     }
 
+    pub fn net(&self) -> &SegmentationNet {
+        &self.net
+    }
+
+    /// The parameters' names, sorted.
+    pub fn parameter_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.parameters.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Every tensor of the network (parameters and BN statistics), by checkpoint name.
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.parameters
