@@ -1,14 +1,24 @@
-//! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release.
+//! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release
+//! (with the backend `--device` names).
 
-use crate::{root, run_command, target_dir};
+use crate::{option, root, run_command, target_dir};
 use anyhow::Result;
 use std::process::Command;
 
 pub fn run(args: &[String]) -> Result<()> {
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--release", "-p", "r38-bench"])
-            .current_dir(root()),
-    )?;
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--release", "-p", "r38-bench"])
+        .current_dir(root());
+    match option(args, "--device").as_deref() {
+        Some(d) if d.starts_with("cuda") => {
+            build.args(["--features", "cuda"]);
+        }
+        Some("metal") => {
+            build.args(["--features", "metal"]);
+        }
+        _ => {}
+    }
+    run_command(&mut build)?;
     run_command(Command::new(target_dir().join("release/r38-bench")).args(args))
 }

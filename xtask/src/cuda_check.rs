@@ -52,19 +52,25 @@ pub fn run(args: &[String]) -> Result<()> {
         .iter()
         .map(|krate| (*krate, "cuda"))
         .chain([("r38-train", "nccl")]);
-    for (krate, feature) in builds {
-        eprintln!("== {krate} --features {feature} (compute capability {compute_cap})");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--lib", "-p", krate, "--features", feature])
+    let cargo = |args: &[&str]| -> Result<()> {
+        eprintln!("== cargo {} (compute capability {compute_cap})", args.join(" "));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(args)
             .current_dir(crate::root())
             .env("CARGO_TARGET_DIR", cache.join("target"));
-        with_toolkit(&mut build, &toolkit, &compute_cap);
-        run_command(&mut build)?;
+        with_toolkit(&mut cmd, &toolkit, &compute_cap);
+        run_command(&mut cmd)
+    };
+    for (krate, feature) in builds {
+        cargo(&["build", "--lib", "-p", krate, "--features", feature])?;
     }
+    // Binaries link libcuda, which only a driver brings: type-checked, not linked.
+    cargo(&["check", "--bins", "-p", "r38-cli", "--features", "nccl"])?;
+    cargo(&["check", "--bins", "-p", "r38-bench", "-p", "xtask", "--features", "cuda"])?;
     println!(
         "cuda-check: every crate with a `cuda` feature builds, and r38-train with `nccl` \
-         (libraries, sm_{compute_cap})"
+         (libraries, sm_{compute_cap}); the r38, r38-bench, r38-device-check and xtask \
+         binaries type-check with `cuda` (r38 with `nccl`)"
     );
     Ok(())
 }

@@ -35,13 +35,22 @@ fn dataset_root(args: &[String]) -> Result<PathBuf> {
     Ok(root)
 }
 
-fn r38() -> Result<Command> {
-    run_command(
-        Command::new("cargo")
-            .args(["build", "--release", "-p", "r38-cli"])
-            .current_dir(root()),
-    )?;
-    Ok(Command::new(target_dir().join("release/r38")))
+/// `r38 <command> --device D`: the release binary, built with the backend `--device` needs.
+fn r38(args: &[String], command: &str) -> Result<Command> {
+    let device = option(args, "--device").unwrap_or_else(|| "cpu".into());
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--release", "-p", "r38-cli"])
+        .current_dir(root());
+    if device.starts_with("cuda") {
+        build.args(["--features", "cuda"]);
+    } else if device == "metal" {
+        build.args(["--features", "metal"]);
+    }
+    run_command(&mut build)?;
+    let mut cmd = Command::new(target_dir().join("release/r38"));
+    cmd.args([command, "--device", &device]);
+    Ok(cmd)
 }
 
 /// The best checkpoint's model file of a run.
@@ -79,9 +88,8 @@ pub fn train_fashion(args: &[String]) -> Result<()> {
         .map(Into::into)
         .unwrap_or_else(|| target_dir().join("runs/fashion"));
     let epochs = option(args, "--epochs").unwrap_or_else(|| "6".into());
-    let mut cmd = r38()?;
-    cmd.arg("train-cls")
-        .args(["--dataset", "fashion-mnist", "--root"])
+    let mut cmd = r38(args, "train-cls")?;
+    cmd.args(["--dataset", "fashion-mnist", "--root"])
         .arg(&data)
         .arg("--out")
         .arg(&out)
@@ -217,9 +225,8 @@ pub fn train_scenes(args: &[String]) -> Result<()> {
         ),
     ];
     for (out, init, steps, lr, seed, extra) in stages {
-        let mut cmd = r38()?;
-        cmd.arg("train-seg")
-            .args(["--dataset", "fashion-scenes", "--scene-grey", "--root"])
+        let mut cmd = r38(args, "train-seg")?;
+        cmd.args(["--dataset", "fashion-scenes", "--scene-grey", "--root"])
             .arg(&data)
             .arg("--init")
             .arg(&init)

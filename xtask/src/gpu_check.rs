@@ -21,7 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The benchmark cases, each run on its own.
-const CASES: [&str; 5] = ["a1-224", "a1-224-b8", "a1s8-504", "a1s8-frame", "a1s8-train"];
+const CASES: [&str; 5] = [
+    "a1-224",
+    "a1-224-b8",
+    "a1s8-504",
+    "a1s8-frame",
+    "a1s8-train",
+];
 
 pub fn run(args: &[String]) -> Result<()> {
     let device = option(args, "--device").unwrap_or_else(|| "cuda:0".into());
@@ -38,7 +44,14 @@ pub fn run(args: &[String]) -> Result<()> {
     if !args.iter().any(|a| a == "--skip-build") {
         let mut build = Command::new(env!("CARGO"));
         build
-            .args(["build", "--release", "-p", "r38-bench", "--features", "cuda"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "r38-bench",
+                "--features",
+                "cuda",
+            ])
             .current_dir(root());
         match &toolkit {
             Some(dir) => with_toolkit(&mut build, dir, &compute_cap),
@@ -67,7 +80,8 @@ pub fn run(args: &[String]) -> Result<()> {
     summary += &check_text;
 
     summary += "\n## Benchmark cases (exact engine = candle's CUDA kernels)\n\n";
-    summary += "| case | median ms | GPU peak memory MiB | host peak RSS MiB |\n|---|---:|---:|---:|\n";
+    summary +=
+        "| case | median ms | GPU peak memory MiB | host peak RSS MiB |\n|---|---:|---:|---:|\n";
     for case in cases.split(',') {
         let json = out.join(format!("bench-{case}.json"));
         let poller = MemoryPoller::start()?;
@@ -124,7 +138,12 @@ impl MemoryPoller {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mut child = match Command::new("nvidia-smi")
-            .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "50"])
+            .args([
+                "--query-gpu=memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "50",
+            ])
             .stdout(Stdio::piped())
             .spawn()
         {

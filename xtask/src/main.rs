@@ -43,11 +43,12 @@ tasks:
                                   ade20k; missing data or weights skip a row; resumable;
                                   --demo: the shipped segmenter on samples/ (runs in CI);
                                   --debug: run in this build, without a release build (CI)
-  train-fashion [--root DIR] [--out DIR] [--epochs N] [--resume] [--export-only]
+  train-fashion [--root DIR] [--out DIR] [--epochs N] [--resume] [--export-only] [--device D]
                                   train the shipped Fashion-MNIST classifier from scratch (real
                                   data: Debian dataset-fashion-mnist), export it to weights/ and
                                   write samples/fashion-items
   train-scenes [--root DIR] [--init FILE] [--out DIR] [--steps N] [--resume] [--export-only]
+               [--device D]
                                   fine-tune the shipped classifier into the fashion-scenes
                                   segmenter (full recipe: OHEM, frozen BN, dropout; three stages,
                                   DIR/stage1..3), export it and write
