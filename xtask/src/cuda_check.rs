@@ -53,7 +53,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .map(|krate| (*krate, "cuda"))
         .chain([("r38-train", "nccl")]);
     let cargo = |args: &[&str]| -> Result<()> {
-        eprintln!("== cargo {} (compute capability {compute_cap})", args.join(" "));
+        eprintln!(
+            "== cargo {} (compute capability {compute_cap})",
+            args.join(" ")
+        );
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(args)
             .current_dir(crate::root())
@@ -66,7 +69,16 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     // Binaries link libcuda, which only a driver brings: type-checked, not linked.
     cargo(&["check", "--bins", "-p", "r38-cli", "--features", "nccl"])?;
-    cargo(&["check", "--bins", "-p", "r38-bench", "-p", "xtask", "--features", "cuda"])?;
+    cargo(&[
+        "check",
+        "--bins",
+        "-p",
+        "r38-bench",
+        "-p",
+        "xtask",
+        "--features",
+        "cuda",
+    ])?;
     println!(
         "cuda-check: every crate with a `cuda` feature builds, and r38-train with `nccl` \
          (libraries, sm_{compute_cap}); the r38, r38-bench, r38-device-check and xtask \

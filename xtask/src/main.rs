@@ -37,6 +37,7 @@ tasks:
   reproduce [--imagenet DIR] [--voc DIR] [--cityscapes DIR] [--ade20k DIR]
             [--weights-dir DIR] [--weights ROW=FILE|hf://...] [--only ROW,...] [--limit N]
             [--out DIR] [--demo] [--debug] [--device cpu|cuda[:N]|metal]
+            [--dtype f32|f16|bf16]
                                   the authors' published table, measured by r38's evaluation
                                   loop (the one `r38 eval` runs), in a release build:
                                   rows imagenet-a, imagenet-a1, voc, voc-coco, cityscapes,

@@ -210,7 +210,11 @@ fn run_row(
     let stamp = out.join("rows").join(format!("{}.args", row.id));
     // Cached predictions and finished rows belong to one weight file: a re-exported or
     // replaced file under the same name must not reuse them.
-    let weights_key = weights_fingerprint(&weights);
+    let weights_key = match option(args, "--dtype").filter(|d| d != "f32") {
+        // Half precision predicts differently: its own cache and row.
+        Some(dtype) => format!("{}-{dtype}", weights_fingerprint(&weights)),
+        None => weights_fingerprint(&weights),
+    };
     let cache_dir = out.join("cache").join(format!("{}-{weights_key}", row.id));
     // A finished row is reused when it ran with the same inputs (weights included).
     let signature = format!(
@@ -259,10 +263,19 @@ fn evaluate(
         r38::EvalEvent::Failed { message } => eprintln!("  error: {message}"),
         r38::EvalEvent::Sample { .. } => {}
     };
-    let device =
-        r38::pretrained::device(&option(args, "--device").unwrap_or_else(|| "cpu".into()))?;
+    let load_options = r38::LoadOptions {
+        dtype: match option(args, "--dtype").as_deref() {
+            None | Some("f32") => r38::DType::F32,
+            Some("f16") => r38::DType::F16,
+            Some("bf16") => r38::DType::BF16,
+            Some(other) => anyhow::bail!("--dtype {other:?}: f32, f16 or bf16"),
+        },
+        ..r38::LoadOptions::on(&r38::pretrained::device(
+            &option(args, "--device").unwrap_or_else(|| "cpu".into()),
+        )?)
+    };
     if row.dataset == "imagenet" {
-        let model = r38::Pretrained::load(weights, &device)?;
+        let model = r38::Pretrained::load_with(weights, &load_options)?;
         let val = r38::data::datasets::ImageNetVal::open(dataset_root)?;
         let result = r38::evaluate_imagenet(
             &model,
@@ -278,7 +291,7 @@ fn evaluate(
         .dataset
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: {e}", row.dataset))?;
-    let model = r38::Pretrained::load(weights, &device)?;
+    let model = r38::Pretrained::load_with(weights, &load_options)?;
     let dataset = r38::data::SegDataset::open(kind, dataset_root, "val")?;
     let protocol = r38::evaluation::dataset_protocol(kind, &model);
     let result =

@@ -255,7 +255,14 @@ pub fn evaluate_segmentation(
         None => format!("{keyed:?}"),
     };
     let key = CacheKey {
-        weights_md5: models.iter().map(|m| m.file().md5.clone()).collect(),
+        // f16/bf16 predict differently from f32 (engines and devices agree within 1e-4).
+        weights_md5: models
+            .iter()
+            .map(|m| match m.dtype() {
+                candle_core::DType::F32 => m.file().md5.clone(),
+                d => format!("{} {d:?}", m.file().md5),
+            })
+            .collect(),
         protocol: protocol_key.clone(),
         dataset: dataset.name().to_string(),
         split: dataset.split().to_string(),
