@@ -112,8 +112,12 @@ fn two_ranks_give_the_weights_of_one_process_and_resume_on_one() {
             );
         }
     }
-    // Both ranks hold the same model; only rank 0 saved it.
+    // Both ranks hold the same model, the one a single process trains; only rank 0 saved it.
     assert_eq!(ranks[0].1, ranks[1].1);
+    let (_, two_steps) = single_process(&tmp("dp-one-2"), 2, 4, false);
+    let d = max_relative_difference(&two_steps, &ranks[0].1);
+    println!("2 ranks x 2 micro-batches vs 1 process x 4, after 2 updates: {d:e}");
+    assert!(d <= 1e-5, "{d}");
     assert!(ranks[0].0.last_checkpoint.is_some());
     assert!(ranks[1].0.last_checkpoint.is_none());
 
@@ -148,7 +152,7 @@ fn two_ranks_give_the_weights_of_one_process_and_resume_on_one() {
         err.contains("batch 2 x 4") && err.contains("batch 2 x 2"),
         "{err}"
     );
-    for d in [one, two] {
+    for d in [one, two, tmp("dp-one-2")] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
