@@ -445,7 +445,8 @@ pub(crate) struct Loaded {
 /// computed and matched against the authors' released files.
 ///
 /// The file is memory-mapped, not read: its bytes are decoded straight from the page cache,
-/// so loading holds one copy of the weights (the decoded tensors), not two.
+/// so loading allocates one copy of the weights (the decoded tensors), not two; the mapped
+/// pages are the kernel's to drop under memory pressure.
 pub fn load(path: &Path) -> Result<WeightFile, WeightError> {
     let _span = tracing::debug_span!("read_weights", path = %path.display()).entered();
     let io = |op: &'static str| {
