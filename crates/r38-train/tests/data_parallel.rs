@@ -14,33 +14,6 @@ use r38_train::trainer::{train, train_data_parallel, Summary, TrainConfig};
 mod common;
 use common::*;
 
-type Weights = BTreeMap<String, Vec<f32>>;
-
-fn weights(varmap: &VarMap) -> Weights {
-    varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(n, v)| {
-            let t = v.as_tensor().flatten_all().unwrap();
-            (n.clone(), t.to_vec1::<f32>().unwrap())
-        })
-        .collect()
-}
-
-/// Largest difference relative to the tensor's largest magnitude (at least 1).
-fn max_relative_difference(a: &Weights, b: &Weights) -> f32 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .map(|(n, x)| {
-            let y = &b[n];
-            let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
-            x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
-        })
-        .fold(0.0, f32::max)
-}
-
 fn single_process(out: &Path, steps: usize, accumulate: usize, resume: bool) -> (Summary, Weights) {
     let built = tiny_seg_net();
     let config = TrainConfig {

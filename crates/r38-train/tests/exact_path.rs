@@ -3,8 +3,6 @@
 //! frozen BN, dropout and OHEM must give the fast engine's losses and weights. (It found
 //! candle's ReLU gradient at 0, see `r38_ops::relu`: from-scratch layers have exact zeros.)
 
-use std::collections::BTreeMap;
-
 use candle_core::Device;
 use r38_ops::engine::{with_engine, Engine};
 use r38_train::trainer::train;
@@ -12,7 +10,7 @@ use r38_train::trainer::train;
 mod common;
 use common::*;
 
-fn run(engine: Engine, name: &str) -> (Vec<f64>, BTreeMap<String, Vec<f32>>) {
+fn run(engine: Engine, name: &str) -> (Vec<f64>, Weights) {
     let out = tmp(name);
     let built = tiny_seg_net();
     let summary = with_engine(engine, || {
@@ -28,18 +26,7 @@ fn run(engine: Engine, name: &str) -> (Vec<f64>, BTreeMap<String, Vec<f32>>) {
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&out);
-    let weights = built
-        .varmap
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(n, v)| {
-            let t = v.as_tensor().flatten_all().unwrap();
-            (n.clone(), t.to_vec1::<f32>().unwrap())
-        })
-        .collect();
-    (summary.losses, weights)
+    (summary.losses, weights(&built.varmap))
 }
 
 #[test]
@@ -50,13 +37,7 @@ fn training_on_the_exact_path_matches_the_fast_engine() {
     for (a, b) in fast_losses.iter().zip(&exact_losses) {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
     }
-    let mut worst = 0f32;
-    for (name, x) in &fast {
-        let y = &exact[name];
-        let scale = y.iter().fold(1f32, |m, v| m.max(v.abs()));
-        let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale;
-        assert!(d <= 1e-4, "{name}: {d}");
-        worst = worst.max(d);
-    }
+    let worst = max_relative_difference(&fast, &exact);
+    assert!(worst <= 1e-4, "{worst}");
     println!("weights after 3 updates, fast vs exact: max relative difference {worst:e}");
 }

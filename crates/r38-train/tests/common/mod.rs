@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::Device;
+use candle_nn::VarMap;
 use r38_data::Normalization;
 use r38_seg::HeadConfig;
 use r38_train::augment::SegAugment;
@@ -114,4 +115,31 @@ pub fn tiny_seg_net_with_dropout(
         dilation: 1,
     };
     segmentation_from(&BTreeMap::new(), &cfg, head, &Device::Cpu, 5).unwrap()
+}
+
+pub type Weights = BTreeMap<String, Vec<f32>>;
+
+pub fn weights(varmap: &VarMap) -> Weights {
+    varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, v)| {
+            let t = v.as_tensor().flatten_all().unwrap();
+            (n.clone(), t.to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+/// Largest difference relative to the tensor's largest magnitude (at least 1).
+pub fn max_relative_difference(a: &Weights, b: &Weights) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(n, x)| {
+            let y = &b[n];
+            let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
+            x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale
+        })
+        .fold(0.0, f32::max)
 }
