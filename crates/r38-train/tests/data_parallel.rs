@@ -34,40 +34,43 @@ fn single_process(out: &Path, steps: usize, accumulate: usize, resume: bool) -> 
     (summary, weights(&built.varmap))
 }
 
-/// `world` ranks as threads, each with its own copy of the network.
+/// `f` on `world` ranks, each a thread with its member of one `LocalGroup`.
+fn on_ranks<T: Send>(world: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = LocalGroup::new(world)
+            .into_iter()
+            .map(|group| s.spawn(|| f(group)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// `world` ranks, each with its own copy of the network.
 fn data_parallel(
     out: &Path,
     steps: usize,
     world: usize,
     accumulate: usize,
 ) -> Vec<(Summary, Weights)> {
-    std::thread::scope(|s| {
-        let ranks: Vec<_> = LocalGroup::new(world)
-            .into_iter()
-            .map(|group| {
-                s.spawn(move || {
-                    let built = tiny_seg_net();
-                    let config = TrainConfig {
-                        accumulate,
-                        checkpoint_every: 1,
-                        ..seg_config(out.to_path_buf(), steps, false)
-                    };
-                    let summary = train_data_parallel(
-                        &built.net,
-                        &built.varmap,
-                        seg_source(),
-                        &Device::Cpu,
-                        &config,
-                        &group,
-                        None,
-                        &mut |_| {},
-                    )
-                    .unwrap();
-                    (summary, weights(&built.varmap))
-                })
-            })
-            .collect();
-        ranks.into_iter().map(|h| h.join().unwrap()).collect()
+    on_ranks(world, |group| {
+        let built = tiny_seg_net();
+        let config = TrainConfig {
+            accumulate,
+            checkpoint_every: 1,
+            ..seg_config(out.to_path_buf(), steps, false)
+        };
+        let summary = train_data_parallel(
+            &built.net,
+            &built.varmap,
+            seg_source(),
+            &Device::Cpu,
+            &config,
+            &group,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
+        (summary, weights(&built.varmap))
     })
 }
 
@@ -140,56 +143,47 @@ fn with_batch_statistics_the_ranks_agree_and_only_rank_0_writes() {
     use r38_train::{LrSchedule, MultiplierPolicy, SgdConfig};
 
     let dirs = [tmp("dp-bn-0"), tmp("dp-bn-1")];
-    let results: Vec<_> = std::thread::scope(|s| {
-        let ranks: Vec<_> = LocalGroup::new(2)
-            .into_iter()
-            .map(|group| {
-                let out = dirs[group.ranks().rank].clone();
-                s.spawn(move || {
-                    let mut built =
-                        classifier_from(&BTreeMap::new(), &fashion_config(8), 10, &Device::Cpu, 2)
-                            .unwrap();
-                    built.net.set_bn_mode(BatchNormMode::BatchStatistics);
-                    let before = weights(&built.varmap);
-                    let eval = ClsEval {
-                        resize: 28,
-                        crop: 28,
-                        norm: r38_data::Normalization::default(),
-                    };
-                    let src = std::sync::Arc::new(FashionCls {
-                        data: toy_items(40),
-                        augment: Some(ClsAugment {
-                            crop: 28,
-                            ..ClsAugment::default()
-                        }),
-                        eval,
-                    });
-                    let config = TrainConfig {
-                        task: Task::Classification,
-                        batch_size: 4,
-                        accumulate: 1,
-                        checkpoint_every: 2,
-                        schedule: LrSchedule::Fixed { base: 0.05 },
-                        sgd: SgdConfig::imagenet(1),
-                        policy: MultiplierPolicy::uniform(),
-                        ..seg_config(out, 3, false)
-                    };
-                    train_data_parallel(
-                        &built.net,
-                        &built.varmap,
-                        src,
-                        &Device::Cpu,
-                        &config,
-                        &group,
-                        None,
-                        &mut |_| {},
-                    )
-                    .unwrap();
-                    (before, weights(&built.varmap))
-                })
-            })
-            .collect();
-        ranks.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = on_ranks(2, |group| {
+        let out = dirs[group.ranks().rank].clone();
+        let mut built =
+            classifier_from(&BTreeMap::new(), &fashion_config(8), 10, &Device::Cpu, 2).unwrap();
+        built.net.set_bn_mode(BatchNormMode::BatchStatistics);
+        let before = weights(&built.varmap);
+        let eval = ClsEval {
+            resize: 28,
+            crop: 28,
+            norm: r38_data::Normalization::default(),
+        };
+        let src = std::sync::Arc::new(FashionCls {
+            data: toy_items(40),
+            augment: Some(ClsAugment {
+                crop: 28,
+                ..ClsAugment::default()
+            }),
+            eval,
+        });
+        let config = TrainConfig {
+            task: Task::Classification,
+            batch_size: 4,
+            accumulate: 1,
+            checkpoint_every: 2,
+            schedule: LrSchedule::Fixed { base: 0.05 },
+            sgd: SgdConfig::imagenet(1),
+            policy: MultiplierPolicy::uniform(),
+            ..seg_config(out, 3, false)
+        };
+        train_data_parallel(
+            &built.net,
+            &built.varmap,
+            src,
+            &Device::Cpu,
+            &config,
+            &group,
+            None,
+            &mut |_| {},
+        )
+        .unwrap();
+        (before, weights(&built.varmap))
     });
     let (before, rank0) = &results[0];
     assert_eq!(

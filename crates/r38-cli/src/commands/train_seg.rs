@@ -10,15 +10,13 @@ use r38_data::{DatasetKind, Normalization, SegDataset, SegmentationDataset};
 use r38_model::{Arch, BackboneConfig, BatchNormMode, HeadKind, ModelMetadata, Preprocess};
 use r38_seg::HeadConfig;
 use r38_train::augment::{SegAugment, MEAN_RGB};
-use r38_train::distributed::Ranks;
+use r38_train::distributed::{Collective, Ranks, SingleProcess};
 use r38_train::fashion_mnist::{FashionMnist, Split, DEBIAN_ROOT};
 use r38_train::loader::Source;
 use r38_train::recipe::{initial_weights, Recipe, RunSettings, ScheduleKind};
 use r38_train::scenes::{SceneConfig, Scenes};
 use r38_train::sources::{seg_confusion, DatasetSeg, SceneSeg};
-use r38_train::trainer::{
-    train, train_data_parallel, Event, Summary, Task, TrainConfig, Validator,
-};
+use r38_train::trainer::{train_data_parallel, Event, Summary, Task, TrainConfig, Validator};
 use r38_train::{LrRule, OhemConfig};
 
 use crate::network::device;
@@ -249,40 +247,27 @@ pub fn train_with_progress(
     metric: &str,
 ) -> Result<()> {
     let ranks = Ranks::from_env()?;
-    if ranks.world_size == 1 {
-        let (bar, mut observer) = progress_observer();
-        let summary = train(net, varmap, data, device, config, validate, &mut observer);
-        bar.finish_and_clear();
-        report(&summary?, out, metric);
-        return Ok(());
-    }
-    let collective = join_data_parallel(ranks, device)?;
-    let summary = if ranks.is_leader() {
-        let (bar, mut observer) = progress_observer();
-        let summary = train_data_parallel(
-            net,
-            varmap,
-            data,
-            device,
-            config,
-            collective.as_ref(),
-            validate,
-            &mut observer,
-        );
-        bar.finish_and_clear();
-        summary
+    let collective: Box<dyn Collective> = if ranks.world_size == 1 {
+        Box::new(SingleProcess)
     } else {
-        train_data_parallel(
-            net,
-            varmap,
-            data,
-            device,
-            config,
-            collective.as_ref(),
-            None,
-            &mut |_| {},
-        )
+        join_data_parallel(ranks, device)?
     };
+    let (bar, mut observer) = progress_observer();
+    if !ranks.is_leader() {
+        // Rank 0 speaks for the run.
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let summary = train_data_parallel(
+        net,
+        varmap,
+        data,
+        device,
+        config,
+        collective.as_ref(),
+        validate,
+        &mut observer,
+    );
+    bar.finish_and_clear();
     let summary = summary?;
     if ranks.is_leader() {
         report(&summary, out, metric);
@@ -307,19 +292,13 @@ pub fn training_device(name: &str) -> Result<candle_core::Device> {
 }
 
 #[cfg(feature = "nccl")]
-fn join_data_parallel(
-    ranks: Ranks,
-    device: &candle_core::Device,
-) -> Result<Box<dyn r38_train::distributed::Collective>> {
+fn join_data_parallel(ranks: Ranks, device: &candle_core::Device) -> Result<Box<dyn Collective>> {
     let collective = r38_train::distributed::nccl::NcclCollective::join(ranks, device)?;
     Ok(Box::new(collective))
 }
 
 #[cfg(not(feature = "nccl"))]
-fn join_data_parallel(
-    ranks: Ranks,
-    _: &candle_core::Device,
-) -> Result<Box<dyn r38_train::distributed::Collective>> {
+fn join_data_parallel(ranks: Ranks, _: &candle_core::Device) -> Result<Box<dyn Collective>> {
     // `training_device` refuses such a run before anything is built.
     bail!("WORLD_SIZE={} without the nccl feature", ranks.world_size)
 }
