@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use candle_nn::VarMap;
 use r38_train::distributed::{Collective, LocalGroup};
 use r38_train::trainer::{train, train_data_parallel, Summary, TrainConfig};
 
