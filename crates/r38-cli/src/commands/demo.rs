@@ -10,7 +10,7 @@ use r38::data::datasets::{
 };
 use r38::data::ImageLoader;
 use r38::seg::ConfusionMatrix;
-use r38::{Device, Pretrained};
+use r38::Pretrained;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,9 @@ pub struct Args {
     /// Replace the outputs of an earlier run.
     #[arg(long)]
     pub overwrite: bool,
+    /// Compute device: cpu, cuda[:N] (feature `cuda`) or metal (feature `metal`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// The true class of a sample item, from its file name `<index>-<class>.png`.
@@ -64,11 +67,12 @@ pub fn run(args: Args) -> Result<()> {
     check_overwrite(&report_md, args.overwrite)?;
     check_overwrite(&report_json, args.overwrite)?;
     let loader = ImageLoader::new();
+    let device = crate::network::device(&args.device)?;
     let mut md = String::from("# r38 demo\n\n");
 
     // Classification of the shipped Fashion-MNIST test items.
     let classifier_path = weights.join("fashion-mnist-classifier.safetensors");
-    let classifier = Pretrained::load(&classifier_path, &Device::Cpu)?;
+    let classifier = Pretrained::load(&classifier_path, &device)?;
     let names = classifier.class_names().to_vec();
     let items_dir = samples.join("fashion-items");
     let mut items: Vec<PathBuf> = std::fs::read_dir(&items_dir)
@@ -115,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
 
     // Segmentation of the shipped fashion scenes, with the protocol the segmenter records.
     let segmenter_path = weights.join("fashion-scenes-segmenter.safetensors");
-    let segmenter = Pretrained::load(&segmenter_path, &Device::Cpu)?;
+    let segmenter = Pretrained::load(&segmenter_path, &device)?;
     let scenes = SegDataset::open(
         DatasetKind::FashionScenes,
         samples.join("fashion-scenes"),
