@@ -108,6 +108,16 @@ fn relu7_with_pytorch_eps_matches_and_mxnet_eps_does_not() {
 
 #[test]
 fn cams_match_psa_protocol() {
+    check_cams_against_psa();
+}
+
+/// The GPU's path (candle's convolutions and BN) on the CPU.
+#[test]
+fn cams_on_the_exact_path_match_psa_protocol() {
+    r38_ops::engine::with_engine(r38_ops::engine::Engine::Exact, check_cams_against_psa);
+}
+
+fn check_cams_against_psa() {
     let (file, origin) = load();
     let net = build(&file, &config(&file, &origin), 20);
     let meta: serde_json::Value =

@@ -33,6 +33,16 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn gradients_and_updates_match_psa() {
+    check_against_psa();
+}
+
+/// The GPU's path (candle's convolutions and BN) on the CPU.
+#[test]
+fn on_the_exact_path_gradients_and_updates_match_psa() {
+    r38_ops::engine::with_engine(r38_ops::engine::Engine::Exact, check_against_psa);
+}
+
+fn check_against_psa() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir().join("meta.json")).unwrap()).unwrap();
     let train = &meta["train"];
