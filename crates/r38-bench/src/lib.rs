@@ -8,10 +8,14 @@
 //! - [`cases`]: the benchmark cases.
 //! - [`train_step`]: one training step of the segmentation recipe on the real network.
 //! - [`stats`]: medians and the process's peak RSS.
+//! - [`peak`]: the machine's measured FMA peak, which every case is reported against.
+//! - [`worker`]: the engines' processes and their interleaved repetitions.
 
 pub mod cases;
 pub mod layers;
 pub mod net;
+pub mod peak;
 pub mod stats;
 pub mod train_step;
 pub mod weights;
+pub mod worker;
