@@ -14,7 +14,7 @@ use r38_bench::stats::{median, peak_rss_mib};
 use r38_bench::train_step::{self, TrainStep};
 use r38_bench::weights::{random_input, RandomWeights};
 use r38_bench::worker::{self, Worker};
-use r38_ops::engine::Engine;
+use r38_ops::engine::{self, Engine};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -33,7 +33,8 @@ struct Args {
     /// them all.
     #[arg(long, value_delimiter = ',')]
     case: Vec<String>,
-    /// exact (candle conv2d), fast (r38 engine) or both.
+    /// exact (candle conv2d), fast (r38 engine), fast-kept (r38 engine, Winograd kernels kept
+    /// across passes: constant-weight inference), gemm, or both (= exact,fast); comma-separated.
     #[arg(long, default_value = "both")]
     engine: String,
     /// Timed repetitions per case and engine, interleaved across engines (median and spread
@@ -111,15 +112,17 @@ fn main() -> Result<()> {
     }
     if let Some(filter) = &args.layers {
         let filter = (!filter.is_empty()).then_some(filter.as_str());
-        println!(
-            "| layer | GMACs | exact ms | fast ms | fast/exact | exact GFLOP/s | fast GFLOP/s |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        for (label, gm, e, f) in r38_bench::layers::run(args.reps, filter)? {
-            let (ge, gf) = (2.0 * gm / (e * 1e-3), 2.0 * gm / (f * 1e-3));
+        println!("| layer | GMACs | exact ms | fast ms | fast-kept ms | fast/exact | kept/fast | exact GFLOP/s | fast GFLOP/s | fast-kept GFLOP/s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (label, gm, e, f, k) in r38_bench::layers::run(args.reps, filter)? {
+            let rate = |ms: f64| 2.0 * gm / (ms * 1e-3);
             println!(
-                "| {label} | {gm:.3} | {e:.1} | {f:.1} | {:.2} | {ge:.1} | {gf:.1} |",
-                f / e
+                "| {label} | {gm:.3} | {e:.1} | {f:.1} | {k:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                f / e,
+                k / f,
+                rate(e),
+                rate(f),
+                rate(k)
             );
         }
         println!();
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
         let [case] = selected.as_slice() else {
             bail!("--child runs exactly one case");
         };
-        let engine: Engine = args.engine.parse().map_err(anyhow::Error::msg)?;
+        let engine: BenchEngine = args.engine.parse().map_err(anyhow::Error::msg)?;
         let dir = args
             .work_dir
             .as_deref()
@@ -159,7 +162,48 @@ fn main() -> Result<()> {
 }
 
 /// One case, one engine, this process: build, warm up, time, report.
-fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+/// An engine as the benchmark runs it: with or without its Winograd kernels kept across passes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BenchEngine {
+    engine: Engine,
+    keep_kernels: bool,
+}
+
+impl std::str::FromStr for BenchEngine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.strip_suffix("-kept") {
+            Some(e) => BenchEngine {
+                engine: e.parse()?,
+                keep_kernels: true,
+            },
+            None => BenchEngine {
+                engine: s.parse()?,
+                keep_kernels: false,
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for BenchEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = if self.keep_kernels { "-kept" } else { "" };
+        write!(f, "{}{kept}", self.engine)
+    }
+}
+
+impl BenchEngine {
+    /// `f` with the engine's kernels kept across passes, if it keeps them.
+    fn scope<T>(self, f: impl FnOnce() -> T) -> T {
+        if self.keep_kernels {
+            engine::with_kept_kernels(f)
+        } else {
+            f()
+        }
+    }
+}
+
+fn child(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
     if case.job == Job::TrainingStep {
         return child_training_step(args, case, engine, dir);
     }
@@ -174,7 +218,7 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
         dump_for_torch(dir, net.backbone(), case, &input, &weights.tensors())?;
     }
     for _ in 0..args.warmup {
-        net.forward(&input, engine)?;
+        engine.scope(|| net.forward(&input, engine.engine))?;
     }
     let mut totals = Vec::new();
     let mut parts: Vec<Vec<f64>> = Vec::new();
@@ -183,7 +227,7 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     let mut output = None;
     worker::serve(|| {
         let t = Instant::now();
-        let (y, stats) = net.forward(&input, engine)?;
+        let (y, stats) = engine.scope(|| net.forward(&input, engine.engine))?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         totals.push(ms);
         if parts.is_empty() {
@@ -232,7 +276,7 @@ impl Measured {
     fn json(
         self,
         case: &Case,
-        engine: Engine,
+        engine: BenchEngine,
         levels: Vec<Value>,
         output_shape: &[usize],
     ) -> Value {
@@ -274,11 +318,13 @@ fn dump_for_torch(
 }
 
 /// One training step per repetition (forward, loss, backward), this process.
-fn child_training_step(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
-    r38_ops::engine::with_engine(engine, || training_step_reps(args, case, engine, dir))
+fn child_training_step(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
+    engine::with_engine(engine.engine, || {
+        engine.scope(|| training_step_reps(args, case, engine, dir))
+    })
 }
 
-fn training_step_reps(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+fn training_step_reps(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
@@ -361,25 +407,29 @@ fn threads_of(args: &Args) -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// The FMA peak on `threads` threads (best of 7 runs; and on one thread), in the widest
-/// instruction set, and in AVX2 where that is AVX-512.
+/// The FMA peak on `threads` threads, in the widest instruction set (and in AVX2 where that is
+/// AVX-512): the best of 15 runs, or `threads` times the best on one thread if that is more (on
+/// this shared host another process can take a core during every run of all threads at once;
+/// the one-thread runs are disturbed less, and measured quiet the two agree).
 fn measure_peak(threads: usize) -> Value {
     let isa = Isa::widest();
-    let (best, median) = peak::fma_peak_gflops(isa, threads, 7);
+    let (best, median) = peak::fma_peak_gflops(isa, threads, 15);
+    let one = peak::fma_peak_gflops(isa, 1, 15).0;
     let mut v = json!({
         "isa": isa.name(),
         "threads": threads,
-        "gflops": best,
+        "gflops": best.max(threads as f64 * one),
+        "gflops_all_threads": best,
         "gflops_median": median,
-        "gflops_one_thread": peak::fma_peak_gflops(isa, 1, 7).0,
+        "gflops_one_thread": one,
     });
     if isa == Isa::Avx512 {
-        v["avx2_gflops"] = json!(peak::fma_peak_gflops(Isa::Avx2, threads, 7).0);
+        v["avx2_gflops"] = json!(peak::fma_peak_gflops(Isa::Avx2, threads, 15).0);
     }
     v
 }
 
-fn child_command(exe: &Path, args: &Args, case: &Case, engine: Engine, dir: &Path) -> Command {
+fn child_command(exe: &Path, args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Command {
     let mut cmd = Command::new(exe);
     cmd.env("RAYON_NUM_THREADS", threads_of(args).to_string())
         .args(["--child", "--case", case.name])
@@ -403,10 +453,13 @@ fn python_command(python: &Path, script: &Path, args: &Args, dir: &Path) -> Comm
 }
 
 fn parent(args: &Args, selected: &[Case]) -> Result<()> {
-    let engines: Vec<Engine> = match args.engine.as_str() {
-        "both" => vec![Engine::Exact, Engine::Fast],
-        e => vec![e.parse().map_err(anyhow::Error::msg)?],
-    };
+    let engines: Vec<BenchEngine> = match args.engine.as_str() {
+        "both" => vec!["exact".parse(), "fast".parse()],
+        list => list.split(',').map(str::parse).collect(),
+    }
+    .into_iter()
+    .collect::<std::result::Result<_, _>>()
+    .map_err(anyhow::Error::msg)?;
     let threads = threads_of(args);
     let root = match &args.work_dir {
         Some(d) => d.clone(),
@@ -541,10 +594,11 @@ fn print_tables(report: &[Value], peak: &Value) {
     let peak_gflops = f(&peak["gflops"]);
     println!();
     println!(
-        "Measured FMA peak: {:.1} GFLOP/s ({}, {} threads, best of 7 runs, median {:.1}; {:.1} on one thread{}).",
+        "Measured FMA peak: {:.1} GFLOP/s ({}, {} threads: best of 15 runs {:.1}, median {:.1}; {:.1} on one thread{}).",
         peak_gflops,
         peak["isa"].as_str().unwrap_or("?"),
         peak["threads"],
+        f(&peak["gflops_all_threads"]),
         f(&peak["gflops_median"]),
         f(&peak["gflops_one_thread"]),
         peak.get("avx2_gflops")
