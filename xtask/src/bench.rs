@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release.
+//! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release; every
+//! option (`--vs-torch`, `--vs-ort`, `--engine fast-kept`, ..) is passed to it as given.
 
 use crate::{root, run_command, target_dir};
 use anyhow::Result;
