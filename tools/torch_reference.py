@@ -9,28 +9,31 @@ linear<C> or the segmentation head (conv6a + ReLU, linear<C>, 3x3 dilation 12, w
 The network is described by `net.json` (written by r38-bench from the built Rust modules),
 the weights come from `weights.bin` + `weights.json` (f32 values back to back, and per
 checkpoint name, e.g. res4b3_branch2a_weight, its offset and shape), the input
-from `input.npy`. Writes `out_torch.npy` and prints one line `TORCH-RESULT {json}` with the
-median time and the process's peak RSS (ru_maxrss).
+from `input.npy`. Driven by r38-bench through tools/bench_worker.py (one repetition per `rep`
+line, interleaved with the other engines'); on `end` it writes `out_torch.npy` and prints one
+line `TORCH-RESULT {json}` with the times and the process's peak RSS (ru_maxrss).
 
 With `--train`, each repetition is one training step instead: forward, mean softmax
 cross-entropy over the pixels of `labels.npy` other than 255, backward to every weight except
 the BN statistics (frozen, eval-mode BN); `out_torch.npy` is then the gradient of
 `conv1a_weight` and the result also carries the loss.
 
-Usage: python tools/torch_reference.py --dir DIR [--reps 5] [--warmup 1] [--threads 2] [--train]
+With `--export-onnx PATH` it only writes the network as ONNX (for tools/ort_reference.py).
+
+Usage: python tools/torch_reference.py --dir DIR [--warmup 1] [--threads 2] [--train]
+       [--export-onnx PATH]
 """
 
 import argparse
 import json
 import os
-import resource
-import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from bench_worker import serve, result_line
 
 
 def bn_relu(x, w, name, eps):
@@ -111,17 +114,8 @@ class Net(torch.nn.Module):
         return x
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--dir", required=True)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--train", action="store_true")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(a.train)
-
+def load(a):
+    """The network, its weights by name and the input from the files r38-bench wrote."""
     with open(os.path.join(a.dir, "net.json")) as f:
         desc = json.load(f)
     with open(os.path.join(a.dir, "weights.json")) as f:
@@ -132,50 +126,76 @@ def main():
         n = int(np.prod(e["shape"])) if e["shape"] else 1
         weights[name] = torch.from_numpy(flat[e["offset"] : e["offset"] + n].reshape(e["shape"]))
     x = torch.from_numpy(np.load(os.path.join(a.dir, "input.npy")))
-    net = Net(desc, weights).eval()
+    return Net(desc, weights).eval(), weights, x
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--train", action="store_true")
+    p.add_argument("--export-onnx", metavar="PATH")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(a.train)
+    net, weights, x = load(a)
+    if a.export_onnx:
+        return export_onnx(net, x, a.export_onnx)
     if a.train:
         return train_steps(a, net, weights, x)
 
     with torch.inference_mode():
         for _ in range(a.warmup):
             net(x)
-        totals, parts = [], {}
-        y = None
-        for _ in range(max(1, a.reps)):
+        state = {}
+
+        def once():
             times = []
-            t0 = time.perf_counter()
-            y = net(x, times)
-            totals.append((time.perf_counter() - t0) * 1e3)
-            for name, s in times:
-                parts.setdefault(name, []).append(s * 1e3)
-    report(a, totals, parts, y)
+            state["y"] = net(x, times)
+            return dict(times)
+
+        def finish(totals, parts):
+            report(a, totals, parts, state["y"])
+
+        serve(once, finish)
+
+
+def export_onnx(net, x, path):
+    """The same network as ONNX (the TorchScript exporter: the dynamo one needs onnxscript),
+    its weights as initializers, for tools/ort_reference.py."""
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (x,),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+        )
 
 
 def report(a, totals, parts, out, **extra):
     """Writes `out` as out_torch.npy and prints the TORCH-RESULT line r38-bench reads."""
     np.save(os.path.join(a.dir, "out_torch.npy"), out.numpy())
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    result = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "reps": len(totals),
-        "times_ms": totals,
-        "median_ms": statistics.median(totals),
-        "peak_rss_mib": rss_kib / 1024.0,
-        "levels": [{"name": k, "median_ms": statistics.median(v)} for k, v in parts.items()],
-        "output_shape": list(out.shape),
+    result_line(
+        "TORCH-RESULT",
+        totals,
+        parts,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        output_shape=list(out.shape),
         **extra,
-    }
-    print("TORCH-RESULT " + json.dumps(result))
-    sys.stdout.flush()
+    )
 
 
 def train_steps(a, net, weights, x):
     labels = torch.from_numpy(np.load(os.path.join(a.dir, "labels.npy")).astype(np.int64))
     params = [t.requires_grad_(True) for n, t in weights.items() if "_moving_" not in n]
-    totals, forward, backward = [], [], []
-    loss = None
-    for rep in range(a.warmup + max(1, a.reps)):
+    state = {}
+
+    def step():
         for t in params:
             t.grad = None
         t0 = time.perf_counter()
@@ -183,12 +203,16 @@ def train_steps(a, net, weights, x):
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        if rep >= a.warmup:
-            totals.append((t2 - t0) * 1e3)
-            forward.append((t1 - t0) * 1e3)
-            backward.append((t2 - t1) * 1e3)
-    parts = {"forward + loss": forward, "backward": backward}
-    report(a, totals, parts, weights["conv1a_weight"].grad, loss=loss.item())
+        state["loss"] = loss.item()
+        return {"forward + loss": t1 - t0, "backward": t2 - t1}
+
+    for _ in range(a.warmup):
+        step()
+
+    def finish(totals, parts):
+        report(a, totals, parts, weights["conv1a_weight"].grad, loss=state["loss"])
+
+    serve(step, finish)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the speed and memory benchmark (crates/r38-bench), built in release
-//! (with the backend `--device` names).
+//! (with the backend `--device` names); every option (`--vs-torch`, `--vs-ort`, `--engine
+//! fast-kept`, ..) is passed to it as given.
 
 use crate::{option, root, run_command, target_dir};
 use anyhow::Result;

@@ -9,11 +9,15 @@
 //! - [`train_step`]: one training step of the segmentation recipe on the real network.
 //! - [`stats`]: medians and the process's peak RSS.
 //! - [`device_check`]: a GPU against the CPU (parity fixtures per dtype, training gradients).
+//! - [`peak`]: the machine's measured FMA peak, which every case is reported against.
+//! - [`worker`]: the engines' processes and their interleaved repetitions.
 
 pub mod cases;
 pub mod device_check;
 pub mod layers;
 pub mod net;
+pub mod peak;
 pub mod stats;
 pub mod train_step;
 pub mod weights;
+pub mod worker;

@@ -1,16 +1,20 @@
 //! `r38-bench`: median forward times of ResNet-38 through candle's convolution (exact), the r38
-//! engine (fast) and, with `--vs-torch`, the same network in PyTorch, each case and engine in a
-//! process of its own so that peak RSS figures are separate.
+//! engine (fast) and, with `--vs-torch` / `--vs-ort`, the same network in PyTorch and in
+//! onnxruntime, each case and engine in a process of its own so that peak RSS figures are
+//! separate, their repetitions interleaved ([`r38_bench::worker`]); every figure also as a
+//! fraction of the machine's measured FMA peak ([`r38_bench::peak`]).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use r38_bench::cases::{self, Case, Job};
 use r38_bench::net::BenchNet;
+use r38_bench::peak::{self, Isa};
 use r38_bench::stats::{median, peak_rss_mib};
 use r38_bench::train_step::{self, TrainStep};
 use r38_bench::weights::{random_input, RandomWeights};
-use r38_ops::engine::Engine;
+use r38_bench::worker::{self, Worker};
+use r38_ops::engine::{self, Engine};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,20 +22,23 @@ use std::time::Instant;
 
 const RESULT_TAG: &str = "R38BENCH-RESULT ";
 const TORCH_TAG: &str = "TORCH-RESULT ";
+const ORT_TAG: &str = "ORT-RESULT ";
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "ResNet-38 forward and training-step benchmarks: candle (exact) vs r38 engine (fast) vs PyTorch"
+    about = "ResNet-38 forward and training-step benchmarks: candle (exact) vs r38 engine (fast) vs PyTorch vs onnxruntime"
 )]
 struct Args {
     /// Cases, comma-separated (default: a1-224,a1-224-b8,a1s8-504,a1s8-train); `--list` shows
     /// them all.
     #[arg(long, value_delimiter = ',')]
     case: Vec<String>,
-    /// exact (candle conv2d), fast (r38 engine) or both.
+    /// exact (candle conv2d), fast (r38 engine), fast-kept (r38 engine, Winograd kernels kept
+    /// across passes: constant-weight inference), gemm, or both (= exact,fast); comma-separated.
     #[arg(long, default_value = "both")]
     engine: String,
-    /// Timed repetitions per case and engine (median reported).
+    /// Timed repetitions per case and engine, interleaved across engines (median and spread
+    /// reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Untimed warm-up runs before the timed ones.
@@ -46,6 +53,16 @@ struct Args {
     /// The PyTorch reference script.
     #[arg(long, default_value = "tools/torch_reference.py")]
     torch_script: PathBuf,
+    /// Python interpreter with torch, onnx and onnxruntime: also run the network exported to
+    /// ONNX (by the PyTorch script) in onnxruntime (tools/ort_reference.py), inference cases.
+    #[arg(long, value_name = "PYTHON")]
+    vs_ort: Option<PathBuf>,
+    /// The onnxruntime reference script.
+    #[arg(long, default_value = "tools/ort_reference.py")]
+    ort_script: PathBuf,
+    /// Only measure the machine's FMA peak (it is measured before every run anyway).
+    #[arg(long)]
+    peak: bool,
     /// Where weights, inputs and outputs are written (default: a temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -88,17 +105,24 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if args.peak {
+        let peak = measure_peak(threads_of(&args));
+        println!("{}", serde_json::to_string_pretty(&peak)?);
+        return Ok(());
+    }
     if let Some(filter) = &args.layers {
         let filter = (!filter.is_empty()).then_some(filter.as_str());
-        println!(
-            "| layer | GMACs | exact ms | fast ms | fast/exact | exact GFLOP/s | fast GFLOP/s |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|");
-        for (label, gm, e, f) in r38_bench::layers::run(args.reps, filter)? {
-            let (ge, gf) = (2.0 * gm / (e * 1e-3), 2.0 * gm / (f * 1e-3));
+        println!("| layer | GMACs | exact ms | fast ms | fast-kept ms | fast/exact | kept/fast | exact GFLOP/s | fast GFLOP/s | fast-kept GFLOP/s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (label, gm, e, f, k) in r38_bench::layers::run(args.reps, filter)? {
+            let rate = |ms: f64| 2.0 * gm / (ms * 1e-3);
             println!(
-                "| {label} | {gm:.3} | {e:.1} | {f:.1} | {:.2} | {ge:.1} | {gf:.1} |",
-                f / e
+                "| {label} | {gm:.3} | {e:.1} | {f:.1} | {k:.1} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                f / e,
+                k / f,
+                rate(e),
+                rate(f),
+                rate(k)
             );
         }
         println!();
@@ -127,7 +151,7 @@ fn main() -> Result<()> {
         let [case] = selected.as_slice() else {
             bail!("--child runs exactly one case");
         };
-        let engine: Engine = args.engine.parse().map_err(anyhow::Error::msg)?;
+        let engine: BenchEngine = args.engine.parse().map_err(anyhow::Error::msg)?;
         let dir = args
             .work_dir
             .as_deref()
@@ -138,7 +162,48 @@ fn main() -> Result<()> {
 }
 
 /// One case, one engine, this process: build, warm up, time, report.
-fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+/// An engine as the benchmark runs it: with or without its Winograd kernels kept across passes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct BenchEngine {
+    engine: Engine,
+    keep_kernels: bool,
+}
+
+impl std::str::FromStr for BenchEngine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.strip_suffix("-kept") {
+            Some(e) => BenchEngine {
+                engine: e.parse()?,
+                keep_kernels: true,
+            },
+            None => BenchEngine {
+                engine: s.parse()?,
+                keep_kernels: false,
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for BenchEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = if self.keep_kernels { "-kept" } else { "" };
+        write!(f, "{}{kept}", self.engine)
+    }
+}
+
+impl BenchEngine {
+    /// `f` with the engine's kernels kept across passes, if it keeps them.
+    fn scope<T>(self, f: impl FnOnce() -> T) -> T {
+        if self.keep_kernels {
+            engine::with_kept_kernels(f)
+        } else {
+            f()
+        }
+    }
+}
+
+fn child(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
     if case.job == Job::TrainingStep {
         return child_training_step(args, case, engine, dir);
     }
@@ -149,18 +214,22 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
     let input = random_input(case.input, args.seed, &dev)?;
     let build_s = t0.elapsed().as_secs_f64();
     let rss_weights = peak_rss_mib();
+    if args.dump {
+        dump_for_torch(dir, net.backbone(), case, &input, &weights.tensors())?;
+    }
     for _ in 0..args.warmup {
-        net.forward(&input, engine)?;
+        engine.scope(|| net.forward(&input, engine.engine))?;
     }
     let mut totals = Vec::new();
     let mut parts: Vec<Vec<f64>> = Vec::new();
     let mut names = Vec::new();
     let mut macs = Vec::new();
     let mut output = None;
-    for _ in 0..args.reps.max(1) {
+    worker::serve(|| {
         let t = Instant::now();
-        let (y, stats) = net.forward(&input, engine)?;
-        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        let (y, stats) = engine.scope(|| net.forward(&input, engine.engine))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        totals.push(ms);
         if parts.is_empty() {
             parts = vec![Vec::new(); stats.len()];
             names = stats.iter().map(|s| s.name.clone()).collect();
@@ -170,13 +239,11 @@ fn child(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
             p.push(s.seconds * 1e3);
         }
         output = Some(y);
-    }
+        Ok(json!({ "total_ms": ms }))
+    })?;
     let rss = peak_rss_mib();
-    let output = output.expect("at least one rep");
+    let output = output.context("no repetition was run")?;
     output.write_npy(dir.join(format!("out_{engine}.npy")))?;
-    if args.dump {
-        dump_for_torch(dir, net.backbone(), case, &input, &weights.tensors())?;
-    }
     let total_macs: u64 = macs.iter().sum();
     let levels: Vec<Value> = names
         .iter()
@@ -209,7 +276,7 @@ impl Measured {
     fn json(
         self,
         case: &Case,
-        engine: Engine,
+        engine: BenchEngine,
         levels: Vec<Value>,
         output_shape: &[usize],
     ) -> Value {
@@ -251,11 +318,13 @@ fn dump_for_torch(
 }
 
 /// One training step per repetition (forward, loss, backward), this process.
-fn child_training_step(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
-    r38_ops::engine::with_engine(engine, || training_step_reps(args, case, engine, dir))
+fn child_training_step(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
+    engine::with_engine(engine.engine, || {
+        engine.scope(|| training_step_reps(args, case, engine, dir))
+    })
 }
 
-fn training_step_reps(args: &Args, case: &Case, engine: Engine, dir: &Path) -> Result<()> {
+fn training_step_reps(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
     let dev = Device::Cpu;
     let t0 = Instant::now();
     let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
@@ -266,27 +335,29 @@ fn training_step_reps(args: &Args, case: &Case, engine: Engine, dir: &Path) -> R
     let labels = train_step::random_labels((case.input.0, h, w), args.seed, classes)?;
     let build_s = t0.elapsed().as_secs_f64();
     let rss_weights = peak_rss_mib();
+    if args.dump {
+        dump_for_torch(dir, step.backbone(), case, &input, step.tensors())?;
+        labels.write_npy(dir.join("labels.npy"))?;
+    }
     for _ in 0..args.warmup {
         step.run(&input, &labels)?;
     }
     let (mut totals, mut forward, mut backward) = (Vec::new(), Vec::new(), Vec::new());
     let mut last = None;
-    for _ in 0..args.reps.max(1) {
+    worker::serve(|| {
         let t = Instant::now();
         let (loss, grads, times) = step.run(&input, &labels)?;
-        totals.push(t.elapsed().as_secs_f64() * 1e3);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        totals.push(ms);
         forward.push(times.forward * 1e3);
         backward.push(times.backward * 1e3);
         last = Some((loss, grads));
-    }
+        Ok(json!({ "total_ms": ms }))
+    })?;
     let rss = peak_rss_mib();
-    let (loss, grads) = last.expect("at least one rep");
+    let (loss, grads) = last.context("no repetition was run")?;
     let compared = step.gradient(&grads, train_step::COMPARED_GRADIENT)?;
     compared.write_npy(dir.join(format!("out_{engine}.npy")))?;
-    if args.dump {
-        dump_for_torch(dir, step.backbone(), case, &input, step.tensors())?;
-        labels.write_npy(dir.join("labels.npy"))?;
-    }
     let levels = vec![
         json!({"name": "forward + loss", "median_ms": median(&mut forward), "gmacs": forward_macs as f64 / 1e9}),
         json!({"name": "backward", "median_ms": median(&mut backward), "gmacs": 2.0 * forward_macs as f64 / 1e9}),
@@ -304,15 +375,6 @@ fn training_step_reps(args: &Args, case: &Case, engine: Engine, dir: &Path) -> R
     result["compared"] = json!(train_step::COMPARED_GRADIENT);
     println!("{RESULT_TAG}{result}");
     Ok(())
-}
-
-fn tagged_json(stdout: &str, tag: &str) -> Result<Value> {
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(tag))
-        .with_context(|| format!("no {tag:?} line in the output"))?;
-    Ok(serde_json::from_str(line)?)
 }
 
 fn run_captured(mut cmd: Command) -> Result<String> {
@@ -340,98 +402,146 @@ fn rel_diff(a: &Path, b: &Path) -> Result<f64> {
     Ok(diff / scale.max(1e-30))
 }
 
+fn threads_of(args: &Args) -> usize {
+    args.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The FMA peak on `threads` threads, in the widest instruction set (and in AVX2 where that is
+/// AVX-512): the best of 15 runs, or `threads` times the best on one thread if that is more (on
+/// this shared host another process can take a core during every run of all threads at once;
+/// the one-thread runs are disturbed less, and measured quiet the two agree).
+fn measure_peak(threads: usize) -> Value {
+    let isa = Isa::widest();
+    let (best, median) = peak::fma_peak_gflops(isa, threads, 15);
+    let one = peak::fma_peak_gflops(isa, 1, 15).0;
+    let mut v = json!({
+        "isa": isa.name(),
+        "threads": threads,
+        "gflops": best.max(threads as f64 * one),
+        "gflops_all_threads": best,
+        "gflops_median": median,
+        "gflops_one_thread": one,
+    });
+    if isa == Isa::Avx512 {
+        v["avx2_gflops"] = json!(peak::fma_peak_gflops(Isa::Avx2, threads, 15).0);
+    }
+    v
+}
+
+fn child_command(exe: &Path, args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env("RAYON_NUM_THREADS", threads_of(args).to_string())
+        .args(["--child", "--case", case.name])
+        .args(["--engine", &engine.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--narrow", &args.narrow.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .arg("--work-dir")
+        .arg(dir);
+    cmd
+}
+
+fn python_command(python: &Path, script: &Path, args: &Args, dir: &Path) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .arg("--dir")
+        .arg(dir)
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--threads", &threads_of(args).to_string()]);
+    cmd
+}
+
 fn parent(args: &Args, selected: &[Case]) -> Result<()> {
-    let engines: Vec<Engine> = match args.engine.as_str() {
-        "both" => vec![Engine::Exact, Engine::Fast],
-        e => vec![e.parse().map_err(anyhow::Error::msg)?],
-    };
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let engines: Vec<BenchEngine> = match args.engine.as_str() {
+        "both" => vec!["exact".parse(), "fast".parse()],
+        list => list.split(',').map(str::parse).collect(),
+    }
+    .into_iter()
+    .collect::<std::result::Result<_, _>>()
+    .map_err(anyhow::Error::msg)?;
+    let threads = threads_of(args);
     let root = match &args.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("r38-bench-{}", std::process::id())),
     };
     let exe = std::env::current_exe()?;
+    let peak = measure_peak(threads);
+    eprintln!(
+        "== FMA peak ({}, {threads} threads): {:.1} GFLOP/s ({:.1} on one thread)",
+        peak["isa"].as_str().unwrap_or("?"),
+        f(&peak["gflops"]),
+        f(&peak["gflops_one_thread"])
+    );
     let mut report = Vec::new();
     for case in selected {
         let dir = root.join(case.name);
         std::fs::create_dir_all(&dir)?;
         eprintln!(
-            "== {} ({}), {threads} threads, {} reps",
+            "== {} ({}), {threads} threads, {} reps interleaved",
             case.name, case.about, args.reps
         );
-        let mut results: Vec<Value> = Vec::new();
-        for (i, engine) in engines.iter().enumerate() {
-            let mut cmd = Command::new(&exe);
-            cmd.env("RAYON_NUM_THREADS", threads.to_string())
-                .args([
-                    "--child",
-                    "--case",
-                    case.name,
-                    "--engine",
-                    &engine.to_string(),
-                ])
-                .args([
-                    "--reps",
-                    &args.reps.to_string(),
-                    "--warmup",
-                    &args.warmup.to_string(),
-                ])
-                .args([
-                    "--narrow",
-                    &args.narrow.to_string(),
-                    "--seed",
-                    &args.seed.to_string(),
-                ])
-                .arg("--work-dir")
-                .arg(&dir);
-            if i == 0 && args.vs_torch.is_some() {
+        let with_ort = args.vs_ort.as_ref().filter(|_| case.job == Job::Forward);
+        let mut workers = Vec::new();
+        for (i, &engine) in engines.iter().enumerate() {
+            let mut cmd = child_command(&exe, args, case, engine, &dir);
+            let first = i == 0;
+            if first && (args.vs_torch.is_some() || with_ort.is_some()) {
                 cmd.arg("--dump");
             }
-            let r = tagged_json(&run_captured(cmd)?, RESULT_TAG)?;
+            workers.push(Worker::start(&engine.to_string(), cmd)?);
+            if let Some(python) = with_ort.filter(|_| first) {
+                // The ONNX file is made by the PyTorch script from the files just dumped.
+                let mut cmd = python_command(python, &args.torch_script, args, &dir);
+                cmd.arg("--export-onnx").arg(dir.join("model.onnx"));
+                run_captured(cmd)?;
+            }
+        }
+        if let Some(python) = &args.vs_torch {
+            let mut cmd = python_command(python, &args.torch_script, args, &dir);
+            if case.job == Job::TrainingStep {
+                cmd.arg("--train");
+            }
+            workers.push(Worker::start("pytorch", cmd)?);
+        }
+        if let Some(python) = with_ort {
+            let cmd = python_command(python, &args.ort_script, args, &dir);
+            workers.push(Worker::start("onnxruntime", cmd)?);
+        }
+        worker::interleave(&mut workers, args.reps)?;
+        let (mut results, mut torch, mut ort) = (Vec::new(), Value::Null, Value::Null);
+        for w in workers {
+            match w.label.as_str() {
+                "pytorch" => torch = w.finish(TORCH_TAG)?,
+                "onnxruntime" => ort = w.finish(ORT_TAG)?,
+                _ => results.push(w.finish(RESULT_TAG)?),
+            }
+        }
+        for r in results
+            .iter()
+            .chain([&torch, &ort])
+            .filter(|r| !r.is_null())
+        {
             eprintln!(
-                "   {:<6} median {:>9.1} ms  {:>6.1} GFLOP/s  peak RSS {:>7.0} MiB",
-                engine,
-                r["median_ms"].as_f64().unwrap_or(f64::NAN),
-                r["gflops"].as_f64().unwrap_or(f64::NAN),
-                r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+                "   {:<12} median {:>9.1} ms  [{}]  peak RSS {:>7.0} MiB",
+                r["engine"].as_str().unwrap_or(if r["torch"].is_null() {
+                    "onnxruntime"
+                } else {
+                    "pytorch"
+                }),
+                f(&r["median_ms"]),
+                spread(r),
+                f(&r["peak_rss_mib"])
             );
             if let Some(loss) = r["loss"].as_f64() {
                 eprintln!("          loss {loss:.6}");
             }
-            results.push(r);
         }
         let reference = dir.join(format!("out_{}.npy", engines[0]));
-        let mut torch = Value::Null;
-        if let Some(python) = &args.vs_torch {
-            let mut cmd = Command::new(python);
-            cmd.arg(&args.torch_script)
-                .arg("--dir")
-                .arg(&dir)
-                .args([
-                    "--reps",
-                    &args.reps.to_string(),
-                    "--warmup",
-                    &args.warmup.to_string(),
-                ])
-                .args(["--threads", &threads.to_string()]);
-            if case.job == Job::TrainingStep {
-                cmd.arg("--train");
+        for (other, file) in [(&mut torch, "out_torch.npy"), (&mut ort, "out_ort.npy")] {
+            if !other.is_null() {
+                other["rel_diff_vs_r38"] = json!(rel_diff(&dir.join(file), &reference)?);
             }
-            let mut t = tagged_json(&run_captured(cmd)?, TORCH_TAG)?;
-            let d = rel_diff(&dir.join("out_torch.npy"), &reference)?;
-            t["rel_diff_vs_r38"] = json!(d);
-            eprintln!(
-                "   torch  median {:>9.1} ms  peak RSS {:>7.0} MiB  (max rel diff vs r38 {}: {d:.2e})",
-                t["median_ms"].as_f64().unwrap_or(f64::NAN),
-                t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
-                engines[0]
-            );
-            if let Some(loss) = t["loss"].as_f64() {
-                eprintln!("          loss {loss:.6}");
-            }
-            torch = t;
         }
         for r in results.iter_mut().skip(1) {
             let e = r["engine"].as_str().unwrap_or("?").to_string();
@@ -440,7 +550,7 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
         }
         report.push(
             json!({"case": case.name, "about": case.about, "threads": threads,
-                           "r38": results, "torch": torch}),
+                           "r38": results, "torch": torch, "ort": ort}),
         );
         if !args.keep {
             let _ = std::fs::remove_dir_all(&dir);
@@ -449,9 +559,9 @@ fn parent(args: &Args, selected: &[Case]) -> Result<()> {
     if !args.keep && args.work_dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
-    print_tables(&report);
+    print_tables(&report, &peak);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
+        let text = serde_json::to_string_pretty(&json!({"peak": peak, "cases": report}))?;
         r38_data::output::write_bytes_atomically(path, text.as_bytes())?;
     }
     Ok(())
@@ -461,54 +571,85 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-fn print_tables(report: &[Value]) {
+/// "min-max" of a result's repetitions, ms.
+fn spread(r: &Value) -> String {
+    let times: Vec<f64> = r["times_ms"]
+        .as_array()
+        .map(|t| t.iter().map(f).collect())
+        .unwrap_or_default();
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = times.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.0}-{max:.0}")
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.2}x", a / b)
+    }
+}
+
+fn print_tables(report: &[Value], peak: &Value) {
+    let peak_gflops = f(&peak["gflops"]);
     println!();
-    println!("| case | engine | median ms | GFLOP/s | peak RSS MiB | vs exact | vs torch (time) | vs torch (RSS) | max rel diff |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "Measured FMA peak: {:.1} GFLOP/s ({}, {} threads: best of 15 runs {:.1}, median {:.1}; {:.1} on one thread{}).",
+        peak_gflops,
+        peak["isa"].as_str().unwrap_or("?"),
+        peak["threads"],
+        f(&peak["gflops_all_threads"]),
+        f(&peak["gflops_median"]),
+        f(&peak["gflops_one_thread"]),
+        peak.get("avx2_gflops")
+            .map_or(String::new(), |v| format!("; AVX2: {:.1}", f(v)))
+    );
+    println!();
+    println!("| case | engine | median ms | min-max ms | GFLOP/s | % of peak | peak RSS MiB | vs exact | time vs PyTorch | time vs onnxruntime | RSS vs PyTorch | RSS vs onnxruntime | max rel diff |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in report {
         let runs = c["r38"].as_array().cloned().unwrap_or_default();
+        let name = c["case"].as_str().unwrap_or("?");
+        let gmacs = runs.first().map_or(f64::NAN, |r| f(&r["gmacs"]));
         let exact = runs
             .iter()
             .find(|r| r["engine"] == "exact")
             .map(|r| f(&r["median_ms"]));
-        let torch = &c["torch"];
-        let (tm, trss) = (f(&torch["median_ms"]), f(&torch["peak_rss_mib"]));
+        let (torch, ort) = (&c["torch"], &c["ort"]);
+        let row = |engine: &str, r: &Value, vs_exact: String, refs: bool, diff: String| {
+            let m = f(&r["median_ms"]);
+            let gflops = 2.0 * gmacs / (m * 1e-3);
+            let rss = f(&r["peak_rss_mib"]);
+            let vs = |other: &Value, key: &str, mine: f64| {
+                if refs {
+                    ratio(mine, f(&other[key]))
+                } else {
+                    "-".into()
+                }
+            };
+            println!(
+                "| {name} | {engine} | {m:.1} | {} | {gflops:.1} | {:.0}% | {rss:.0} | {vs_exact} | {} | {} | {} | {} | {diff} |",
+                spread(r),
+                100.0 * gflops / peak_gflops,
+                vs(torch, "median_ms", m),
+                vs(ort, "median_ms", m),
+                vs(torch, "peak_rss_mib", rss),
+                vs(ort, "peak_rss_mib", rss),
+            );
+        };
         for r in &runs {
             let m = f(&r["median_ms"]);
             let diff = r
                 .get("rel_diff_vs_exact")
                 .map_or("-".to_string(), |d| format!("{:.1e}", f(d)));
-            println!(
-                "| {} | {} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} |",
-                c["case"].as_str().unwrap_or("?"),
-                r["engine"].as_str().unwrap_or("?"),
-                m,
-                f(&r["gflops"]),
-                f(&r["peak_rss_mib"]),
-                exact.map_or("-".into(), |e| format!("{:.2}x", m / e)),
-                if tm.is_nan() {
-                    "-".into()
-                } else {
-                    format!("{:.2}x", m / tm)
-                },
-                if trss.is_nan() {
-                    "-".into()
-                } else {
-                    format!("{:.2}x", f(&r["peak_rss_mib"]) / trss)
-                },
-                diff,
-            );
+            let vs_exact = exact.map_or("-".into(), |e| ratio(m, e));
+            row(r["engine"].as_str().unwrap_or("?"), r, vs_exact, true, diff);
         }
-        if !torch.is_null() {
-            let gmacs = runs.first().map_or(f64::NAN, |r| f(&r["gmacs"]));
-            println!(
-                "| {} | pytorch | {:.1} | {:.1} | {:.0} | - | 1.00x | 1.00x | {:.1e} |",
-                c["case"].as_str().unwrap_or("?"),
-                tm,
-                2.0 * gmacs / (tm * 1e-3),
-                trss,
-                f(&torch["rel_diff_vs_r38"])
-            );
+        for (label, other) in [("pytorch", torch), ("onnxruntime", ort)] {
+            if !other.is_null() {
+                let diff = format!("{:.1e}", f(&other["rel_diff_vs_r38"]));
+                row(label, other, "-".into(), false, diff);
+            }
         }
     }
     for c in report {

@@ -9,7 +9,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use r38_model::{Backbone, BackboneConfig};
-use r38_ops::engine::{conv2d_add_with, conv2d_with, Engine};
+use r38_ops::engine::{
+    conv2d_add_with, conv2d_kept, conv2d_with, keeps_kernels, with_engine, Engine,
+};
 use r38_ops::{Conv2d, ConvSpec, PreActivation};
 use r38_seg::HeadConfig;
 use serde::Serialize;
@@ -127,12 +129,21 @@ impl BenchNet {
     }
 
     /// Eval-mode forward pass; returns the output and the time and MACs of each part
-    /// (`conv1a`, `level2`..`level7`, `head` = bn7 + head).
+    /// (`conv1a`, `level2`..`level7`, `head` = bn7 + head). Inside
+    /// [`r38_ops::engine::with_kept_kernels`] the convolutions keep their Winograd kernels, as
+    /// `Conv2d::forward` does there.
     pub fn forward(&self, x: &Tensor, engine: Engine) -> Result<(Tensor, Vec<PartStat>)> {
         let mut parts = Vec::new();
         let mut macs = 0u64;
+        let keep = keeps_kernels();
         let conv = |x: &Tensor, c: &Conv2d, macs: &mut u64| -> Result<Tensor> {
-            let y = conv2d_with(engine, x, c.weight(), c.bias(), c.spec())?;
+            let y = if keep {
+                with_engine(engine, || {
+                    conv2d_kept(x, c.weight(), c.bias(), c.spec(), c.kept_kernels())
+                })?
+            } else {
+                conv2d_with(engine, x, c.weight(), c.bias(), c.spec())?
+            };
             *macs += conv_macs(c.spec(), &y);
             Ok(y)
         };

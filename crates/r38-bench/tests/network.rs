@@ -8,7 +8,7 @@ use common::rel_diff;
 use r38_bench::net::{BenchNet, HeadConfigDesc, HeadKind};
 use r38_bench::weights::{random_input, RandomWeights};
 use r38_model::{BackboneConfig, Classifier};
-use r38_ops::engine::Engine;
+use r38_ops::engine::{with_kept_kernels, Engine};
 use r38_seg::{HeadConfig, SegmentationNet};
 
 #[test]
@@ -65,6 +65,15 @@ fn a1_s8_narrowed_segmentation_fast_matches_exact() {
     // The default engine, as Conv2d::forward uses it.
     let y = model.forward_t(&x, false).unwrap();
     assert!(rel_diff(&y, &reference) < 1e-4);
+    // Kernels kept across passes (the model's Conv2d layers and the walker's alike): the
+    // second pass reuses the first's and gives the same bits.
+    let kept = |n: &BenchNet| with_kept_kernels(|| n.forward(&x, Engine::Fast)).unwrap().0;
+    let (first, second) = (kept(&net), kept(&net));
+    assert_eq!(rel_diff(&first, &second), 0.0);
+    let r = rel_diff(&first, &exact);
+    assert!(r < 1e-4, "fast with kept kernels vs exact: {r}");
+    let model_kept = with_kept_kernels(|| model.forward_t(&x, false)).unwrap();
+    assert!(rel_diff(&model_kept, &first) < 1e-6);
 }
 
 #[test]

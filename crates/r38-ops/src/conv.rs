@@ -1,7 +1,9 @@
 //! Convolution with the authors' "same" padding rule, dilation included.
 
+use crate::engine::KeptKernels;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::Arc;
 
 /// Padding that keeps the spatial size at stride 1: `((k - 1) * d + 1) / 2`.
 pub fn same_padding(kernel: usize, dilation: usize) -> usize {
@@ -78,6 +80,9 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     spec: ConvSpec,
+    /// The weight's Winograd transforms, made and kept inside
+    /// [`crate::engine::with_kept_kernels`] (shared by clones, which share the weight).
+    kept: Arc<KeptKernels>,
 }
 
 impl Conv2d {
@@ -105,7 +110,12 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { weight, bias, spec })
+        Ok(Self {
+            weight,
+            bias,
+            spec,
+            kept: Arc::default(),
+        })
     }
 
     /// Shape and placement.
@@ -123,6 +133,12 @@ impl Conv2d {
         self.bias.as_ref()
     }
 
+    /// The transformed kernels kept for this layer's weight (empty until it runs inside
+    /// [`crate::engine::with_kept_kernels`]).
+    pub fn kept_kernels(&self) -> &KeptKernels {
+        &self.kept
+    }
+
     /// `residual + self(x)`, accumulated into `residual`'s storage on the fast path (a
     /// projection shortcut adding onto its unit's fresh branch output; see
     /// [`crate::engine::conv2d_add`]).
@@ -138,7 +154,11 @@ impl Module for Conv2d {
     /// The fast CPU engine for inference, candle's exact path for training and other devices
     /// (see [`crate::engine`]; `engine::with_engine(Engine::Exact, ..)` selects the exact path).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::engine::conv2d(x, &self.weight, self.bias.as_ref(), &self.spec)
+        if crate::engine::keeps_kernels() {
+            crate::engine::conv2d_kept(x, &self.weight, self.bias.as_ref(), &self.spec, &self.kept)
+        } else {
+            crate::engine::conv2d(x, &self.weight, self.bias.as_ref(), &self.spec)
+        }
     }
 }
 

@@ -25,7 +25,8 @@ pub mod pre_activation;
 pub mod winograd;
 
 use crate::conv::ConvSpec;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, TensorId};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use kernel::Geometry;
 
@@ -67,6 +68,7 @@ impl std::fmt::Display for Engine {
 
 thread_local! {
     static SCOPED: std::cell::Cell<Option<Engine>> = const { std::cell::Cell::new(None) };
+    static KEEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The engine of the calling thread: the innermost [`with_engine`] around it, else
@@ -95,6 +97,108 @@ pub fn with_engine<T>(engine: Engine, f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(SCOPED.with(|e| e.replace(Some(engine))));
     f()
+}
+
+/// Run `f` with every [`crate::Conv2d`] it calls on this thread keeping the Winograd transforms
+/// of its constant weight ([`KeptKernels`]) for later passes: for inference that runs the same
+/// network many times (several scales and flips, a data set, sliding windows). It costs
+/// memory: 1.8x the 3x3 weights under F(2x2), 4x under F(4x4), held as long as the layers.
+///
+/// Weights that autograd tracks (candle `Var`s being trained) are never kept.
+pub fn with_kept_kernels<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP.with(|k| k.replace(true)));
+    f()
+}
+
+/// Whether the calling thread is inside [`with_kept_kernels`].
+pub fn keeps_kernels() -> bool {
+    KEEP.with(|k| k.get())
+}
+
+/// The Winograd-transformed kernels of one constant weight, made on its first use under each
+/// block size and kept (a [`crate::Conv2d`] holds one for its weight). Bound to the first
+/// weight tensor it serves: any other tensor is refused, so kernels are never served for a
+/// weight they were not made from. Candle tensors are immutable except for `Var`s, which
+/// autograd tracks and [`conv2d_kept`] never keeps; a plain tensor that shares a trained
+/// `Var`'s storage (`Var::detach`) must not be given one.
+#[derive(Default)]
+pub struct KeptKernels {
+    weight: OnceLock<TensorId>,
+    /// F(2x2) and F(4x4).
+    blocks: [Mutex<Option<Arc<winograd::Transformed>>>; 2],
+}
+
+impl std::fmt::Debug for KeptKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeptKernels({} bytes)", self.bytes())
+    }
+}
+
+impl KeptKernels {
+    /// Bytes of transformed kernels held.
+    pub fn bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.lock().ok()?.as_ref().map(|u| u.bytes()))
+            .sum()
+    }
+
+    /// The kernels of `weight` for blocks of edge `m`, made now if they are not kept yet.
+    fn get(&self, weight: &Tensor, g: &Geometry, m: usize) -> Result<Arc<winograd::Transformed>> {
+        if *self.weight.get_or_init(|| weight.id()) != weight.id() {
+            candle_core::bail!("engine::KeptKernels: kept for another weight tensor");
+        }
+        let mut slot = self.blocks[usize::from(m == 4)]
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("engine::KeptKernels: poisoned".into()))?;
+        if let Some(u) = slot.as_ref() {
+            return Ok(u.clone());
+        }
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let u = Arc::new(winograd::Transformed::new(g, m, &w));
+        *slot = Some(u.clone());
+        Ok(u)
+    }
+}
+
+/// [`conv2d`] with the Winograd kernels of `weight` kept in `kept` across calls (see
+/// [`with_kept_kernels`]): on the fast engine, for a constant weight, every 3x3 stride-1
+/// convolution goes through Winograd, small maps included ([`winograd::applies_kept`]).
+/// Anything else computes as [`conv2d`] does.
+pub fn conv2d_kept(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &ConvSpec,
+    kept: &KeptKernels,
+) -> Result<Tensor> {
+    let engine = engine();
+    if engine == Engine::Fast && fast_applies(x, weight, bias) {
+        let geometry = geometry_of(x, weight, spec)?;
+        if geometry.valid() && winograd::applies_kept(&geometry) {
+            let u = kept.get(weight, &geometry, winograd::block_kept(&geometry))?;
+            let bias = match bias {
+                Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            };
+            return x.contiguous()?.apply_op2_no_bwd(
+                &weight.contiguous()?,
+                &FastConv {
+                    geometry,
+                    bias,
+                    winograd: true,
+                    kept: Some(u),
+                },
+            );
+        }
+    }
+    conv2d_with(engine, x, weight, bias, spec)
 }
 
 /// Convolution of an NCHW tensor with an OIHW weight as [`crate::Conv2d`] defines it, through
@@ -230,6 +334,7 @@ pub fn trainable_conv2d(
             geometry,
             bias: None,
             winograd,
+            kept: None,
         },
     )?;
     match bias {
@@ -340,6 +445,7 @@ fn r38_conv2d(
             geometry,
             bias,
             winograd,
+            kept: None,
         },
     )
 }
@@ -348,6 +454,8 @@ struct FastConv {
     geometry: Geometry,
     bias: Option<Vec<f32>>,
     winograd: bool,
+    /// Winograd kernels made beforehand (inference only: no backward).
+    kept: Option<Arc<winograd::Transformed>>,
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -378,7 +486,9 @@ impl CustomOp2 for FastConv {
         let w = contiguous_f32(s2, l2, "weight")?;
         let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
         let mut out = vec![0f32; shape.elem_count()];
-        if self.winograd {
+        if let Some(u) = &self.kept {
+            winograd::conv2d_transformed(g, u, x, self.bias.as_deref(), &mut out);
+        } else if self.winograd {
             winograd::conv2d(g, x, w, self.bias.as_deref(), &mut out);
         } else {
             kernel::im2col_gemm(g, x, w, self.bias.as_deref(), &mut out);
@@ -407,6 +517,7 @@ impl CustomOp2 for FastConv {
                         geometry: t,
                         bias: None,
                         winograd: true,
+                        kept: None,
                     },
                 )?
             }

@@ -1,5 +1,5 @@
 use super::*;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
 
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b
@@ -401,4 +401,107 @@ fn winograd_kernel_gradients_match_im2col() {
             }
         }
     }
+}
+
+#[test]
+fn kept_kernels_give_the_same_bits() {
+    let mut rand = uniform(7);
+    for (n, cin, cout, h, w, d) in [
+        (1, 9, 7, 13, 9, 1),
+        (2, 16, 5, 27, 30, 2),
+        (1, 12, 4, 63, 50, 4),
+    ] {
+        let g = same_3x3(n, cin, cout, h, w, d);
+        let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
+        let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
+        let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
+        for (m, group) in [(2, cout), (4, cout), (2, 2), (4, 3)] {
+            let mut fresh = vec![f32::NAN; n * cout * h * w];
+            winograd::conv2d_grouped(&g, m, group, &x, &k, Some(&b), &mut fresh);
+            let u = winograd::Transformed::grouped(&g, m, group, &k);
+            for _ in 0..2 {
+                let mut kept = vec![f32::NAN; fresh.len()];
+                winograd::conv2d_transformed(&g, &u, &x, Some(&b), &mut kept);
+                assert!(
+                    kept.iter()
+                        .zip(&fresh)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "F({m}x{m}) groups of {group}, {g:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kept_kernels_on_small_maps_match_exact() {
+    let dev = Device::Cpu;
+    // Levels 5-7 at batch 1 and 8 (14x14, 7x7), odd and tiny maps, dilation on a small map.
+    for (n, cin, cout, h, w, d) in [
+        (1, 32, 16, 14, 14, 1),
+        (2, 16, 32, 7, 7, 1),
+        (3, 16, 8, 7, 7, 1),
+        (16, 8, 8, 2, 3, 1),
+        (3, 16, 8, 9, 5, 2),
+        (8, 16, 16, 28, 28, 1),
+    ] {
+        let spec = ConvSpec::new(cin, cout, 3).dilation(d).with_bias();
+        let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.1, (cout, cin, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+        let exact = exact_conv2d(&x, &wt, Some(&b), &spec).unwrap();
+        let kept = KeptKernels::default();
+        let first = conv2d_kept(&x, &wt, Some(&b), &spec, &kept).unwrap();
+        assert!(kept.bytes() > 0, "{n}x{cin}x{h}x{w}: nothing kept");
+        let again = conv2d_kept(&x, &wt, Some(&b), &spec, &kept).unwrap();
+        let r = rel_diff(&first, &exact);
+        assert!(r < 1e-5, "{n}x{cin}x{h}x{w} d={d}: kept rel diff {r}");
+        assert_eq!(rel_diff(&again, &first), 0.0);
+    }
+}
+
+#[test]
+fn kept_kernels_are_never_stale() {
+    let dev = Device::Cpu;
+    let spec = ConvSpec::new(8, 4, 3);
+    let x = Tensor::randn(0f32, 1.0, (1, 8, 12, 12), &dev).unwrap();
+    let w1 = Tensor::randn(0f32, 0.1, (4, 8, 3, 3), &dev).unwrap();
+    let w2 = Tensor::randn(0f32, 0.1, (4, 8, 3, 3), &dev).unwrap();
+    let kept = KeptKernels::default();
+    conv2d_kept(&x, &w1, None, &spec, &kept).unwrap();
+    // Another weight tensor is refused, not served the first one's kernels.
+    assert!(conv2d_kept(&x, &w2, None, &spec, &kept).is_err());
+
+    // A Conv2d whose weight is a trained Var: never kept, so an update shows at once.
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let conv = crate::Conv2d::new(spec, &vb, "c").unwrap();
+    let before = with_kept_kernels(|| conv.forward(&x)).unwrap();
+    for v in varmap.all_vars() {
+        v.set(&w2).unwrap();
+    }
+    let after = with_kept_kernels(|| conv.forward(&x)).unwrap();
+    let expected = exact_conv2d(&x, &w2, None, &spec).unwrap();
+    assert!(rel_diff(&after, &expected) < 1e-5);
+    assert!(rel_diff(&before, &expected) > 1e-2);
+    assert_eq!(conv.kept_kernels().bytes(), 0);
+}
+
+#[test]
+fn conv2d_keeps_kernels_only_when_asked() {
+    let dev = Device::Cpu;
+    let spec = ConvSpec::new(16, 8, 3);
+    let w = Tensor::randn(0f32, 0.1, (8, 16, 3, 3), &dev).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert("c_weight".to_string(), w.clone());
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &dev);
+    let conv = crate::Conv2d::new(spec, &vb, "c").unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 14, 14), &dev).unwrap();
+    let plain = conv.forward(&x).unwrap();
+    assert_eq!(conv.kept_kernels().bytes(), 0);
+    let kept = with_kept_kernels(|| conv.forward(&x)).unwrap();
+    assert!(conv.kept_kernels().bytes() > 0);
+    let exact = exact_conv2d(&x, &w, None, &spec).unwrap();
+    assert!(rel_diff(&plain, &exact) < 1e-5);
+    assert!(rel_diff(&kept, &exact) < 1e-5);
 }

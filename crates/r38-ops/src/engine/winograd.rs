@@ -82,6 +82,32 @@ pub fn block(g: &Geometry) -> usize {
     }
 }
 
+/// Whether [`conv2d_transformed`] computes this convolution with kernels transformed
+/// beforehand ([`Transformed`]): as [`applies`], with fewer tiles. Without the kernel transform
+/// in every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36: measured at
+/// 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16 tiles, a quarter
+/// of them padding) 1.1x, so that stays on im2col; at 7x7, batch 8, 0.45x.
+pub fn applies_kept(g: &Geometry) -> bool {
+    g.kernel == 3
+        && g.stride == 1
+        && g.padding == g.dilation
+        && g.in_channels >= 8
+        && tiles(g, 2) >= MIN_TILES_KEPT
+}
+
+/// Fewest tiles (2x2 output blocks, whole batch) for which kept kernels are used.
+const MIN_TILES_KEPT: usize = 32;
+
+/// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
+/// kernel transform's cost.
+pub fn block_kept(g: &Geometry) -> usize {
+    if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
+        4
+    } else {
+        2
+    }
+}
+
 /// What writing one transformed kernel entry costs, in multiply-adds of the GEMMs (measured
 /// order of magnitude: a kernel transform takes about as long as 100-250 multiply-adds per
 /// entry).
@@ -634,8 +660,8 @@ pub(crate) fn conv2d_grouped(
     out: &mut [f32],
 ) {
     match m {
-        4 => run::<F4, 4, 6>(g, group, x, w, bias, out),
-        2 => run::<F2, 2, 4>(g, group, x, w, bias, out),
+        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w), bias, out),
+        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w), bias, out),
         _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
     }
 }
@@ -647,11 +673,90 @@ fn output_group(g: &Geometry, xis: usize) -> usize {
     g.out_channels.div_ceil(groups.max(1))
 }
 
+/// The transformed kernels `U = G g G^T` of one weight under F(m x m, 3x3), in the groups of
+/// output channels [`conv2d`] multiplies them in: made once and kept, they serve every pass
+/// with the same constant weight (see [`super::KeptKernels`]). They take `(m + 2)² / 9` times
+/// the weight's memory: 1.8x for F(2x2), 4x for F(4x4).
+pub struct Transformed {
+    m: usize,
+    group: usize,
+    in_channels: usize,
+    out_channels: usize,
+    /// Per group of output channels, `[ξ][co - group start][ci]`.
+    groups: Vec<Vec<f32>>,
+}
+
+impl Transformed {
+    /// The kernels of `w` (`Cout * Cin * 9`, channels of `g`) for output blocks of edge `m`.
+    pub fn new(g: &Geometry, m: usize, w: &[f32]) -> Self {
+        Self::grouped(g, m, output_group(g, (m + 2) * (m + 2)), w)
+    }
+
+    /// [`Transformed::new`] with `group` output channels per group.
+    pub(crate) fn grouped(g: &Geometry, m: usize, group: usize, w: &[f32]) -> Self {
+        assert_eq!(w.len(), g.out_channels * g.in_channels * 9);
+        let group = group.clamp(1, g.out_channels.max(1));
+        let groups = (0..g.out_channels)
+            .step_by(group)
+            .map(|c0| {
+                let cos = c0..(c0 + group).min(g.out_channels);
+                match m {
+                    4 => transform_weights::<F4, 4, 6>(g, w, cos),
+                    2 => transform_weights::<F2, 2, 4>(g, w, cos),
+                    _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
+                }
+            })
+            .collect();
+        Transformed {
+            m,
+            group,
+            in_channels: g.in_channels,
+            out_channels: g.out_channels,
+            groups,
+        }
+    }
+
+    /// The output block edge they were made for.
+    pub fn block(&self) -> usize {
+        self.m
+    }
+
+    /// Bytes they hold.
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().map(|u| u.len() * 4).sum()
+    }
+}
+
+/// `out = conv(x, w) (+ bias)` with the kernels of `w` transformed beforehand, for geometries
+/// where [`applies_kept`] holds; the same bits as [`conv2d_blocks`] with `u`'s block.
+pub fn conv2d_transformed(
+    g: &Geometry,
+    u: &Transformed,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        (u.in_channels, u.out_channels),
+        (g.in_channels, g.out_channels)
+    );
+    match u.m {
+        4 => run::<F4, 4, 6>(g, u.group, x, Kernels::Kept(u), bias, out),
+        _ => run::<F2, 2, 4>(g, u.group, x, Kernels::Kept(u), bias, out),
+    }
+}
+
+/// Where [`run`] finds `U`: transformed in this pass from the weight, or kept from before.
+enum Kernels<'a> {
+    Weight(&'a [f32]),
+    Kept(&'a Transformed),
+}
+
 fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     group: usize,
     x: &[f32],
-    w: &[f32],
+    kernels: Kernels,
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
@@ -660,8 +765,11 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let hw = g.height * g.width;
     let xis = A * A;
     assert_eq!(x.len(), g.batch * ci_n * hw);
-    assert_eq!(w.len(), co_n * ci_n * 9);
     assert_eq!(out.len(), g.batch * co_n * hw);
+    match kernels {
+        Kernels::Weight(w) => assert_eq!(w.len(), co_n * ci_n * 9),
+        Kernels::Kept(u) => assert_eq!((u.m, u.group), (M, group)),
+    }
 
     let tiling = Tiling::<M>::new(g);
     let ntx = tiling.per_row();
@@ -675,7 +783,10 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut m = vec![0f32; group * xis * chunk];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let all_weights = single.then(|| transform_weights::<V, M, A>(g, w, 0..co_n));
+    let all_weights = match kernels {
+        Kernels::Weight(w) if single => Some(transform_weights::<V, M, A>(g, w, 0..co_n)),
+        _ => None,
+    };
     for rows in batch_rows.chunks(rows_per_chunk) {
         let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
@@ -684,9 +795,10 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
             let cos = c0..(c0 + group).min(co_n);
             let gc = cos.len();
             let group_weights;
-            let u = match &all_weights {
-                Some(u) => u,
-                None => {
+            let u = match (&kernels, &all_weights) {
+                (Kernels::Kept(u), _) => &u.groups[c0 / group],
+                (_, Some(u)) => u,
+                (Kernels::Weight(w), None) => {
                     group_weights = transform_weights::<V, M, A>(g, w, cos);
                     &group_weights
                 }
