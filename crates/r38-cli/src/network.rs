@@ -66,6 +66,10 @@ pub struct OverrideArgs {
     /// memory; on the CPU they run candle's slow generic kernels).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     pub dtype: candle_core::DType,
+    /// Keep the 3x3 convolutions' Winograd kernel transforms across passes (fast engine):
+    /// faster scales, flips and images, for 1.8x-4x the 3x3 weights' memory.
+    #[arg(long)]
+    pub keep_kernels: bool,
 }
 
 /// `--dtype`: f32, f16 or bf16.
@@ -91,6 +95,7 @@ impl OverrideArgs {
                 pool_padding: self.pool_style,
             },
             dtype: self.dtype,
+            keep_kernels: self.keep_kernels,
         })
     }
 }

@@ -13,7 +13,7 @@ use r38_model::{
     build_strict, Backbone, CamClassifier, Classifier, HeadKind, ModelMetadata, Overrides,
     PoolPadding,
 };
-use r38_ops::engine::{with_engine, Engine};
+use r38_ops::engine::{with_engine, with_kept_kernels, Engine};
 use r38_seg::cam::{infer_cams, CamProtocol, Cams};
 use r38_seg::{HeadConfig, Prediction, ScoreNet, SegmentationNet, TestProtocol};
 use std::path::Path;
@@ -48,6 +48,12 @@ pub struct LoadOptions {
     /// `f32`. The fast CPU engine is f32-only: on the CPU, `F16` runs candle's generic kernels
     /// (slowly) and `BF16` is refused.
     pub dtype: DType,
+    /// Keep each 3x3 convolution's Winograd kernel transforms from its first pass on (fast
+    /// engine), for every later pass, scale, flip and image: about 14% off a 224x224 pass and
+    /// 18% off a 504x504 one, and Winograd on maps down to 14x14, for memory of 1.8x (F(2x2))
+    /// to 4x (F(4x4)) the 3x3 weights (A1 s8 at 504x504: 2.1 GB peak instead of 0.8 GB;
+    /// docs/performance.md). Off by default for that memory.
+    pub keep_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -58,6 +64,7 @@ impl Default for LoadOptions {
             head: HeadChoice::File,
             overrides: Overrides::default(),
             dtype: DType::F32,
+            keep_kernels: false,
         }
     }
 }
@@ -117,6 +124,7 @@ pub struct Pretrained {
     device: Device,
     engine: Engine,
     dtype: DType,
+    keep_kernels: bool,
 }
 
 impl Pretrained {
@@ -226,6 +234,7 @@ impl Pretrained {
             device,
             engine: options.engine,
             dtype,
+            keep_kernels: options.keep_kernels,
         })
     }
 
@@ -268,9 +277,7 @@ impl Pretrained {
             .ok_or_else(|| self.wrong_head("compute CAMs"))?;
         let _span =
             tracing::debug_span!("cams", width = image.width(), height = image.height()).entered();
-        Ok(with_engine(self.engine, || {
-            infer_cams(net, image, labels, &CamProtocol::psa(), &self.device)
-        })?)
+        Ok(self.run(|| infer_cams(net, image, labels, &CamProtocol::psa(), &self.device))?)
     }
 
     /// The device the network runs on.
@@ -357,7 +364,7 @@ impl Pretrained {
     /// as `f32` on the network's device.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let y = with_engine(self.engine, || self.network.forward(&x))?;
+        let y = self.run(|| self.network.forward(&x))?;
         Ok(y.to_dtype(DType::F32)?)
     }
 
@@ -409,6 +416,17 @@ impl Pretrained {
         Ok(protocol.predict(&[self as &dyn ScoreNet], image)?)
     }
 
+    /// A pass with this model's engine, its kernels kept if it keeps them.
+    fn run<T>(&self, pass: impl FnOnce() -> T) -> T {
+        with_engine(self.engine, || {
+            if self.keep_kernels {
+                with_kept_kernels(pass)
+            } else {
+                pass()
+            }
+        })
+    }
+
     fn wrong_head(&self, task: &str) -> Error {
         Error::Head {
             file: self.file.path.display().to_string(),
@@ -424,7 +442,7 @@ impl Pretrained {
 impl ScoreNet for Pretrained {
     fn scores(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.network {
-            Network::Segmentation(n) => with_engine(self.engine, || n.scores(x)),
+            Network::Segmentation(n) => self.run(|| n.scores(x)),
             _ => candle_core::bail!("{}: not a segmentation network", self.file.path.display()),
         }
     }
