@@ -107,24 +107,17 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Median time and peak RSS of the one case in an `r38-bench --json` report.
+/// Median time and peak RSS of the one case and engine in an `r38-bench --json` report
+/// (`{"cases": [{"r38": [run]}]}`).
 fn bench_figures(json: &Path) -> Result<(f64, f64)> {
     let text = std::fs::read_to_string(json).with_context(|| json.display().to_string())?;
     let report: serde_json::Value = serde_json::from_str(&text)?;
-    let run = report
-        .as_array()
-        .and_then(|runs| runs.first())
-        .with_context(|| format!("{}: no run", json.display()))?;
-    let field = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| run.get(*n).and_then(serde_json::Value::as_f64))
-            .unwrap_or(f64::NAN)
-    };
-    Ok((
-        field(&["median_ms", "total_ms"]),
-        field(&["peak_rss_mib", "rss_mib"]),
-    ))
+    let run = &report["cases"][0]["r38"][0];
+    let field = |name: &str| run[name].as_f64();
+    match (field("median_ms"), field("peak_rss_mib")) {
+        (Some(ms), rss) => Ok((ms, rss.unwrap_or(f64::NAN))),
+        _ => bail!("{}: no median time in the report", json.display()),
+    }
 }
 
 /// The GPU's largest `memory.used` while it runs (MiB, all processes: the check owns the GPU).

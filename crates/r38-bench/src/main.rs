@@ -5,7 +5,7 @@
 //! fraction of the machine's measured FMA peak ([`r38_bench::peak`]).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::Parser;
 use r38_bench::cases::{self, Case, Job};
 use r38_bench::net::BenchNet;
@@ -78,6 +78,10 @@ struct Args {
     /// Keep the work directory (weights, outputs) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Where the r38 engines run: cpu, cuda[:N] (feature `cuda`) or metal (feature `metal`).
+    /// Off the CPU every engine is candle's exact path; PyTorch and onnxruntime stay on the CPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Time single full-size convolutions (exact vs fast, interleaved) instead of whole networks;
     /// an optional substring selects layers.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
@@ -207,7 +211,7 @@ fn child(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()
     if case.job == Job::TrainingStep {
         return child_training_step(args, case, engine, dir);
     }
-    let dev = Device::Cpu;
+    let dev = r38_bench::device_check::device(&args.device)?;
     let t0 = Instant::now();
     let weights = RandomWeights::new(args.seed);
     let net = BenchNet::new(&case.config, case.head, &weights.var_builder(&dev))?;
@@ -325,14 +329,15 @@ fn child_training_step(args: &Args, case: &Case, engine: BenchEngine, dir: &Path
 }
 
 fn training_step_reps(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = r38_bench::device_check::device(&args.device)?;
     let t0 = Instant::now();
     let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
     let input = random_input(case.input, args.seed, &dev)?;
     let (h, w, forward_macs) =
         train_step::forward_macs(step.backbone(), &case.config, case.head, case.input);
     let classes = case.head.seg_config().map_or(0, |h| h.classes) as u32;
-    let labels = train_step::random_labels((case.input.0, h, w), args.seed, classes)?;
+    let labels =
+        train_step::random_labels((case.input.0, h, w), args.seed, classes)?.to_device(&dev)?;
     let build_s = t0.elapsed().as_secs_f64();
     let rss_weights = peak_rss_mib();
     if args.dump {
@@ -437,6 +442,7 @@ fn child_command(exe: &Path, args: &Args, case: &Case, engine: BenchEngine, dir:
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--narrow", &args.narrow.to_string()])
         .args(["--seed", &args.seed.to_string()])
+        .args(["--device", &args.device])
         .arg("--work-dir")
         .arg(dir);
     cmd

@@ -147,8 +147,11 @@ impl BenchNet {
             *macs += conv_macs(c.spec(), &y);
             Ok(y)
         };
+        // A GPU runs asynchronously: each part's time ends when its work has.
+        let sync = |t: &Tensor| t.device().synchronize();
         let t0 = Instant::now();
         let mut x = conv(x, self.backbone.stem(), &mut macs)?;
+        sync(&x)?;
         parts.push(part("conv1a", t0.elapsed(), std::mem::take(&mut macs)));
 
         for (level, shortcuts) in self.backbone.levels().iter().zip(&self.shortcuts) {
@@ -179,6 +182,7 @@ impl BenchNet {
                     None => (identity.expect("kept for the identity shortcut") + t)?,
                 };
             }
+            sync(&x)?;
             parts.push(part(
                 &format!("level{}", level.level()),
                 t0.elapsed(),
@@ -204,6 +208,7 @@ impl BenchNet {
                 conv(&h, classifier, &mut macs)?
             }
         };
+        sync(&y)?;
         parts.push(part("head", t0.elapsed(), macs));
         Ok((y, parts))
     }

@@ -73,6 +73,8 @@ impl TrainStep {
         let forward = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let grads = loss.backward()?;
+        // A GPU runs asynchronously: the step ends when its work has.
+        x.device().synchronize()?;
         let backward = t0.elapsed().as_secs_f64();
         Ok((value, grads, StepTimes { forward, backward }))
     }

@@ -2,9 +2,9 @@
 //! tables, writes them as JSON with `--json`, and exits with 1 when an f32 check fails.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
-use r38_bench::device_check::{gradients, parity};
+use r38_bench::device_check::{device, gradients, parity};
 
 #[derive(Debug, Parser)]
 #[command(about = "The MXNet parity fixtures and a training step on a device, against the CPU")]
@@ -15,8 +15,9 @@ struct Args {
     /// Dtypes of the parity runs, comma-separated (bf16 needs a GPU).
     #[arg(long, default_value = "f32,f16,bf16")]
     dtypes: String,
-    /// Width divisor of the training-step network.
-    #[arg(long, default_value_t = 4)]
+    /// Width divisor of the training-step network (at 4 and below the random network's
+    /// softmax saturates and rounding alone moves gradients by 1e-3).
+    #[arg(long, default_value_t = 8)]
     narrow: usize,
     /// Crop size of the training step.
     #[arg(long, default_value_t = 224)]
@@ -24,24 +25,6 @@ struct Args {
     /// Write the results here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "metal" => Device::new_metal(0)?,
-        cuda => {
-            let ordinal = match cuda.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(n) => n
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("bad device {cuda:?} (cuda:N)"))?,
-                None => bail!("unknown device {cuda:?} (cpu, cuda[:N] or metal)"),
-            };
-            Device::new_cuda(ordinal).context("build with --features cuda")?
-        }
-    })
 }
 
 fn main() -> Result<()> {
