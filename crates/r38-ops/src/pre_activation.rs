@@ -52,7 +52,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::relu;
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{Device, Var};
 
     #[test]
     fn relu_gradient_is_zero_at_zero() {
