@@ -146,7 +146,7 @@ pub fn gradients(device: &Device, narrow: usize, size: usize) -> Result<Gradient
     })
 }
 
-/// A `--device` name: cpu, cuda[:N] or metal.
+/// A `--device` name: `cpu`, `cuda[:N]` or `metal`.
 pub fn device(name: &str) -> anyhow::Result<Device> {
     use anyhow::Context;
     Ok(match name {

@@ -78,7 +78,7 @@ struct Args {
     /// Keep the work directory (weights, outputs) afterwards.
     #[arg(long)]
     keep: bool,
-    /// Where the r38 engines run: cpu, cuda[:N] (feature `cuda`) or metal (feature `metal`).
+    /// Where the r38 engines run: `cpu`, `cuda[:N]` (feature `cuda`) or metal (feature `metal`).
     /// Off the CPU every engine is candle's exact path; PyTorch and onnxruntime stay on the CPU.
     #[arg(long, default_value = "cpu")]
     device: String,

@@ -1,6 +1,6 @@
 //! The machine's measured floating-point peak: independent FMA chains on every thread.
 //!
-//! Each thread runs [`CHAINS`] independent accumulator chains `acc = acc * a + b` in the widest
+//! Each thread runs `CHAINS` independent accumulator chains `acc = acc * a + b` in the widest
 //! vector registers the CPU has (AVX-512 or AVX2, both with FMA, detected at run time); with
 //! more chains than the FMA latency times the FMA units, nothing but the units' throughput
 //! limits it. A convolution can reach this only in its GEMM micro-kernels, so the fraction of

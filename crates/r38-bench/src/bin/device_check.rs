@@ -9,7 +9,7 @@ use r38_bench::device_check::{device, gradients, parity};
 #[derive(Debug, Parser)]
 #[command(about = "The MXNet parity fixtures and a training step on a device, against the CPU")]
 struct Args {
-    /// cpu, cuda[:N] or metal.
+    /// `cpu`, `cuda[:N]` or `metal`.
     #[arg(long, default_value = "cuda:0")]
     device: String,
     /// Dtypes of the parity runs, comma-separated (bf16 needs a GPU).
