@@ -12,7 +12,7 @@
 //! - [`Ranks`]: a process's place, from torchrun's `RANK`, `WORLD_SIZE`, `LOCAL_RANK`.
 //! - [`Collective`]: the one operation needed, an all-reduce sum; [`SingleProcess`] and
 //!   [`LocalGroup`] (ranks as threads of one process, for tests and CPU runs), and with the
-//!   `nccl` feature [`nccl::NcclCollective`] (one GPU per process).
+//!   `nccl` feature `nccl::NcclCollective` (one GPU per process).
 //! - [`average_gradients`], [`average_running_statistics`], [`check_same_step`]: the logic
 //!   built on it, the same for every implementation.
 
