@@ -180,23 +180,7 @@ pub fn conv2d_kept(
 ) -> Result<Tensor> {
     let engine = engine();
     if engine == Engine::Fast && fast_applies(x, weight, bias) {
-        let geometry = geometry_of(x, weight, spec)?;
-        if geometry.valid() && winograd::applies_kept(&geometry) {
-            let u = kept.get(weight, &geometry, winograd::block_kept(&geometry))?;
-            let bias = match bias {
-                Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
-                None => None,
-            };
-            return x.contiguous()?.apply_op2_no_bwd(
-                &weight.contiguous()?,
-                &FastConv {
-                    geometry,
-                    bias,
-                    winograd: true,
-                    kept: Some(u),
-                },
-            );
-        }
+        return r38_conv2d(x, weight, bias, spec, true, Some(kept));
     }
     conv2d_with(engine, x, weight, bias, spec)
 }
@@ -221,7 +205,7 @@ pub fn conv2d_with(
     spec: &ConvSpec,
 ) -> Result<Tensor> {
     if engine != Engine::Exact && fast_applies(x, weight, bias) {
-        return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast);
+        return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast, None);
     }
     if engine != Engine::Exact && on_cpu_f32(x) && on_cpu_f32(weight) {
         return trainable_conv2d(x, weight, bias, spec, engine == Engine::Fast);
@@ -410,7 +394,7 @@ pub fn fast_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    r38_conv2d(x, weight, bias, spec, true)
+    r38_conv2d(x, weight, bias, spec, true, None)
 }
 
 /// The im2col + GEMM path alone, unconditionally.
@@ -420,7 +404,7 @@ pub fn gemm_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    r38_conv2d(x, weight, bias, spec, false)
+    r38_conv2d(x, weight, bias, spec, false, None)
 }
 
 fn r38_conv2d(
@@ -429,23 +413,30 @@ fn r38_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
     allow_winograd: bool,
+    kept: Option<&KeptKernels>,
 ) -> Result<Tensor> {
     let geometry = geometry_of(x, weight, spec)?;
     if !geometry.valid() {
         return exact_conv2d(x, weight, bias, spec);
     }
+    let kept = match kept {
+        Some(k) if allow_winograd && winograd::applies_kept(&geometry) => {
+            Some(k.get(weight, &geometry, winograd::block_kept(&geometry))?)
+        }
+        _ => None,
+    };
     let bias = match bias {
         Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
         None => None,
     };
-    let winograd = allow_winograd && winograd::applies(&geometry);
+    let winograd = kept.is_some() || (allow_winograd && winograd::applies(&geometry));
     x.contiguous()?.apply_op2_no_bwd(
         &weight.contiguous()?,
         &FastConv {
             geometry,
             bias,
             winograd,
-            kept: None,
+            kept,
         },
     )
 }

@@ -72,10 +72,7 @@ pub fn block(g: &Geometry) -> usize {
         let passes = if group == g.out_channels { 1 } else { chunks };
         xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * passes
     };
-    if tiles(g, 4) >= MIN_TILES_4X4
-        && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
-        && cost(4) <= cost(2)
-    {
+    if block_kept(g) == 4 && cost(4) <= cost(2) {
         4
     } else {
         2
@@ -99,7 +96,8 @@ pub fn applies_kept(g: &Geometry) -> bool {
 const MIN_TILES_KEPT: usize = 32;
 
 /// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
-/// kernel transform's cost.
+/// kernel transform's cost (F(4x4) where its multiplies, padded edge tiles included, are at
+/// most 80% of F(2x2)'s and there are enough tiles for its 36 GEMMs).
 pub fn block_kept(g: &Geometry) -> usize {
     if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
         4
