@@ -116,32 +116,48 @@ impl Collective for SingleProcess {
     }
 }
 
-/// Averages `grads` over the ranks, in one all-reduce of all of them (concatenated in the
-/// optimizer's parameter order, so every rank's buffer lines up).
-pub fn average_gradients(grads: &mut GradStore, sgd: &Sgd, c: &dyn Collective) -> Result<()> {
+/// The mean over the ranks of each of `tensors`, in one all-reduce of all of them
+/// concatenated (every rank passes the same shapes in the same order).
+fn mean_over_ranks(tensors: &[Tensor], c: &dyn Collective) -> Result<Vec<Tensor>> {
     let world = c.ranks().world_size;
-    if world == 1 {
-        return Ok(());
+    if world == 1 || tensors.is_empty() {
+        return Ok(tensors.to_vec());
     }
-    let mut present = Vec::new();
-    let mut flat = Vec::new();
-    for p in sgd.params() {
-        let var = p.var.as_tensor();
-        if let Some(g) = grads.remove(var) {
-            flat.push(g.flatten_all()?);
-            present.push(var.clone());
-        }
-    }
-    if flat.is_empty() {
-        return Ok(());
-    }
-    let sum = c.all_reduce_sum(&Tensor::cat(&flat, 0)?)?;
-    let mean = sum.affine(1.0 / world as f64, 0.0)?;
+    let flat = tensors
+        .iter()
+        .map(Tensor::flatten_all)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mean = c
+        .all_reduce_sum(&Tensor::cat(&flat, 0)?)?
+        .affine(1.0 / world as f64, 0.0)?;
     let mut at = 0;
-    for var in present {
-        let n = var.elem_count();
-        grads.insert(&var, mean.narrow(0, at, n)?.reshape(var.shape())?);
-        at += n;
+    tensors
+        .iter()
+        .map(|t| {
+            let n = t.elem_count();
+            let m = mean.narrow(0, at, n)?.reshape(t.shape())?;
+            at += n;
+            Ok(m)
+        })
+        .collect()
+}
+
+/// Averages `grads` over the ranks (in the optimizer's parameter order, so every rank's
+/// buffer lines up).
+pub fn average_gradients(grads: &mut GradStore, sgd: &Sgd, c: &dyn Collective) -> Result<()> {
+    if c.ranks().world_size == 1 {
+        return Ok(());
+    }
+    let (vars, local): (Vec<Tensor>, Vec<Tensor>) = sgd
+        .params()
+        .iter()
+        .filter_map(|p| {
+            let var = p.var.as_tensor();
+            grads.remove(var).map(|g| (var.clone(), g))
+        })
+        .unzip();
+    for (var, mean) in vars.iter().zip(mean_over_ranks(&local, c)?) {
+        grads.insert(var, mean);
     }
     Ok(())
 }
@@ -160,29 +176,15 @@ pub fn average_scalar(value: f64, c: &dyn Collective) -> Result<f64> {
 /// Replaces every BN running statistic of `varmap` by its mean over the ranks, as MXNet
 /// averages the devices' auxiliary states; with frozen BN they are equal and stay so.
 pub fn average_running_statistics(varmap: &VarMap, c: &dyn Collective) -> Result<()> {
-    let world = c.ranks().world_size;
-    if world == 1 {
+    if c.ranks().world_size == 1 {
         return Ok(());
     }
     let data = varmap.data().lock().map_err(|_| poisoned())?;
     let mut names: Vec<&String> = data.keys().filter(|n| is_running_stat(n)).collect();
     names.sort();
-    if names.is_empty() {
-        return Ok(());
-    }
-    let flat = names
-        .iter()
-        .map(|n| data[*n].as_tensor().flatten_all())
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let mean = c
-        .all_reduce_sum(&Tensor::cat(&flat, 0)?)?
-        .affine(1.0 / world as f64, 0.0)?;
-    let mut at = 0;
-    for n in names {
-        let var = &data[n];
-        let k = var.elem_count();
-        var.set(&mean.narrow(0, at, k)?.reshape(var.shape())?)?;
-        at += k;
+    let local: Vec<Tensor> = names.iter().map(|n| data[*n].as_tensor().clone()).collect();
+    for (name, mean) in names.iter().zip(mean_over_ranks(&local, c)?) {
+        data[*name].set(&mean)?;
     }
     Ok(())
 }
@@ -254,6 +256,21 @@ impl LocalGroup {
                 world_size,
             })
             .collect()
+    }
+
+    /// `f` once per rank of a group of `world_size`, each on its own thread with its member;
+    /// the results in rank order (a rank's panic is raised again here).
+    pub fn run<T: Send>(world_size: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = LocalGroup::new(world_size)
+                .into_iter()
+                .map(|member| s.spawn(|| f(member)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
     }
 
     fn wait<'a>(&self, guard: MutexGuard<'a, Round>) -> Result<MutexGuard<'a, Round>> {
@@ -385,19 +402,9 @@ mod tests {
         }
     }
 
-    fn on_ranks<T: Send>(world: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = LocalGroup::new(world)
-                .into_iter()
-                .map(|g| s.spawn(|| f(g)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
-
     #[test]
     fn local_sums_reach_every_rank_round_after_round() {
-        let results = on_ranks(3, |g| {
+        let results = LocalGroup::run(3, |g| {
             let r = g.ranks().rank as f32;
             (0..50)
                 .map(|round| {
@@ -415,7 +422,7 @@ mod tests {
 
     #[test]
     fn a_rank_that_leaves_stops_the_others_instead_of_hanging() {
-        let results = on_ranks(2, |g| {
+        let results = LocalGroup::run(2, |g| {
             if g.ranks().rank == 1 {
                 drop(g);
                 return Ok(());
@@ -429,15 +436,15 @@ mod tests {
 
     #[test]
     fn different_steps_are_refused_on_every_rank() {
-        let results = on_ranks(3, |g| check_same_step(1 + g.ranks().rank, &g));
+        let results = LocalGroup::run(3, |g| check_same_step(1 + g.ranks().rank, &g));
         assert!(results.iter().all(|r| r.is_err()));
-        let same = on_ranks(3, |g| check_same_step(7, &g));
+        let same = LocalGroup::run(3, |g| check_same_step(7, &g));
         assert!(same.iter().all(|r| r.is_ok()));
     }
 
     #[test]
     fn running_statistics_become_their_mean() {
-        let results = on_ranks(2, |g| {
+        let results = LocalGroup::run(2, |g| {
             let varmap = VarMap::new();
             let r = g.ranks().rank as f32;
             for (name, v) in [("bn1_moving_mean", r), ("bn1_moving_var", 1.0 + 2.0 * r)] {

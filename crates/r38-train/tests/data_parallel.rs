@@ -7,25 +7,34 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
-use r38_train::distributed::{Collective, LocalGroup};
+use r38_train::distributed::{Collective, LocalGroup, SingleProcess};
 use r38_train::trainer::{train, train_data_parallel, Summary, TrainConfig};
 
 mod common;
 use common::*;
 
-fn single_process(out: &Path, steps: usize, accumulate: usize, resume: bool) -> (Summary, Weights) {
+/// One rank (or the single process) of the tiny segmentation run, with its own copy of the
+/// network.
+fn run_rank(
+    out: &Path,
+    steps: usize,
+    accumulate: usize,
+    resume: bool,
+    collective: &dyn Collective,
+) -> (Summary, Weights) {
     let built = tiny_seg_net();
     let config = TrainConfig {
         accumulate,
         checkpoint_every: 1,
         ..seg_config(out.to_path_buf(), steps, resume)
     };
-    let summary = train(
+    let summary = train_data_parallel(
         &built.net,
         &built.varmap,
         seg_source(),
         &Device::Cpu,
         &config,
+        collective,
         None,
         &mut |_| {},
     )
@@ -33,43 +42,18 @@ fn single_process(out: &Path, steps: usize, accumulate: usize, resume: bool) -> 
     (summary, weights(&built.varmap))
 }
 
-/// `f` on `world` ranks, each a thread with its member of one `LocalGroup`.
-fn on_ranks<T: Send>(world: usize, f: impl Fn(LocalGroup) -> T + Sync) -> Vec<T> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = LocalGroup::new(world)
-            .into_iter()
-            .map(|group| s.spawn(|| f(group)))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+fn single_process(out: &Path, steps: usize, accumulate: usize, resume: bool) -> (Summary, Weights) {
+    run_rank(out, steps, accumulate, resume, &SingleProcess)
 }
 
-/// `world` ranks, each with its own copy of the network.
 fn data_parallel(
     out: &Path,
     steps: usize,
     world: usize,
     accumulate: usize,
 ) -> Vec<(Summary, Weights)> {
-    on_ranks(world, |group| {
-        let built = tiny_seg_net();
-        let config = TrainConfig {
-            accumulate,
-            checkpoint_every: 1,
-            ..seg_config(out.to_path_buf(), steps, false)
-        };
-        let summary = train_data_parallel(
-            &built.net,
-            &built.varmap,
-            seg_source(),
-            &Device::Cpu,
-            &config,
-            &group,
-            None,
-            &mut |_| {},
-        )
-        .unwrap();
-        (summary, weights(&built.varmap))
+    LocalGroup::run(world, |group| {
+        run_rank(out, steps, accumulate, false, &group)
     })
 }
 
@@ -142,7 +126,7 @@ fn with_batch_statistics_the_ranks_agree_and_only_rank_0_writes() {
     use r38_train::{LrSchedule, MultiplierPolicy, SgdConfig};
 
     let dirs = [tmp("dp-bn-0"), tmp("dp-bn-1")];
-    let results = on_ranks(2, |group| {
+    let results = LocalGroup::run(2, |group| {
         let out = dirs[group.ranks().rank].clone();
         let mut built =
             classifier_from(&BTreeMap::new(), &fashion_config(8), 10, &Device::Cpu, 2).unwrap();
