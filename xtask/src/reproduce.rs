@@ -264,11 +264,9 @@ fn evaluate(
         r38::EvalEvent::Sample { .. } => {}
     };
     let load_options = r38::LoadOptions {
-        dtype: match option(args, "--dtype").as_deref() {
-            None | Some("f32") => r38::DType::F32,
-            Some("f16") => r38::DType::F16,
-            Some("bf16") => r38::DType::BF16,
-            Some(other) => anyhow::bail!("--dtype {other:?}: f32, f16 or bf16"),
+        dtype: match option(args, "--dtype") {
+            Some(d) => r38::pretrained::parse_dtype(&d).map_err(anyhow::Error::msg)?,
+            None => r38::DType::F32,
         },
         ..r38::LoadOptions::on(&r38::pretrained::device(
             &option(args, "--device").unwrap_or_else(|| "cpu".into()),

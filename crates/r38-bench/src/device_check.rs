@@ -145,23 +145,3 @@ pub fn gradients(device: &Device, narrow: usize, size: usize) -> Result<Gradient
         passed: loss_close && worst.0 <= GRADIENT_TOLERANCE && !cpu.is_empty(),
     })
 }
-
-/// A `--device` name: `cpu`, `cuda[:N]` or `metal`.
-pub fn device(name: &str) -> anyhow::Result<Device> {
-    use anyhow::Context;
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "metal" => Device::new_metal(0)?,
-        cuda => {
-            let ordinal = match cuda.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(n) => n
-                    .strip_prefix(':')
-                    .and_then(|n| n.parse().ok())
-                    .with_context(|| format!("device {cuda:?}: cuda:N"))?,
-                None => anyhow::bail!("device {cuda:?}: cpu, cuda[:N] or metal"),
-            };
-            Device::new_cuda(ordinal).context("build with --features cuda")?
-        }
-    })
-}

@@ -165,7 +165,6 @@ fn main() -> Result<()> {
     parent(&args, &selected)
 }
 
-/// One case, one engine, this process: build, warm up, time, report.
 /// An engine as the benchmark runs it: with or without its Winograd kernels kept across passes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct BenchEngine {
@@ -207,11 +206,12 @@ impl BenchEngine {
     }
 }
 
+/// One case, one engine, this process: build, warm up, time, report.
 fn child(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
     if case.job == Job::TrainingStep {
         return child_training_step(args, case, engine, dir);
     }
-    let dev = r38_bench::device_check::device(&args.device)?;
+    let dev = r38::pretrained::device(&args.device)?;
     let t0 = Instant::now();
     let weights = RandomWeights::new(args.seed);
     let net = BenchNet::new(&case.config, case.head, &weights.var_builder(&dev))?;
@@ -329,7 +329,7 @@ fn child_training_step(args: &Args, case: &Case, engine: BenchEngine, dir: &Path
 }
 
 fn training_step_reps(args: &Args, case: &Case, engine: BenchEngine, dir: &Path) -> Result<()> {
-    let dev = r38_bench::device_check::device(&args.device)?;
+    let dev = r38::pretrained::device(&args.device)?;
     let t0 = Instant::now();
     let step = TrainStep::new(&case.config, case.head, args.seed, &dev)?;
     let input = random_input(case.input, args.seed, &dev)?;

@@ -6,7 +6,7 @@ use r38::{Engine, HeadChoice, LoadOptions, Overrides, Pretrained};
 use std::path::Path;
 
 pub use r38::output::check_overwrite;
-pub use r38::pretrained::{device, parse_pool_style};
+pub use r38::pretrained::{device, parse_dtype, parse_pool_style};
 
 /// Which head to run, as `--head` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,16 +70,6 @@ pub struct OverrideArgs {
     /// faster scales, flips and images, for 1.8x-4x the 3x3 weights' memory.
     #[arg(long)]
     pub keep_kernels: bool,
-}
-
-/// `--dtype`: f32, f16 or bf16.
-pub fn parse_dtype(s: &str) -> std::result::Result<candle_core::DType, String> {
-    match s {
-        "f32" => Ok(candle_core::DType::F32),
-        "f16" => Ok(candle_core::DType::F16),
-        "bf16" => Ok(candle_core::DType::BF16),
-        other => Err(format!("{other:?}: expected f32, f16 or bf16")),
-    }
 }
 
 impl OverrideArgs {

@@ -527,6 +527,16 @@ pub fn parse_pool_style(s: &str) -> std::result::Result<PoolPadding, String> {
     }
 }
 
+/// A float type as `--dtype` names it: `f32`, `f16` or `bf16` (see [`LoadOptions::dtype`]).
+pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("unknown dtype `{other}` (f32, f16 or bf16)")),
+    }
+}
+
 /// A device by name: `cpu`, `cuda[:N]` (feature `cuda`) or `metal` (feature `metal`).
 pub fn device(name: &str) -> Result<Device> {
     let unavailable = |what: &str, e: candle_core::Error| {

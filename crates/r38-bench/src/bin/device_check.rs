@@ -1,10 +1,11 @@
 //! `r38-device-check`: a GPU against the CPU ([`r38_bench::device_check`]); prints Markdown
 //! tables, writes them as JSON with `--json`, and exits with 1 when an f32 check fails.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
-use r38_bench::device_check::{device, gradients, parity};
+use r38::pretrained::{device, parse_dtype};
+use r38_bench::device_check::{gradients, parity};
 
 #[derive(Debug, Parser)]
 #[command(about = "The MXNet parity fixtures and a training step on a device, against the CPU")]
@@ -32,12 +33,7 @@ fn main() -> Result<()> {
     let dev = device(&args.device)?;
     let mut rows = Vec::new();
     for name in args.dtypes.split(',') {
-        let dtype = match name {
-            "f32" => DType::F32,
-            "f16" => DType::F16,
-            "bf16" => DType::BF16,
-            other => bail!("--dtypes: {other:?} (f32, f16, bf16)"),
-        };
+        let dtype = parse_dtype(name).map_err(|e| anyhow::anyhow!("--dtypes: {e}"))?;
         if dtype == DType::BF16 && dev.is_cpu() {
             eprintln!("bf16 skipped: candle's CPU matrix products have no bf16");
             continue;
