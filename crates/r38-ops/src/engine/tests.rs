@@ -141,6 +141,36 @@ fn winograd_blocks_2_and_4_match_im2col() {
 }
 
 #[test]
+fn simd_transforms_equal_the_portable_ones() {
+    // Rows of more than one register of tiles (16), partial last registers, widths that are
+    // no multiple of the block, dilation (gathered), a batch, and a bias.
+    let mut rand = uniform(7);
+    for (n, cin, cout, h, w, d) in [
+        (1, 8, 5, 9, 70, 1),
+        (2, 9, 4, 13, 130, 1),
+        (1, 8, 3, 7, 33, 1),
+        (1, 8, 4, 21, 70, 2),
+        (1, 10, 3, 11, 45, 3),
+    ] {
+        let g = same_3x3(n, cin, cout, h, w, d);
+        let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
+        let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
+        let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
+        for m in [2, 4] {
+            let mut simd = vec![f32::NAN; n * cout * h * w];
+            winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut simd);
+            let mut portable = vec![f32::NAN; simd.len()];
+            winograd::with_portable_transforms(|| {
+                winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut portable)
+            });
+            // The same operations in the same order: equal values (up to the sign of zeros).
+            let differing = simd.iter().zip(&portable).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "F({m}x{m}) d={d} {n}x{cin}x{h}x{w}");
+        }
+    }
+}
+
+#[test]
 fn winograd_picks_4x4_blocks_on_wide_maps_only() {
     let g = |h, d| Geometry {
         batch: 1,

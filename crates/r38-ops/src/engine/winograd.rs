@@ -21,6 +21,8 @@
 //! fp32); F(4x4)'s use up to 8 and 1/24 (~1e-5). [`block`] picks F(4x4) where it saves work.
 
 use super::kernel::Geometry;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -72,7 +74,7 @@ pub fn block(g: &Geometry) -> usize {
         let passes = if group == g.out_channels { 1 } else { chunks };
         xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * passes
     };
-    if block_kept(g) == 4 && cost(4) <= cost(2) {
+    if tiles(g, 4) >= MIN_TILES_4X4 && saves_multiplies(g) && cost(4) <= cost(2) {
         4
     } else {
         2
@@ -96,14 +98,23 @@ pub fn applies_kept(g: &Geometry) -> bool {
 const MIN_TILES_KEPT: usize = 32;
 
 /// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
-/// kernel transform's cost (F(4x4) where its multiplies, padded edge tiles included, are at
-/// most 80% of F(2x2)'s and there are enough tiles for its 36 GEMMs).
+/// kernel transform's cost, so from fewer tiles (F(4x4) where its multiplies, padded edge
+/// tiles included, are at most 80% of F(2x2)'s and there are at least 48 tiles: measured at
+/// 28x28, batch 1, 49 tiles, 0.79x F(2x2)'s time; at 14x14, 16 tiles, 1.2x).
 pub fn block_kept(g: &Geometry) -> usize {
-    if tiles(g, 4) >= MIN_TILES_4X4 && 36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4 {
+    if tiles(g, 4) >= MIN_TILES_4X4_KEPT && saves_multiplies(g) {
         4
     } else {
         2
     }
+}
+
+/// Fewest tiles (4x4 output blocks, whole batch) for which kept kernels use F(4x4, 3x3).
+const MIN_TILES_4X4_KEPT: usize = 48;
+
+/// Whether F(4x4)'s multiplies, padded edge tiles included, are at most 80% of F(2x2)'s.
+fn saves_multiplies(g: &Geometry) -> bool {
+    36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
 }
 
 /// What writing one transformed kernel entry costs, in multiply-adds of the GEMMs (measured
@@ -346,6 +357,9 @@ fn origins(n: usize, d: usize, m: usize) -> Vec<usize> {
 struct Tiling<const M: usize> {
     row_origins: Vec<usize>,
     col_origins: Vec<usize>,
+    /// `col_origins` as vector indices, zeros after the end for a whole last register.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    col_origins_i32: Vec<i32>,
     height: usize,
     width: usize,
     dilation: usize,
@@ -353,9 +367,16 @@ struct Tiling<const M: usize> {
 
 impl<const M: usize> Tiling<M> {
     fn new(g: &Geometry) -> Self {
+        let col_origins = origins(g.width, g.dilation, M);
+        let col_origins_i32 = col_origins
+            .iter()
+            .map(|&x| x as i32)
+            .chain([0; 16])
+            .collect();
         Tiling {
             row_origins: origins(g.height, g.dilation, M),
-            col_origins: origins(g.width, g.dilation, M),
+            col_origins,
+            col_origins_i32,
             height: g.height,
             width: g.width,
             dilation: g.dilation,
@@ -399,16 +420,51 @@ impl TileScratch {
     }
 }
 
+/// The matrix `L` of a [`TileTransform`] (`A x R`) and how many steps up and left of its
+/// origin a tile starts, as constants, so that the transform's zero and unit coefficients
+/// cost nothing.
+trait TileMatrix<const A: usize, const R: usize>: Sync {
+    const L: [[f32; R]; A];
+    const BEFORE: usize;
+}
+
+/// The input transform `B^T` of variant `V`, on the `A x A` windows the tiles read.
+struct InputTiles<V, const M: usize>(PhantomData<V>);
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> TileMatrix<A, A> for InputTiles<V, M> {
+    const L: [[f32; A]; A] = V::BT;
+    const BEFORE: usize = 1;
+}
+
+/// The output gradient's transform `A = (A^T)^T` of variant `V`, on the `m x m` blocks the
+/// tiles write.
+struct GradientTiles<V>(PhantomData<V>);
+
+impl<V: Variant<M, A>, const M: usize, const A: usize> TileMatrix<A, M> for GradientTiles<V> {
+    const L: [[f32; M]; A] = {
+        let mut l = [[0f32; M]; A];
+        let mut k = 0;
+        while k < A {
+            let mut j = 0;
+            while j < M {
+                l[k][j] = V::AT[j][k];
+                j += 1;
+            }
+            k += 1;
+        }
+        l
+    };
+    const BEFORE: usize = 0;
+}
+
 /// `L d L^T` of every `R x R` tile `d` of some rows of tiles of one plane (a tile starting
-/// `before` steps of `d` up and left of its origin), written to `v[ξ * chunk + p]` (`p`: the
-/// tile's index in the chunk). The input transform is `L = B^T` on the `A x A` windows the
+/// `T::BEFORE` steps of `d` up and left of its origin), written to `v[ξ * chunk + p]` (`p`:
+/// the tile's index in the chunk). The input transform is `L = B^T` on the `A x A` windows the
 /// tiles read; the output gradient's is `L = A` on the `m x m` blocks they write. Each row a
 /// row of tiles reads is first gathered into one contiguous row per tap, so [`LANES`]
 /// consecutive tiles are transformed with vector loads and stores.
-struct TileTransform<'a, const M: usize, const A: usize, const R: usize> {
+struct TileTransform<'a, T, const M: usize, const A: usize, const R: usize> {
     tiling: &'a Tiling<M>,
-    matrix: &'a [[f32; R]; A],
-    before: usize,
     scratch: &'a mut TileScratch,
     /// The channel's plane of image 0; image `n`'s is `n * image_stride` further.
     plane: &'a [f32],
@@ -417,15 +473,18 @@ struct TileTransform<'a, const M: usize, const A: usize, const R: usize> {
     rows: &'a [(usize, usize)],
     v: &'a mut [f32],
     chunk: usize,
+    matrix: PhantomData<T>,
 }
 
-impl<const M: usize, const A: usize, const R: usize> Job for TileTransform<'_, M, A, R> {
+impl<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize> Job
+    for TileTransform<'_, T, M, A, R>
+{
     #[inline(always)]
     fn run(self) {
         let t = self.tiling;
         let (wd, d, ntx, stride) = (t.width, t.dilation, t.per_row(), t.padded_row());
         let hw = t.height * wd;
-        let shift = self.before * d;
+        let shift = T::BEFORE * d;
         let TileScratch { padded, taps } = self.scratch;
         let mut across = [[[0f32; LANES]; A]; R];
         for (r, &(n, ty)) in self.rows.iter().enumerate() {
@@ -458,7 +517,7 @@ impl<const M: usize, const A: usize, const R: usize> Job for TileTransform<'_, M
             for s0 in (0..ntx).step_by(LANES) {
                 // Along x (d L^T), then along y (L (d L^T)).
                 for (l, row) in across.iter_mut().enumerate() {
-                    for (k, coef) in self.matrix.iter().enumerate() {
+                    for (k, coef) in T::L.iter().enumerate() {
                         row[k] = lin(coef, |j| {
                             taps[(l * R + j) * stride + s0..][..LANES]
                                 .try_into()
@@ -470,7 +529,7 @@ impl<const M: usize, const A: usize, const R: usize> Job for TileTransform<'_, M
                 let p = r * ntx + s0;
                 let positions = (0..A).flat_map(|k1| (0..A).map(move |k2| (k1, k2)));
                 for (xi, (k1, k2)) in positions.enumerate() {
-                    let v = lin(&self.matrix[k1], |l| across[l][k2]);
+                    let v = lin(&T::L[k1], |l| across[l][k2]);
                     let dst = &mut self.v[xi * self.chunk + p..];
                     if n == LANES {
                         dst[..LANES].copy_from_slice(&v);
@@ -550,11 +609,8 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'
 
 /// [`TileTransform`] of every channel of `planes` (`channels` per image) into `out`
 /// (`[c][ξ][p]`, `chunk` tiles per ξ), the channels spread over the threads.
-#[allow(clippy::too_many_arguments)]
-fn transform_tiles<const M: usize, const A: usize, const R: usize>(
+fn transform_tiles<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize>(
     tiling: &Tiling<M>,
-    matrix: &[[f32; R]; A],
-    before: usize,
     planes: &[f32],
     channels: usize,
     rows: &[(usize, usize)],
@@ -565,19 +621,81 @@ fn transform_tiles<const M: usize, const A: usize, const R: usize>(
     out.par_chunks_mut(A * A * chunk).enumerate().for_each_init(
         || TileScratch::new::<M, R>(tiling),
         |scratch, (c, v)| {
-            wide(TileTransform::<M, A, R> {
+            wide(TileTransform::<T, M, A, R> {
                 tiling,
-                matrix,
-                before,
                 scratch,
                 plane: &planes[c * hw..],
                 image_stride: channels * hw,
                 rows,
                 v,
                 chunk,
+                matrix: PhantomData,
             })
         },
     )
+}
+
+/// Whether the input and output transforms run in AVX-512 ([`avx512`]) rather than the
+/// portable code (a test can ask for the portable code on its thread).
+fn simd_transforms() -> bool {
+    #[cfg(test)]
+    if PORTABLE.with(|p| p.get()) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(test)]
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with the portable transforms on this thread.
+#[cfg(test)]
+pub(crate) fn with_portable_transforms<T>(f: impl FnOnce() -> T) -> T {
+    PORTABLE.with(|p| p.set(true));
+    let t = f();
+    PORTABLE.with(|p| p.set(false));
+    t
+}
+
+/// `V = B^T d B` of every channel of `planes` into `out` (`[c][ξ][p]`), as [`transform_tiles`]
+/// with [`InputTiles`] computes it: in AVX-512 where the CPU has it.
+fn transform_inputs<V: Variant<M, A>, const M: usize, const A: usize>(
+    tiling: &Tiling<M>,
+    planes: &[f32],
+    channels: usize,
+    rows: &[(usize, usize)],
+    out: &mut [f32],
+    chunk: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_transforms() {
+        let hw = tiling.height * tiling.width;
+        let padded = A * avx512::padded_row::<M, A>(tiling);
+        out.par_chunks_mut(A * A * chunk).enumerate().for_each_init(
+            || vec![0f32; padded],
+            |padded, (c, v)| {
+                // SAFETY: the CPU has AVX-512F.
+                unsafe {
+                    avx512::input_tiles::<V, M, A>(
+                        tiling,
+                        &planes[c * hw..],
+                        channels * hw,
+                        rows,
+                        v,
+                        chunk,
+                        padded,
+                    )
+                }
+            },
+        );
+        return;
+    }
+    transform_tiles::<InputTiles<V, M>, M, A, A>(tiling, planes, channels, rows, out, chunk)
 }
 
 /// `f(ξ)` for every position of the transformed tile: the `(m + 2)²` independent GEMMs, each
@@ -744,6 +862,58 @@ pub fn conv2d_transformed(
     }
 }
 
+/// A buffer of [`run`]'s transformed tiles or products, kept by the calling thread for its
+/// next convolution: allocating and zeroing them anew (up to 32 MiB each) took about a fifth
+/// of a 128-channel convolution at 112x112. Every element [`run`] reads it writes first.
+struct Scratch {
+    buffer: Vec<f32>,
+    len: usize,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    /// This thread's largest kept buffer (or a new one), at least `len` floats long.
+    fn take(len: usize) -> Scratch {
+        let mut buffer = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        Scratch { buffer, len }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        SCRATCH.with(|s| {
+            let mut kept = s.borrow_mut();
+            kept.push(buffer);
+            // The two largest are all one convolution uses; smallest first, so `pop` gives
+            // the largest.
+            kept.sort_by_key(Vec::len);
+            if kept.len() > 2 {
+                kept.remove(0);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buffer[..self.len]
+    }
+}
+
 /// Where [`run`] finds `U`: transformed in this pass from the weight, or kept from before.
 enum Kernels<'a> {
     Weight(&'a [f32]),
@@ -778,9 +948,10 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let single = group == co_n;
     let rows_per_chunk = chunk_rows(g, M, group);
     let chunk = rows_per_chunk * ntx;
-    let mut v = vec![0f32; ci_n * xis * chunk];
-    let mut m = vec![0f32; group * xis * chunk];
+    let mut v = Scratch::take(ci_n * xis * chunk);
+    let mut m = Scratch::take(group * xis * chunk);
     let out_ptr = OutPtr(out.as_mut_ptr());
+    let simd = simd_transforms();
     let all_weights = match kernels {
         Kernels::Weight(w) if single => Some(transform_weights::<V, M, A>(g, w, 0..co_n)),
         _ => None,
@@ -788,7 +959,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     for rows in batch_rows.chunks(rows_per_chunk) {
         let pc = rows.len() * ntx;
         // 1. V[c][ξ][p] = B^T d B.
-        transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
+        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
         for c0 in (0..co_n).step_by(group) {
             let cos = c0..(c0 + group).min(co_n);
             let gc = cos.len();
@@ -823,12 +994,32 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                 .enumerate()
                 .for_each(|(i, mc)| {
                     let co = c0 + i;
+                    let bias = bias.map_or(0.0, |b| b[co]);
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        // SAFETY: the CPU has AVX-512F; plane (0, co) is inside `out`
+                        // (asserted length) and only this worker writes channel co.
+                        unsafe {
+                            let out = out_ptr.get().add(co * hw);
+                            avx512::output_tiles::<V, M, A>(
+                                &tiling,
+                                mc,
+                                chunk,
+                                rows,
+                                bias,
+                                out,
+                                co_n * hw,
+                                false,
+                            )
+                        }
+                        return;
+                    }
                     wide(OutputTransform::<V, M, A> {
                         tiling: &tiling,
                         m: mc,
                         chunk,
                         rows,
-                        bias: bias.map_or(0.0, |b| b[co]),
+                        bias,
                         // SAFETY: offset of plane (0, co), inside `out` (asserted length).
                         out: OutPtr(unsafe { out_ptr.get().add(co * hw) }),
                         image_stride: co_n * hw,
@@ -886,12 +1077,10 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
     let mut v = vec![0f32; ci_n * xis * chunk];
     let mut dm = vec![0f32; co_n * xis * chunk];
     let mut du = vec![0f32; xis * co_n * ci_n];
-    // A = (A^T)^T: the output gradient's transform.
-    let a: [[f32; M]; A] = std::array::from_fn(|k| std::array::from_fn(|j| V::AT[j][k]));
     for (i, rows) in batch_rows.chunks(rows_per_chunk).enumerate() {
         let pc = rows.len() * ntx;
-        transform_tiles(&tiling, &V::BT, 1, x, ci_n, rows, &mut v, chunk);
-        transform_tiles(&tiling, &a, 0, dy, co_n, rows, &mut dm, chunk);
+        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+        transform_tiles::<GradientTiles<V>, M, A, M>(&tiling, dy, co_n, rows, &mut dm, chunk);
         // dU_ξ (Cout x Cin) += dM_ξ (Cout x pc) V_ξ^T (pc x Cin).
         let (up, vp, mp) = (
             OutPtr(du.as_mut_ptr()),
