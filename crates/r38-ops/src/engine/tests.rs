@@ -143,7 +143,8 @@ fn winograd_blocks_2_and_4_match_im2col() {
 #[test]
 fn simd_transforms_equal_the_portable_ones() {
     // Rows of more than one register of tiles (16), partial last registers, widths that are
-    // no multiple of the block, dilation (gathered), a batch, and a bias.
+    // no multiple of the block, dilation (gathered), a batch, a bias, and input channels
+    // filling one register of kernels (16) and part of the next.
     let mut rand = uniform(7);
     for (n, cin, cout, h, w, d) in [
         (1, 8, 5, 9, 70, 1),
@@ -151,6 +152,7 @@ fn simd_transforms_equal_the_portable_ones() {
         (1, 8, 3, 7, 33, 1),
         (1, 8, 4, 21, 70, 2),
         (1, 10, 3, 11, 45, 3),
+        (1, 37, 3, 10, 20, 1),
     ] {
         let g = same_3x3(n, cin, cout, h, w, d);
         let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();

@@ -277,9 +277,31 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
 ) -> Vec<f32> {
     let ci_n = g.in_channels;
     let plane = cos.len() * ci_n;
+    let c0 = cos.start;
+    #[cfg(target_arch = "x86_64")]
+    if simd_transforms() {
+        let len = A * A * plane;
+        let mut u = Vec::<f32>::with_capacity(len);
+        let up = OutPtr(u.as_mut_ptr());
+        cos.into_par_iter().for_each(|co| {
+            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside its allocation and
+            // only this worker (output channel co) writes them.
+            unsafe {
+                avx512::kernel_transform::<V, M, A>(
+                    &w[co * ci_n * 9..(co + 1) * ci_n * 9],
+                    up.get(),
+                    (co - c0) * ci_n,
+                    plane,
+                )
+            }
+        });
+        // SAFETY: the workers wrote all A² x plane entries (every ξ, output and input
+        // channel), so none is left uninitialised.
+        unsafe { u.set_len(len) };
+        return u;
+    }
     let mut u = vec![0f32; A * A * plane];
     let up = OutPtr(u.as_mut_ptr());
-    let c0 = cos.start;
     cos.into_par_iter().for_each(|co| {
         wide(KernelTransform::<V, M, A> {
             kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],

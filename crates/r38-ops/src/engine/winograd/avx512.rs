@@ -1,5 +1,6 @@
-//! The forward tile transforms (`B^T d B` in, `A^T M A` out) in AVX-512, 16 tiles of a row of
-//! tiles per register: the taps are gathered straight from the rows (any dilation), and the
+//! The forward transforms in AVX-512: the kernels' (`G g G^T`, 16 input channels per
+//! register) and the tiles' (`B^T d B` in, `A^T M A` out), 16 tiles of a row of tiles per
+//! register: the taps are gathered straight from the rows (any dilation), and the
 //! output blocks scattered straight into the planes. The transform matrices are constants,
 //! so their zero and unit coefficients cost nothing. As in the portable transforms, products
 //! and sums are never fused, so F(m x m)'s rounding stays that of its matrices.
@@ -348,5 +349,55 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
                 }
             });
         }
+    }
+}
+
+/// `U = G g G^T` of one output channel's kernels (`kernels`: `[ci][3][3]`), written to
+/// `u[ξ * plane + offset + ci]` for every ξ and input channel, as the portable
+/// `KernelTransform` computes it.
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`available`]); those entries must lie inside `u`'s allocation
+/// and be written by nobody else meanwhile.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn kernel_transform<V: Variant<M, A>, const M: usize, const A: usize>(
+    kernels: &[f32],
+    u: *mut f32,
+    offset: usize,
+    plane: usize,
+) {
+    let ci_n = kernels.len() / 9;
+    // Lane i reads input channel ci0 + i: taps 9 floats apart.
+    let taps = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(9),
+    );
+    for ci0 in (0..ci_n).step_by(LANES) {
+        let mask = lane_mask(ci_n - ci0);
+        let base = kernels[ci0 * 9..].as_ptr();
+        let mut k = [[_mm512_setzero_ps(); 3]; 3];
+        each!(r < 3 => {
+            each!(c < 3 => {
+                k[r][c] = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    mask,
+                    taps,
+                    base.add(r * 3 + c),
+                );
+            });
+        });
+        // (G g)[r][c], then (G g G^T)[r][c].
+        let mut gg = [[_mm512_setzero_ps(); 3]; A];
+        each!(r < A => {
+            each!(c < 3 => {
+                gg[r][c] = lin(&V::G[r], |j| k[j][c]);
+            });
+        });
+        each!(r < A => {
+            each!(c < A => {
+                let value = lin(&V::G[c], |j| gg[r][j]);
+                _mm512_mask_storeu_ps(u.add((r * A + c) * plane + offset + ci0), mask, value);
+            });
+        });
     }
 }
