@@ -30,7 +30,9 @@ use std::ops::Range;
 
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
 /// enough channels to amortise the transforms, and enough tiles (over the whole batch) for
-/// the GEMMs to be efficient; small maps at batch 1 (7x7, 14x14) stay on im2col + GEMM.
+/// the GEMMs to be efficient. 14x14 at batch 1 (49 tiles) qualifies (measured 0.85x the time
+/// of im2col, kernel transform included); 7x7 at batch 1 (16 tiles, a quarter of them
+/// padding) stays on im2col + GEMM.
 pub fn applies(g: &Geometry) -> bool {
     g.kernel == 3
         && g.stride == 1
@@ -40,7 +42,7 @@ pub fn applies(g: &Geometry) -> bool {
 }
 
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
-const MIN_TILES: usize = 64;
+const MIN_TILES: usize = 32;
 
 /// Largest transformed kernel (floats) held at once: 128 MiB. Wider convolutions (level 7's
 /// 1024 -> 2048 would take 300 MB under F(4x4)) run in groups of output channels, each with
@@ -82,20 +84,13 @@ pub fn block(g: &Geometry) -> usize {
 }
 
 /// Whether [`conv2d_transformed`] computes this convolution with kernels transformed
-/// beforehand ([`Transformed`]): as [`applies`], with fewer tiles. Without the kernel transform
-/// in every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36: measured at
-/// 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16 tiles, a quarter
-/// of them padding) 1.1x, so that stays on im2col; at 7x7, batch 8, 0.45x.
+/// beforehand ([`Transformed`]): where [`applies`] holds. Without the kernel transform in
+/// every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36: measured at
+/// 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16 tiles) 1.1x, so
+/// that stays on im2col; at 7x7, batch 8, 0.45x.
 pub fn applies_kept(g: &Geometry) -> bool {
-    g.kernel == 3
-        && g.stride == 1
-        && g.padding == g.dilation
-        && g.in_channels >= 8
-        && tiles(g, 2) >= MIN_TILES_KEPT
+    applies(g)
 }
-
-/// Fewest tiles (2x2 output blocks, whole batch) for which kept kernels are used.
-const MIN_TILES_KEPT: usize = 32;
 
 /// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
 /// kernel transform's cost, so from fewer tiles (F(4x4) where its multiplies, padded edge
@@ -269,23 +264,24 @@ fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> Lanes) -> Lanes {
     acc
 }
 
-/// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]`.
+/// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]` in `u`
+/// (every entry written).
 fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     w: &[f32],
     cos: Range<usize>,
-) -> Vec<f32> {
+    u: &mut [f32],
+) {
     let ci_n = g.in_channels;
     let plane = cos.len() * ci_n;
+    assert_eq!(u.len(), A * A * plane);
     let c0 = cos.start;
+    let up = OutPtr(u.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
-        let len = A * A * plane;
-        let mut u = Vec::<f32>::with_capacity(len);
-        let up = OutPtr(u.as_mut_ptr());
         cos.into_par_iter().for_each(|co| {
-            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside its allocation and
-            // only this worker (output channel co) writes them.
+            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside it and only this
+            // worker (output channel co) writes them.
             unsafe {
                 avx512::kernel_transform::<V, M, A>(
                     &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -295,13 +291,8 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
                 )
             }
         });
-        // SAFETY: the workers wrote all A² x plane entries (every ξ, output and input
-        // channel), so none is left uninitialised.
-        unsafe { u.set_len(len) };
-        return u;
+        return;
     }
-    let mut u = vec![0f32; A * A * plane];
-    let up = OutPtr(u.as_mut_ptr());
     cos.into_par_iter().for_each(|co| {
         wide(KernelTransform::<V, M, A> {
             kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -313,6 +304,16 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
             variant: PhantomData,
         })
     });
+}
+
+/// [`transform_weights`] into a new buffer.
+fn kernels_of<V: Variant<M, A>, const M: usize, const A: usize>(
+    g: &Geometry,
+    w: &[f32],
+    cos: Range<usize>,
+) -> Vec<f32> {
+    let mut u = vec![0f32; A * A * cos.len() * g.in_channels];
+    transform_weights::<V, M, A>(g, w, cos, &mut u);
     u
 }
 
@@ -839,8 +840,8 @@ impl Transformed {
             .map(|c0| {
                 let cos = c0..(c0 + group).min(g.out_channels);
                 match m {
-                    4 => transform_weights::<F4, 4, 6>(g, w, cos),
-                    2 => transform_weights::<F2, 2, 4>(g, w, cos),
+                    4 => kernels_of::<F4, 4, 6>(g, w, cos),
+                    2 => kernels_of::<F2, 2, 4>(g, w, cos),
                     _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
                 }
             })
@@ -913,10 +914,10 @@ impl Drop for Scratch {
         SCRATCH.with(|s| {
             let mut kept = s.borrow_mut();
             kept.push(buffer);
-            // The two largest are all one convolution uses; smallest first, so `pop` gives
-            // the largest.
+            // The three largest (tiles, products, kernels) are all one convolution uses;
+            // smallest first, so `pop` gives the largest.
             kept.sort_by_key(Vec::len);
-            if kept.len() > 2 {
+            if kept.len() > 3 {
                 kept.remove(0);
             }
         });
@@ -975,7 +976,11 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
     let all_weights = match kernels {
-        Kernels::Weight(w) if single => Some(transform_weights::<V, M, A>(g, w, 0..co_n)),
+        Kernels::Weight(w) if single => {
+            let mut u = Scratch::take(xis * co_n * ci_n);
+            transform_weights::<V, M, A>(g, w, 0..co_n, &mut u);
+            Some(u)
+        }
         _ => None,
     };
     for rows in batch_rows.chunks(rows_per_chunk) {
@@ -985,12 +990,13 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         for c0 in (0..co_n).step_by(group) {
             let cos = c0..(c0 + group).min(co_n);
             let gc = cos.len();
-            let group_weights;
-            let u = match (&kernels, &all_weights) {
+            let mut group_weights;
+            let u: &[f32] = match (&kernels, &all_weights) {
                 (Kernels::Kept(u), _) => &u.groups[c0 / group],
                 (_, Some(u)) => u,
                 (Kernels::Weight(w), None) => {
-                    group_weights = transform_weights::<V, M, A>(g, w, cos);
+                    group_weights = Scratch::take(xis * gc * ci_n);
+                    transform_weights::<V, M, A>(g, w, cos, &mut group_weights);
                     &group_weights
                 }
             };
