@@ -264,24 +264,25 @@ fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> Lanes) -> Lanes {
     acc
 }
 
-/// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]` in `u`
-/// (every entry written).
-fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
+/// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]`.
+fn kernels_of<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     w: &[f32],
     cos: Range<usize>,
-    u: &mut [f32],
-) {
+) -> Vec<f32> {
     let ci_n = g.in_channels;
     let plane = cos.len() * ci_n;
-    assert_eq!(u.len(), A * A * plane);
     let c0 = cos.start;
-    let up = OutPtr(u.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
+        // Not zeroed first: every entry is written (zeroing tens of MiB cost as much as the
+        // transform).
+        let len = A * A * plane;
+        let mut u = Vec::<f32>::with_capacity(len);
+        let up = OutPtr(u.as_mut_ptr());
         cos.into_par_iter().for_each(|co| {
-            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside it and only this
-            // worker (output channel co) writes them.
+            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside its allocation and
+            // only this worker (output channel co) writes them.
             unsafe {
                 avx512::kernel_transform::<V, M, A>(
                     &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -291,8 +292,13 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
                 )
             }
         });
-        return;
+        // SAFETY: the workers wrote all A² x plane entries (every ξ, output and input
+        // channel), so none is left uninitialised.
+        unsafe { u.set_len(len) };
+        return u;
     }
+    let mut u = vec![0f32; A * A * plane];
+    let up = OutPtr(u.as_mut_ptr());
     cos.into_par_iter().for_each(|co| {
         wide(KernelTransform::<V, M, A> {
             kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -304,16 +310,6 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
             variant: PhantomData,
         })
     });
-}
-
-/// [`transform_weights`] into a new buffer.
-fn kernels_of<V: Variant<M, A>, const M: usize, const A: usize>(
-    g: &Geometry,
-    w: &[f32],
-    cos: Range<usize>,
-) -> Vec<f32> {
-    let mut u = vec![0f32; A * A * cos.len() * g.in_channels];
-    transform_weights::<V, M, A>(g, w, cos, &mut u);
     u
 }
 
@@ -349,7 +345,7 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for KernelTransform<'
             for (r, ggr) in gg.iter().enumerate() {
                 for (c, row) in V::G.iter().enumerate() {
                     let v = lin(row, |j| ggr[j]);
-                    // SAFETY: see `transform_weights`.
+                    // SAFETY: see `kernels_of`.
                     let dst = unsafe {
                         let at = (r * A + c) * self.plane + self.offset + ci0;
                         std::slice::from_raw_parts_mut(self.u.get().add(at), n)
@@ -914,10 +910,10 @@ impl Drop for Scratch {
         SCRATCH.with(|s| {
             let mut kept = s.borrow_mut();
             kept.push(buffer);
-            // The three largest (tiles, products, kernels) are all one convolution uses;
-            // smallest first, so `pop` gives the largest.
+            // The two largest (tiles, products) are all one convolution uses; smallest
+            // first, so `pop` gives the largest.
             kept.sort_by_key(Vec::len);
-            if kept.len() > 3 {
+            if kept.len() > 2 {
                 kept.remove(0);
             }
         });
@@ -976,11 +972,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
     let all_weights = match kernels {
-        Kernels::Weight(w) if single => {
-            let mut u = Scratch::take(xis * co_n * ci_n);
-            transform_weights::<V, M, A>(g, w, 0..co_n, &mut u);
-            Some(u)
-        }
+        Kernels::Weight(w) if single => Some(kernels_of::<V, M, A>(g, w, 0..co_n)),
         _ => None,
     };
     for rows in batch_rows.chunks(rows_per_chunk) {
@@ -990,13 +982,12 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         for c0 in (0..co_n).step_by(group) {
             let cos = c0..(c0 + group).min(co_n);
             let gc = cos.len();
-            let mut group_weights;
+            let group_weights;
             let u: &[f32] = match (&kernels, &all_weights) {
                 (Kernels::Kept(u), _) => &u.groups[c0 / group],
                 (_, Some(u)) => u,
                 (Kernels::Weight(w), None) => {
-                    group_weights = Scratch::take(xis * gc * ci_n);
-                    transform_weights::<V, M, A>(g, w, cos, &mut group_weights);
+                    group_weights = kernels_of::<V, M, A>(g, w, cos);
                     &group_weights
                 }
             };
