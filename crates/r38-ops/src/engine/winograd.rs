@@ -30,19 +30,20 @@ use std::ops::Range;
 
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
 /// enough channels to amortise the transforms, and enough tiles (over the whole batch) for
-/// the GEMMs to be efficient. 14x14 at batch 1 (49 tiles) qualifies (measured 0.85x the time
-/// of im2col, kernel transform included); 7x7 at batch 1 (16 tiles, a quarter of them
-/// padding) stays on im2col + GEMM.
+/// the GEMMs to be efficient; small maps at batch 1 (7x7, 14x14) stay on im2col + GEMM. (At
+/// 14x14 the kernel transform decides: in a buffer kept between convolutions F(2x2) measured
+/// 0.85x im2col's time, but level 5's 34 MB kernels in fresh memory pay its page faults.)
 pub fn applies(g: &Geometry) -> bool {
-    g.kernel == 3
-        && g.stride == 1
-        && g.padding == g.dilation
-        && g.in_channels >= 8
-        && tiles(g, 2) >= MIN_TILES
+    is_same_3x3(g) && tiles(g, 2) >= MIN_TILES
+}
+
+/// 3x3, stride 1, "same" padding, and enough input channels to amortise the transforms.
+fn is_same_3x3(g: &Geometry) -> bool {
+    g.kernel == 3 && g.stride == 1 && g.padding == g.dilation && g.in_channels >= 8
 }
 
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
-const MIN_TILES: usize = 32;
+const MIN_TILES: usize = 64;
 
 /// Largest transformed kernel (floats) held at once: 128 MiB. Wider convolutions (level 7's
 /// 1024 -> 2048 would take 300 MB under F(4x4)) run in groups of output channels, each with
@@ -84,13 +85,16 @@ pub fn block(g: &Geometry) -> usize {
 }
 
 /// Whether [`conv2d_transformed`] computes this convolution with kernels transformed
-/// beforehand ([`Transformed`]): where [`applies`] holds. Without the kernel transform in
-/// every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36: measured at
-/// 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16 tiles) 1.1x, so
-/// that stays on im2col; at 7x7, batch 8, 0.45x.
+/// beforehand ([`Transformed`]): as [`applies`], with fewer tiles. Without the kernel
+/// transform in every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36:
+/// measured at 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16
+/// tiles, a quarter of them padding) 1.1x, so that stays on im2col; at 7x7, batch 8, 0.45x.
 pub fn applies_kept(g: &Geometry) -> bool {
-    applies(g)
+    is_same_3x3(g) && tiles(g, 2) >= MIN_TILES_KEPT
 }
+
+/// Fewest tiles (2x2 output blocks, whole batch) for which kept kernels are used.
+const MIN_TILES_KEPT: usize = 32;
 
 /// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
 /// kernel transform's cost, so from fewer tiles (F(4x4) where its multiplies, padded edge
