@@ -269,7 +269,7 @@ fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> Lanes) -> Lanes {
 }
 
 /// U = G g G^T for the output channels `cos`, laid out `[ξ][co - cos.start][ci]`.
-fn kernels_of<V: Variant<M, A>, const M: usize, const A: usize>(
+fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     w: &[f32],
     cos: Range<usize>,
@@ -349,7 +349,7 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for KernelTransform<'
             for (r, ggr) in gg.iter().enumerate() {
                 for (c, row) in V::G.iter().enumerate() {
                     let v = lin(row, |j| ggr[j]);
-                    // SAFETY: see `kernels_of`.
+                    // SAFETY: see `transform_weights`.
                     let dst = unsafe {
                         let at = (r * A + c) * self.plane + self.offset + ci0;
                         std::slice::from_raw_parts_mut(self.u.get().add(at), n)
@@ -840,8 +840,8 @@ impl Transformed {
             .map(|c0| {
                 let cos = c0..(c0 + group).min(g.out_channels);
                 match m {
-                    4 => kernels_of::<F4, 4, 6>(g, w, cos),
-                    2 => kernels_of::<F2, 2, 4>(g, w, cos),
+                    4 => transform_weights::<F4, 4, 6>(g, w, cos),
+                    2 => transform_weights::<F2, 2, 4>(g, w, cos),
                     _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
                 }
             })
@@ -976,7 +976,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
     let all_weights = match kernels {
-        Kernels::Weight(w) if single => Some(kernels_of::<V, M, A>(g, w, 0..co_n)),
+        Kernels::Weight(w) if single => Some(transform_weights::<V, M, A>(g, w, 0..co_n)),
         _ => None,
     };
     for rows in batch_rows.chunks(rows_per_chunk) {
@@ -991,7 +991,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                 (Kernels::Kept(u), _) => &u.groups[c0 / group],
                 (_, Some(u)) => u,
                 (Kernels::Weight(w), None) => {
-                    group_weights = kernels_of::<V, M, A>(g, w, cos);
+                    group_weights = transform_weights::<V, M, A>(g, w, cos);
                     &group_weights
                 }
             };
@@ -1032,7 +1032,6 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                                 bias,
                                 out,
                                 co_n * hw,
-                                false,
                             )
                         }
                         return;

@@ -144,28 +144,20 @@ unsafe fn undilated_taps<const M: usize, const A: usize>(row: *const f32) -> [__
     taps
 }
 
-/// Writes (or adds, when `accumulate`) the `M` values per tile of 16 undilated tiles (`y[j]`:
-/// column `j` of every tile's block row) to `row[M s + j]`, the first `count` of them.
+/// Writes the `M` values per tile of 16 undilated tiles (`y[j]`: column `j` of every tile's
+/// block row) to `row[M s + j]`, the first `count` of them.
 #[inline(always)]
-unsafe fn store_undilated<const M: usize>(
-    row: *mut f32,
-    y: &[__m512; M],
-    count: usize,
-    accumulate: bool,
-) {
-    let mut parts = [_mm512_setzero_ps(); 4];
-    if M == 2 {
-        let lo = indices([0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23]);
-        let hi = indices([8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31]);
-        parts[0] = _mm512_permutex2var_ps(y[0], lo, y[1]);
-        parts[1] = _mm512_permutex2var_ps(y[0], hi, y[1]);
+unsafe fn store_undilated<const M: usize>(row: *mut f32, y: &[__m512; M], count: usize) {
+    // Columns 0 and 1 of tiles 0..8, then of tiles 8..16, side by side: F(2x2)'s rows whole.
+    let lo = indices([0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23]);
+    let hi = indices([8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31]);
+    let (p01, q01) = (
+        _mm512_permutex2var_ps(y[0], lo, y[1]),
+        _mm512_permutex2var_ps(y[0], hi, y[1]),
+    );
+    let parts = if M == 2 {
+        [p01, q01, p01, q01]
     } else {
-        let lo = indices([0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23]);
-        let hi = indices([8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31]);
-        let (p01, q01) = (
-            _mm512_permutex2var_ps(y[0], lo, y[1]),
-            _mm512_permutex2var_ps(y[0], hi, y[1]),
-        );
         let (p23, q23) = (
             _mm512_permutex2var_ps(y[2], lo, y[3]),
             _mm512_permutex2var_ps(y[2], hi, y[3]),
@@ -173,24 +165,19 @@ unsafe fn store_undilated<const M: usize>(
         // Pairs (j = 0, 1) and (2, 3) of one tile next to each other.
         let first = indices([0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23]);
         let second = indices([8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31]);
-        parts[0] = _mm512_permutex2var_ps(p01, first, p23);
-        parts[1] = _mm512_permutex2var_ps(p01, second, p23);
-        parts[2] = _mm512_permutex2var_ps(q01, first, q23);
-        parts[3] = _mm512_permutex2var_ps(q01, second, q23);
-    }
+        [
+            _mm512_permutex2var_ps(p01, first, p23),
+            _mm512_permutex2var_ps(p01, second, p23),
+            _mm512_permutex2var_ps(q01, first, q23),
+            _mm512_permutex2var_ps(q01, second, q23),
+        ]
+    };
     for (q, part) in parts.iter().enumerate().take(M) {
         let n = count.saturating_sub(16 * q).min(16);
         if n == 0 {
             break;
         }
-        let mask = lane_mask(n);
-        let at = row.add(16 * q);
-        let value = if accumulate {
-            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), *part)
-        } else {
-            *part
-        };
-        _mm512_mask_storeu_ps(at, mask, value);
+        _mm512_mask_storeu_ps(row.add(16 * q), lane_mask(n), *part);
     }
 }
 
@@ -272,13 +259,12 @@ pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usiz
 
 /// `Y = A^T M A` (+ bias) of some rows of tiles of one output channel (products at
 /// `m[ξ * chunk + p]`), scattered into the channel's planes (plane `n` at `out + n *
-/// image_stride`); added to what is there when `accumulate`.
+/// image_stride`).
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]); the channel's planes must lie inside the
 /// output and be written by nobody else meanwhile.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usize>(
     tiling: &Tiling<M>,
     m: &[f32],
@@ -287,7 +273,6 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
     bias: f32,
     out: *mut f32,
     image_stride: usize,
-    accumulate: bool,
 ) {
     let (wd, ht, d, ntx) = (
         tiling.width,
@@ -326,23 +311,12 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
                         });
                         let x0 = M * s0;
                         let count = (M * (ntx - s0).min(LANES)).min(wd - x0);
-                        store_undilated::<M>(row.add(x0), &y, count, accumulate);
+                        store_undilated::<M>(row.add(x0), &y, count);
                     } else {
                         each!(j < M => {
                             let y = _mm512_add_ps(lin(&V::AT[j], |k2| down[k2]), bias);
                             let x = _mm512_add_epi32(cols, _mm512_set1_epi32((j * d) as i32));
                             let inside = mask & _mm512_cmplt_epi32_mask(x, width);
-                            let y = if accumulate {
-                                let was = _mm512_mask_i32gather_ps::<4>(
-                                    _mm512_setzero_ps(),
-                                    inside,
-                                    x,
-                                    row,
-                                );
-                                _mm512_add_ps(was, y)
-                            } else {
-                                y
-                            };
                             _mm512_mask_i32scatter_ps::<4>(row, inside, x, y);
                         });
                     }
