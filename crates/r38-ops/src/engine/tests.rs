@@ -77,6 +77,50 @@ fn winograd_applies_to_the_3x3_stride1_shapes() {
     };
     assert!(!winograd::applies(&small));
     assert!(winograd::applies(&Geometry { batch: 8, ..small }));
+    // 14x14 at batch 1: 49 tiles.
+    assert!(winograd::applies(&Geometry {
+        height: 14,
+        width: 14,
+        ..g(3, 1, 1, 1)
+    }));
+}
+
+#[test]
+fn fresh_kernels_of_small_maps_are_transformed_in_groups_the_heap_serves() {
+    // Level 5 at batch 1: one chunk holds its 49 tiles; F(2x2)'s kernel is 67 MB whole.
+    let level5 = same_3x3(1, 1024, 1024, 14, 14, 1);
+    let group = winograd::fresh_group(&level5, 2);
+    assert!(group < 1024 && 16 * 1024 * group * 4 <= 30 << 20, "{group}");
+    let threads = rayon::current_num_threads();
+    assert_eq!(1024usize.div_ceil(group) % threads, 0, "{group}");
+    // Small kernels stay whole, and so do the kernels of maps in several chunks (each chunk
+    // would transform every group again).
+    assert_eq!(
+        winograd::fresh_group(&same_3x3(1, 64, 64, 14, 14, 1), 2),
+        64
+    );
+    let frame = same_3x3(1, 1024, 1024, 128, 256, 2);
+    assert_eq!(winograd::fresh_group(&frame, 2), 1024);
+}
+
+#[test]
+fn small_maps_with_grouped_fresh_kernels_match_im2col() {
+    // 14x14 at batch 1 with a kernel over 30 MiB under F(2x2): several groups.
+    let g = same_3x3(1, 1024, 512, 14, 14, 1);
+    assert!(winograd::applies(&g) && winograd::fresh_group(&g, 2) < 512);
+    let mut next = uniform(38);
+    let x: Vec<f32> = (0..1024 * 14 * 14).map(|_| next()).collect();
+    let w: Vec<f32> = (0..512 * 1024 * 9).map(|_| next() * 0.05).collect();
+    let b: Vec<f32> = (0..512).map(|_| next()).collect();
+    let (mut fast, mut reference) = (vec![0f32; 512 * 196], vec![0f32; 512 * 196]);
+    winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
+    kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = fast
+        .iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff / scale < 1e-5, "{diff} / {scale}");
 }
 
 /// Uniform values in [-1, 1) from a fixed seed (an LCG: the slices are too large for candle's

@@ -30,9 +30,9 @@ use std::ops::Range;
 
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
 /// enough channels to amortise the transforms, and enough tiles (over the whole batch) for
-/// the GEMMs to be efficient; small maps at batch 1 (7x7, 14x14) stay on im2col + GEMM. (At
-/// 14x14 the kernel transform decides: in a buffer kept between convolutions F(2x2) measured
-/// 0.85x im2col's time, but level 5's 34 MB kernels in fresh memory pay its page faults.)
+/// the GEMMs to be efficient: from 14x14 at batch 1 (49 tiles; level 5's 1024 -> 512
+/// measured 11-12 ms against im2col's 14.6, its kernels transformed in [`fresh_group`]s);
+/// 7x7 at batch 1 (16 tiles, a quarter of them padding) stays on im2col + GEMM.
 pub fn applies(g: &Geometry) -> bool {
     is_same_3x3(g) && tiles(g, 2) >= MIN_TILES
 }
@@ -43,7 +43,7 @@ fn is_same_3x3(g: &Geometry) -> bool {
 }
 
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
-const MIN_TILES: usize = 64;
+const MIN_TILES: usize = 32;
 
 /// Largest transformed kernel (floats) held at once: 128 MiB. Wider convolutions (level 7's
 /// 1024 -> 2048 would take 300 MB under F(4x4)) run in groups of output channels, each with
@@ -85,16 +85,13 @@ pub fn block(g: &Geometry) -> usize {
 }
 
 /// Whether [`conv2d_transformed`] computes this convolution with kernels transformed
-/// beforehand ([`Transformed`]): as [`applies`], with fewer tiles. Without the kernel
-/// transform in every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36:
-/// measured at 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16
-/// tiles, a quarter of them padding) 1.1x, so that stays on im2col; at 7x7, batch 8, 0.45x.
+/// beforehand ([`Transformed`]): where [`applies`] holds. Without the kernel transform in
+/// every pass, F(2x2) does 16 multiplies per 2x2 block where im2col does 36: measured at
+/// 14x14, batch 1 (49 tiles), 0.49x the time of im2col; at 7x7, batch 1 (16 tiles, a quarter
+/// of them padding) 1.1x, so that stays on im2col; at 7x7, batch 8, 0.45x.
 pub fn applies_kept(g: &Geometry) -> bool {
-    is_same_3x3(g) && tiles(g, 2) >= MIN_TILES_KEPT
+    applies(g)
 }
-
-/// Fewest tiles (2x2 output blocks, whole batch) for which kept kernels are used.
-const MIN_TILES_KEPT: usize = 32;
 
 /// The output block edge for kernels transformed beforehand: [`block`]'s rule without the
 /// kernel transform's cost, so from fewer tiles (F(4x4) where its multiplies, padded edge
@@ -784,9 +781,32 @@ pub fn conv2d_blocks(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let group = output_group(g, (m + 2) * (m + 2));
-    conv2d_grouped(g, m, group, x, w, bias, out)
+    conv2d_grouped(g, m, fresh_group(g, m), x, w, bias, out)
 }
+
+/// Output channels per group for kernels transformed in the pass itself. Where one chunk
+/// holds every tile (small maps), a transformed kernel over 30 MiB (level 5's 1024 -> 1024
+/// under F(2x2) at 14x14: 67 MB) is split into groups that the heap serves again in every
+/// pass: a whole one is a fresh mapping each time, whose page faults cost more than the
+/// products (level 5's 1024 -> 512: 21-25 ms whole, 11-12 ms in groups). Elsewhere each
+/// chunk would transform every group anew, so the groups stay as large as [`output_group`]
+/// allows.
+pub(crate) fn fresh_group(g: &Geometry, m: usize) -> usize {
+    let xis = (m + 2) * (m + 2);
+    let small = (FRESH_GROUP_FLOATS / (xis * g.in_channels)).clamp(1, g.out_channels.max(1));
+    if small == g.out_channels || tile_rows(g, m) > chunk_rows(g, m, small) {
+        return output_group(g, xis);
+    }
+    // Equal groups, as many as a multiple of the threads, for the transforms' balance.
+    let threads = rayon::current_num_threads().max(1);
+    let groups = g.out_channels.div_ceil(small).next_multiple_of(threads);
+    g.out_channels.div_ceil(groups).max(1)
+}
+
+/// Largest group of kernels transformed in the pass itself where one chunk holds every tile
+/// (floats): 30 MiB, under the 32 MiB up to which [`super::allocator::keep_freed_memory`]
+/// has the heap serve requests.
+const FRESH_GROUP_FLOATS: usize = 30 << 18;
 
 /// [`conv2d_blocks`] with `group` output channels per group.
 pub(crate) fn conv2d_grouped(
