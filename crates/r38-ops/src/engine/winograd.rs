@@ -31,7 +31,7 @@ use std::ops::Range;
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
 /// enough channels to amortise the transforms, and enough tiles (over the whole batch) for
 /// the GEMMs to be efficient: from 14x14 at batch 1 (49 tiles; level 5's 1024 -> 512
-/// measured 11-12 ms against im2col's 14.6, its kernels transformed in [`fresh_group`]s);
+/// measured 11-12 ms against im2col's 14.6, its kernels transformed in groups: `fresh_group`);
 /// 7x7 at batch 1 (16 tiles, a quarter of them padding) stays on im2col + GEMM.
 pub fn applies(g: &Geometry) -> bool {
     is_same_3x3(g) && tiles(g, 2) >= MIN_TILES
