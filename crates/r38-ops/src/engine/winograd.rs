@@ -67,15 +67,25 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
 /// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
 /// F(4x4) is slower than F(2x2)) and it stays cheaper once the kernel transforms are counted
-/// (a kernel too wide for memory is transformed anew for every chunk of tiles: the head's
-/// 4096 -> 512 on a 1024x2048 frame would take F(4x4) 36 passes); else 2.
+/// (a kernel too wide for memory is transformed anew for every chunk of tiles, or the tiles
+/// for every group of kernels, whichever writes fewer); else 2.
 pub fn block(g: &Geometry) -> usize {
+    // Per (input, output) channel pair: multiplies, then transformed floats written beyond
+    // one pass of the kernels and one of the tiles.
     let cost = |m: usize| {
         let xis = (m + 2) * (m + 2);
         let group = output_group(g, xis);
-        let chunks = tile_rows(g, m).div_ceil(chunk_rows(g, m, group));
-        let passes = if group == g.out_channels { 1 } else { chunks };
-        xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * passes
+        let chunks = chunks(g, m, group);
+        let groups = g.out_channels.div_ceil(group);
+        let (kernel_passes, tile_passes) = if groups == 1 {
+            (1, 1)
+        } else if Order::best(g, m, group) == Order::KernelsOuter {
+            (1, groups)
+        } else {
+            (chunks, 1)
+        };
+        let extra_tiles = (tile_passes - 1) * tiles(g, m) / g.out_channels.max(1);
+        xis * tiles(g, m) + KERNEL_FLOAT_COST * xis * (kernel_passes + extra_tiles)
     };
     if tiles(g, 4) >= MIN_TILES_4X4 && saves_multiplies(g) && cost(4) <= cost(2) {
         4
@@ -117,6 +127,11 @@ fn saves_multiplies(g: &Geometry) -> bool {
 /// order of magnitude: a kernel transform takes about as long as 100-250 multiply-adds per
 /// entry).
 const KERNEL_FLOAT_COST: usize = 128;
+
+/// Chunks of tiles [`run`] takes with `group` output channels per group.
+pub(crate) fn chunks(g: &Geometry, m: usize, group: usize) -> usize {
+    tile_rows(g, m).div_ceil(chunk_rows(g, m, group))
+}
 
 /// Rows of tiles per chunk of [`run`] with `group` output channels per group. The GEMMs
 /// repack `U` for every chunk, and with several groups of output channels every chunk
@@ -271,19 +286,38 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     w: &[f32],
     cos: Range<usize>,
 ) -> Vec<f32> {
+    // Not zeroed first: every entry is written (zeroing tens of MiB cost as much as the
+    // transform).
+    let len = A * A * cos.len() * g.in_channels;
+    let mut u = Vec::<f32>::with_capacity(len);
+    // SAFETY: `transform_weights_into` writes all A² x plane entries (every ξ, output and
+    // input channel) through the pointer, none is read before.
+    unsafe {
+        transform_weights_into::<V, M, A>(g, w, cos, u.as_mut_ptr());
+        u.set_len(len);
+    }
+    u
+}
+
+/// [`transform_weights`] written to `u`, which must hold `A² x cos.len() x Cin` floats.
+///
+/// # Safety
+/// `u` must be valid for that many writes, and nothing else may access them meanwhile.
+unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usize>(
+    g: &Geometry,
+    w: &[f32],
+    cos: Range<usize>,
+    u: *mut f32,
+) {
     let ci_n = g.in_channels;
     let plane = cos.len() * ci_n;
     let c0 = cos.start;
+    let up = OutPtr(u);
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
-        // Not zeroed first: every entry is written (zeroing tens of MiB cost as much as the
-        // transform).
-        let len = A * A * plane;
-        let mut u = Vec::<f32>::with_capacity(len);
-        let up = OutPtr(u.as_mut_ptr());
         cos.into_par_iter().for_each(|co| {
-            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside its allocation and
-            // only this worker (output channel co) writes them.
+            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside it and only this
+            // worker (output channel co) writes them.
             unsafe {
                 avx512::kernel_transform::<V, M, A>(
                     &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -293,13 +327,11 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
                 )
             }
         });
-        // SAFETY: the workers wrote all A² x plane entries (every ξ, output and input
-        // channel), so none is left uninitialised.
-        unsafe { u.set_len(len) };
-        return u;
+        return;
     }
-    let mut u = vec![0f32; A * A * plane];
-    let up = OutPtr(u.as_mut_ptr());
+    // SAFETY: (caller) `u` is valid for these writes. Zeroed first so that the slices the
+    // workers write through are initialised.
+    unsafe { std::ptr::write_bytes(u, 0, A * A * plane) };
     cos.into_par_iter().for_each(|co| {
         wide(KernelTransform::<V, M, A> {
             kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],
@@ -311,7 +343,6 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
             variant: PhantomData,
         })
     });
-    u
 }
 
 /// The transformed kernels of one output channel, [`LANES`] input channels at a time.
@@ -781,15 +812,17 @@ pub fn conv2d_blocks(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    conv2d_grouped(g, m, fresh_group(g, m), x, w, bias, out)
+    let group = fresh_group(g, m);
+    conv2d_grouped(g, m, group, Order::best(g, m, group), x, w, bias, out)
 }
 
 /// Output channels per group for kernels transformed in the pass itself. Where one chunk
 /// holds every tile (small maps), a transformed kernel over 30 MiB (level 5's 1024 -> 1024
 /// under F(2x2) at 14x14: 67 MB) is split into groups that the heap serves again in every
 /// pass: a whole one is a fresh mapping each time, whose page faults cost more than the
-/// products (level 5's 1024 -> 512: 21-25 ms whole, 11-12 ms in groups). Elsewhere each
-/// chunk would transform every group anew, so the groups stay as large as [`output_group`]
+/// products (level 5's 1024 -> 512: 21-25 ms whole, 11-12 ms in groups), and [`FreshKernels`]
+/// keeps a buffer as large as the largest group. Elsewhere each chunk (or group) would
+/// transform every group (or the tiles) anew, so the groups stay as large as [`output_group`]
 /// allows.
 pub(crate) fn fresh_group(g: &Geometry, m: usize) -> usize {
     let xis = (m + 2) * (m + 2);
@@ -808,19 +841,21 @@ pub(crate) fn fresh_group(g: &Geometry, m: usize) -> usize {
 /// has the heap serve requests.
 const FRESH_GROUP_FLOATS: usize = 30 << 18;
 
-/// [`conv2d_blocks`] with `group` output channels per group.
+/// [`conv2d_blocks`] with `group` output channels per group, in the loop order given.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_grouped(
     g: &Geometry,
     m: usize,
     group: usize,
+    order: Order,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     match m {
-        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w), bias, out),
-        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w), bias, out),
+        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w, order), bias, out),
+        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w, order), bias, out),
         _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
     }
 }
@@ -957,10 +992,90 @@ impl std::ops::DerefMut for Scratch {
     }
 }
 
-/// Where [`run`] finds `U`: transformed in this pass from the weight, or kept from before.
+/// The buffer of the kernels [`run`] transforms in the pass itself, kept by the calling thread
+/// for its next convolution: a transformed kernel over 32 MiB is otherwise a fresh mapping in
+/// every pass, whose page faults cost more than the transform (level 5's 1024 -> 512 at
+/// 504x504, output stride 8: 25 ms, against 12 in a reused buffer). Only its capacity is
+/// kept; every entry is written before it is read.
+struct FreshKernels {
+    buffer: Vec<f32>,
+}
+
+thread_local! {
+    static FRESH_KERNELS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl FreshKernels {
+    /// This thread's kept buffer, with room for at least `len` floats.
+    fn take(len: usize) -> FreshKernels {
+        let mut buffer = FRESH_KERNELS.take();
+        if buffer.capacity() < len {
+            buffer = Vec::with_capacity(len);
+        }
+        FreshKernels { buffer }
+    }
+
+    /// The kernels of output channels `cos` transformed into the buffer ([`transform_weights`]).
+    ///
+    /// # Safety
+    /// The buffer must have room for `A² x cos.len() x Cin` floats; the slice returned by an
+    /// earlier call must no longer be used.
+    unsafe fn fill<'a, V: Variant<M, A>, const M: usize, const A: usize>(
+        &mut self,
+        g: &Geometry,
+        w: &[f32],
+        cos: Range<usize>,
+    ) -> &'a [f32] {
+        let len = A * A * cos.len() * g.in_channels;
+        debug_assert!(len <= self.buffer.capacity());
+        let u = self.buffer.as_mut_ptr();
+        // SAFETY: (caller) room for `len` floats, no other user; all of them are written.
+        unsafe {
+            transform_weights_into::<V, M, A>(g, w, cos, u);
+            std::slice::from_raw_parts(u, len)
+        }
+    }
+}
+
+impl Drop for FreshKernels {
+    fn drop(&mut self) {
+        FRESH_KERNELS.set(std::mem::take(&mut self.buffer));
+    }
+}
+
+/// Where [`run`] finds `U`: transformed in this pass from the weight (in the loop order
+/// given), or kept from before.
 enum Kernels<'a> {
-    Weight(&'a [f32]),
+    Weight(&'a [f32], Order),
     Kept(&'a Transformed),
+}
+
+/// The loops of [`run`] over chunks of tiles and groups of output channels, for kernels
+/// transformed in the pass itself. Both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// The tiles transformed once, every group's kernels once per chunk of tiles.
+    TilesOuter,
+    /// Every group's kernels transformed once, the tiles once per group.
+    KernelsOuter,
+}
+
+impl Order {
+    /// [`Order::KernelsOuter`] where the kernels are in several groups, the tiles in several
+    /// chunks, and it writes fewer transformed floats: level 7 at output stride 8 (3 groups of
+    /// kernels, 1024 -> 2048 under F(4x4); on a 504x504 image 2 chunks of tiles a ninth of
+    /// the kernels' size, on a 1024x2048 frame 11 of about their size).
+    pub(crate) fn best(g: &Geometry, m: usize, group: usize) -> Order {
+        let groups = g.out_channels.div_ceil(group.max(1));
+        let chunks = chunks(g, m, group);
+        // Transformed floats per (ξ, input channel).
+        let (kernels, tiles) = (g.out_channels, tiles(g, m));
+        if groups > 1 && chunks > 1 && kernels + groups * tiles < chunks * kernels + tiles {
+            Order::KernelsOuter
+        } else {
+            Order::TilesOuter
+        }
+    }
 }
 
 fn run<V: Variant<M, A>, const M: usize, const A: usize>(
@@ -978,7 +1093,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     assert_eq!(x.len(), g.batch * ci_n * hw);
     assert_eq!(out.len(), g.batch * co_n * hw);
     match kernels {
-        Kernels::Weight(w) => assert_eq!(w.len(), co_n * ci_n * 9),
+        Kernels::Weight(w, _) => assert_eq!(w.len(), co_n * ci_n * 9),
         Kernels::Kept(u) => assert_eq!((u.m, u.group), (M, group)),
     }
 
@@ -995,27 +1110,15 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let mut m = Scratch::take(group * xis * chunk);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
-    let all_weights = match kernels {
-        Kernels::Weight(w) if single => Some(transform_weights::<V, M, A>(g, w, 0..co_n)),
-        _ => None,
+    let mut fresh = match kernels {
+        Kernels::Weight(..) => FreshKernels::take(xis * group * ci_n),
+        Kernels::Kept(_) => FreshKernels::take(0),
     };
-    for rows in batch_rows.chunks(rows_per_chunk) {
-        let pc = rows.len() * ntx;
-        // 1. V[c][ξ][p] = B^T d B.
-        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
-        for c0 in (0..co_n).step_by(group) {
-            let cos = c0..(c0 + group).min(co_n);
-            let gc = cos.len();
-            let group_weights;
-            let u: &[f32] = match (&kernels, &all_weights) {
-                (Kernels::Kept(u), _) => &u.groups[c0 / group],
-                (_, Some(u)) => u,
-                (Kernels::Weight(w), None) => {
-                    group_weights = transform_weights::<V, M, A>(g, w, cos);
-                    &group_weights
-                }
-            };
-            // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc).
+    // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc) for the output channels `cos`, then
+    // 3. Y = A^T M A, scattered back to the image.
+    let multiply_and_write =
+        |rows: &[(usize, usize)], v: &[f32], m: &mut [f32], cos: Range<usize>, u: &[f32]| {
+            let (c0, gc, pc) = (cos.start, cos.len(), rows.len() * ntx);
             let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
             for_each_position(xis, |xi| {
                 // SAFETY: U_ξ is row-major at ξ*gc*Cin; V_ξ's rows (one per input channel)
@@ -1031,7 +1134,6 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                     )
                 }
             });
-            // 3. Y = A^T M A, scattered back to the image.
             m[..gc * xis * chunk]
                 .par_chunks(xis * chunk)
                 .enumerate()
@@ -1068,6 +1170,46 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                         variant: PhantomData,
                     })
                 });
+        };
+    let groups = (0..co_n)
+        .step_by(group)
+        .map(|c0| c0..(c0 + group).min(co_n));
+    let chunks = batch_rows.chunks(rows_per_chunk);
+    match kernels {
+        Kernels::Weight(w, Order::KernelsOuter) => {
+            for cos in groups {
+                // SAFETY: `fresh` holds A² x group x Cin floats; the previous group's
+                // products, its only reader, are done.
+                let u = unsafe { fresh.fill::<V, M, A>(g, w, cos.clone()) };
+                for rows in chunks.clone() {
+                    // 1. V[c][ξ][p] = B^T d B.
+                    transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+                    multiply_and_write(rows, &v, &mut m, cos.clone(), u);
+                }
+            }
+        }
+        _ => {
+            let all_weights = match kernels {
+                // SAFETY: `fresh` holds A² x Cout x Cin floats; nothing else uses it.
+                Kernels::Weight(w, _) if single => {
+                    Some(unsafe { fresh.fill::<V, M, A>(g, w, 0..co_n) })
+                }
+                _ => None,
+            };
+            for rows in chunks {
+                transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+                for cos in groups.clone() {
+                    let u: &[f32] = match (&kernels, all_weights) {
+                        (Kernels::Kept(u), _) => &u.groups[cos.start / group],
+                        (_, Some(u)) => u,
+                        // SAFETY: as above.
+                        (Kernels::Weight(w, _), None) => unsafe {
+                            fresh.fill::<V, M, A>(g, w, cos.clone())
+                        },
+                    };
+                    multiply_and_write(rows, &v, &mut m, cos, u);
+                }
+            }
         }
     }
 }
