@@ -173,6 +173,26 @@ fn level_7_at_output_stride_8_transforms_its_kernels_once() {
     );
 }
 
+#[test]
+fn kernel_groups_are_as_large_as_the_input_within_64_to_128_mib() {
+    // The head's 4096 -> 512 at 504x504, output stride 8 (a 63x63 map of 65 MB): F(2x2)'s
+    // 134 MB kernel in 64 MiB groups, so that it does not set the peak RSS.
+    let head_504 = same_3x3(1, 4096, 512, 63, 63, 12);
+    let m = winograd::block(&head_504);
+    let group = winograd::fresh_group(&head_504, m);
+    assert_eq!((m, group), (2, 256));
+    // On a 1024x2048 frame (a 128x256 map of 537 MB): F(4x4)'s 302 MB kernel in groups up to
+    // 128 MiB, as more groups would transform the tiles more often.
+    let head_frame = same_3x3(1, 4096, 512, 128, 256, 12);
+    let m = winograd::block(&head_frame);
+    let group = winograd::fresh_group(&head_frame, m);
+    assert_eq!(m, 4);
+    assert!(
+        36 * 4096 * group > 1 << 24 && 36 * 4096 * group <= 1 << 25,
+        "{group}"
+    );
+}
+
 /// Uniform values in [-1, 1) from a fixed seed (an LCG: the slices are too large for candle's
 /// randn to be quick in debug builds).
 fn uniform(mut seed: u64) -> impl FnMut() -> f32 {

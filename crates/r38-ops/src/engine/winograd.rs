@@ -45,10 +45,19 @@ fn is_same_3x3(g: &Geometry) -> bool {
 /// Fewest tiles (2x2 output blocks, whole batch) for which Winograd is used.
 const MIN_TILES: usize = 32;
 
-/// Largest transformed kernel (floats) held at once: 128 MiB. Wider convolutions (level 7's
-/// 1024 -> 2048 would take 300 MB under F(4x4)) run in groups of output channels, each with
-/// its own transformed kernel.
-const MAX_WEIGHT_FLOATS: usize = 1 << 25;
+/// Largest group of transformed kernels (floats) the forward pass holds at once: as large as
+/// the input, from 64 to 128 MiB. Wider convolutions (level 7's 1024 -> 2048 would take 300 MB
+/// under F(4x4)) run in groups of output channels, each with its own transformed kernel. The
+/// largest group is the buffer [`FreshKernels`] keeps: on small maps it would set the peak RSS
+/// (at 504x504, output stride 8, the head's 4096 -> 512 whole under F(2x2), 134 MB, made it
+/// 0.63x PyTorch's), on large ones the maps do, and more groups would transform the tiles
+/// more often (the head on a 1024x2048 frame: 2.1-2.2 s in 3 groups, 2.4 s in 5).
+fn max_group_floats(g: &Geometry) -> usize {
+    (g.batch * g.in_channels * g.height * g.width).clamp(1 << 24, 1 << 25)
+}
+
+/// Largest transformed kernel gradient (floats), accumulated whole: 128 MiB.
+const MAX_GRADIENT_FLOATS: usize = 1 << 25;
 
 /// Fewest tiles (4x4 output blocks, whole batch) for which F(4x4, 3x3) is used.
 const MIN_TILES_4X4: usize = 128;
@@ -861,9 +870,9 @@ pub(crate) fn conv2d_grouped(
 }
 
 /// Output channels per group: all of them unless their transformed kernel would exceed
-/// [`MAX_WEIGHT_FLOATS`], else equal groups that stay within it.
+/// [`max_group_floats`], else equal groups that stay within it.
 fn output_group(g: &Geometry, xis: usize) -> usize {
-    let groups = (xis * g.in_channels * g.out_channels).div_ceil(MAX_WEIGHT_FLOATS);
+    let groups = (xis * g.in_channels * g.out_channels).div_ceil(max_group_floats(g));
     g.out_channels.div_ceil(groups.max(1))
 }
 
@@ -1215,13 +1224,13 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
 }
 
 /// The block [`kernel_gradient`] uses for `g`: [`block`]'s, or 2 where F(4x4)'s transformed
-/// gradient (which is accumulated whole) would exceed `MAX_WEIGHT_FLOATS`; `None` where
+/// gradient (which is accumulated whole) would exceed `MAX_GRADIENT_FLOATS`; `None` where
 /// Winograd does not apply or even F(2x2)'s would.
 pub fn kernel_gradient_block(g: &Geometry) -> Option<usize> {
     if !applies(g) {
         return None;
     }
-    let fits = |m: usize| (m + 2) * (m + 2) * g.in_channels * g.out_channels <= MAX_WEIGHT_FLOATS;
+    let fits = |m: usize| (m + 2) * (m + 2) * g.in_channels * g.out_channels <= MAX_GRADIENT_FLOATS;
     [block(g), 2].into_iter().find(|&m| fits(m))
 }
 
