@@ -500,18 +500,7 @@ impl CustomOp2 for FastConv {
         let winograd_input = backward::input_gradient_as_convolution(&g)
             .filter(|t| self.winograd && winograd::applies(t));
         let dx = match winograd_input {
-            Some(t) => {
-                let flipped = weight.apply_op1_no_bwd(&FlippedKernel(g))?;
-                dy.apply_op2_no_bwd(
-                    &flipped,
-                    &FastConv {
-                        geometry: t,
-                        bias: None,
-                        winograd: true,
-                        kept: None,
-                    },
-                )?
-            }
+            Some(t) => weight.apply_op2_no_bwd(&dy, &Gradient::WinogradInput(t))?,
             None => weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?,
         };
         let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g, self.winograd))?;
@@ -519,29 +508,13 @@ impl CustomOp2 for FastConv {
     }
 }
 
-/// [`backward::flipped_transposed_kernel`] as a candle operation on the weight, read in place.
-struct FlippedKernel(Geometry);
-
-impl candle_core::CustomOp1 for FlippedKernel {
-    fn name(&self) -> &'static str {
-        "r38-flipped-kernel"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let w = contiguous_f32(s, l, "weight")?;
-        let shape = Shape::from((g.in_channels, g.out_channels, g.kernel, g.kernel));
-        Ok((
-            CpuStorage::F32(backward::flipped_transposed_kernel(g, w)),
-            shape,
-        ))
-    }
-}
-
 /// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY); the
 /// kernel gradient through Winograd where the forward pass went there and it fits.
 enum Gradient {
     Input(Geometry),
+    /// The input gradient as the convolution `t` of dY (see
+    /// [`backward::input_gradient_as_convolution`]), through Winograd.
+    WinogradInput(Geometry),
     Kernel(Geometry, bool),
 }
 
@@ -549,6 +522,7 @@ impl CustomOp2 for Gradient {
     fn name(&self) -> &'static str {
         match self {
             Gradient::Input(_) => "r38-conv2d-input-gradient",
+            Gradient::WinogradInput(_) => "r38-conv2d-input-gradient-winograd",
             Gradient::Kernel(..) => "r38-conv2d-kernel-gradient",
         }
     }
@@ -567,6 +541,13 @@ impl CustomOp2 for Gradient {
                 let shape = Shape::from((g.batch, g.in_channels, g.height, g.width));
                 let mut dx = vec![0f32; shape.elem_count()];
                 backward::input_gradient(g, w, dy, &mut dx);
+                Ok((CpuStorage::F32(dx), shape))
+            }
+            Gradient::WinogradInput(t) => {
+                let w = contiguous_f32(s1, l1, "weight")?;
+                let shape = Shape::from((t.batch, t.out_channels, t.height, t.width));
+                let mut dx = vec![0f32; shape.elem_count()];
+                winograd::input_gradient(t, dy, w, &mut dx);
                 Ok((CpuStorage::F32(dx), shape))
             }
             Gradient::Kernel(g, winograd) => {

@@ -302,34 +302,63 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     // SAFETY: `transform_weights_into` writes all A² x plane entries (every ξ, output and
     // input channel) through the pointer, none is read before.
     unsafe {
-        transform_weights_into::<V, M, A>(g, w, cos, u.as_mut_ptr());
+        transform_weights_into::<V, M, A>(g, w, Taps::Own, cos, u.as_mut_ptr());
         u.set_len(len);
     }
     u
 }
 
-/// [`transform_weights`] written to `u`, which must hold `A² x cos.len() x Cin` floats.
+/// Where the 3x3 taps of the kernel of (output channel `o`, input channel `i`) lie in the
+/// weight [`run`] is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Taps {
+    /// `w[o][i][ky][kx]`: the convolution's own weight.
+    Own,
+    /// `w[i][o][2 - ky][2 - kx]`: the weight of the convolution whose input gradient this is
+    /// (`backward::input_gradient_as_convolution`), read in place rather than copied.
+    FlippedTransposed,
+}
+
+impl Taps {
+    /// For output channel `o` of `g`: where its first input channel's taps start, how far
+    /// apart consecutive input channels' are, and whether they run backwards.
+    fn of(self, g: &Geometry, o: usize) -> (usize, usize, bool) {
+        match self {
+            Taps::Own => (o * g.in_channels * 9, 9, false),
+            Taps::FlippedTransposed => (o * 9, g.out_channels * 9, true),
+        }
+    }
+}
+
+/// [`transform_weights`] written to `u`, which must hold `A² x cos.len() x Cin` floats, with
+/// the taps where `taps` says.
 ///
 /// # Safety
 /// `u` must be valid for that many writes, and nothing else may access them meanwhile.
 unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     w: &[f32],
+    taps: Taps,
     cos: Range<usize>,
     u: *mut f32,
 ) {
     let ci_n = g.in_channels;
+    assert_eq!(w.len(), g.out_channels * ci_n * 9);
     let plane = cos.len() * ci_n;
     let c0 = cos.start;
     let up = OutPtr(u);
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
         cos.into_par_iter().for_each(|co| {
-            // SAFETY: the CPU has AVX-512F; rows (ξ, co) of `u` lie inside it and only this
-            // worker (output channel co) writes them.
+            // SAFETY: the CPU has AVX-512F; the taps of every (co, ci) lie inside `w` (its
+            // length, asserted, is that of both layouts) and 16 strides fit an i32 for any
+            // weight under 2^27 floats' channels; rows (ξ, co) of `u` lie inside it and only
+            // this worker (output channel co) writes them.
             unsafe {
                 avx512::kernel_transform::<V, M, A>(
-                    &w[co * ci_n * 9..(co + 1) * ci_n * 9],
+                    w,
+                    taps.of(g, co),
+                    ci_n,
                     up.get(),
                     (co - c0) * ci_n,
                     plane,
@@ -343,7 +372,9 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     unsafe { std::ptr::write_bytes(u, 0, A * A * plane) };
     cos.into_par_iter().for_each(|co| {
         wide(KernelTransform::<V, M, A> {
-            kernels: &w[co * ci_n * 9..(co + 1) * ci_n * 9],
+            w,
+            taps: taps.of(g, co),
+            ci_n,
             // SAFETY: rows (ξ, co) of `u` lie inside it; only this worker (output channel
             // co) writes them.
             u: up,
@@ -356,7 +387,10 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
 
 /// The transformed kernels of one output channel, [`LANES`] input channels at a time.
 struct KernelTransform<'a, V, const M: usize, const A: usize> {
-    kernels: &'a [f32],
+    w: &'a [f32],
+    /// [`Taps::of`] this output channel.
+    taps: (usize, usize, bool),
+    ci_n: usize,
     u: OutPtr,
     offset: usize,
     plane: usize,
@@ -366,13 +400,15 @@ struct KernelTransform<'a, V, const M: usize, const A: usize> {
 impl<V: Variant<M, A>, const M: usize, const A: usize> Job for KernelTransform<'_, V, M, A> {
     #[inline(always)]
     fn run(self) {
-        let ci_n = self.kernels.len() / 9;
+        let (first, stride, flip) = self.taps;
+        let ci_n = self.ci_n;
         for ci0 in (0..ci_n).step_by(LANES) {
             let n = LANES.min(ci_n - ci0);
             let mut k = [[[0f32; LANES]; 3]; 3];
-            let kernels = self.kernels[ci0 * 9..(ci0 + n) * 9].chunks_exact(9);
-            for (lane, taps) in kernels.enumerate() {
+            for lane in 0..n {
+                let taps = &self.w[first + (ci0 + lane) * stride..][..9];
                 for (t, &v) in taps.iter().enumerate() {
+                    let t = if flip { 8 - t } else { t };
                     k[t / 3][t % 3][lane] = v;
                 }
             }
@@ -825,6 +861,22 @@ pub fn conv2d_blocks(
     conv2d_grouped(g, m, group, Order::best(g, m, group), x, w, bias, out)
 }
 
+/// `dx = dL/dx` of a 3x3 stride-1 "same" convolution with weight `w` (`Cout x Cin x 3 x 3`),
+/// given `dy = dL/dy`: the convolution `t` of `dy` with `w` flipped and its channel axes
+/// swapped (`t`: [`super::backward::input_gradient_as_convolution`], where [`applies`]
+/// holds), its taps read from `w` in place. The same bits as [`conv2d`] of `t` on
+/// [`super::backward::flipped_transposed_kernel`], without that copy (level 7's 75 MB took up
+/// to 108 ms).
+pub fn input_gradient(t: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    let m = block(t);
+    let group = fresh_group(t, m);
+    let kernels = Kernels::Weight(w, Taps::FlippedTransposed, Order::best(t, m, group));
+    match m {
+        4 => run::<F4, 4, 6>(t, group, dy, kernels, None, dx),
+        _ => run::<F2, 2, 4>(t, group, dy, kernels, None, dx),
+    }
+}
+
 /// Output channels per group for kernels transformed in the pass itself. Where one chunk
 /// holds every tile (small maps), a transformed kernel over 30 MiB (level 5's 1024 -> 1024
 /// under F(2x2) at 14x14: 67 MB) is split into groups that the heap serves again in every
@@ -863,8 +915,8 @@ pub(crate) fn conv2d_grouped(
     out: &mut [f32],
 ) {
     match m {
-        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w, order), bias, out),
-        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w, order), bias, out),
+        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w, Taps::Own, order), bias, out),
+        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w, Taps::Own, order), bias, out),
         _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
     }
 }
@@ -1033,6 +1085,7 @@ impl FreshKernels {
         &mut self,
         g: &Geometry,
         w: &[f32],
+        taps: Taps,
         cos: Range<usize>,
     ) -> &'a [f32] {
         let len = A * A * cos.len() * g.in_channels;
@@ -1040,7 +1093,7 @@ impl FreshKernels {
         let u = self.buffer.as_mut_ptr();
         // SAFETY: (caller) room for `len` floats, no other user; all of them are written.
         unsafe {
-            transform_weights_into::<V, M, A>(g, w, cos, u);
+            transform_weights_into::<V, M, A>(g, w, taps, cos, u);
             std::slice::from_raw_parts(u, len)
         }
     }
@@ -1055,7 +1108,7 @@ impl Drop for FreshKernels {
 /// Where [`run`] finds `U`: transformed in this pass from the weight (in the loop order
 /// given), or kept from before.
 enum Kernels<'a> {
-    Weight(&'a [f32], Order),
+    Weight(&'a [f32], Taps, Order),
     Kept(&'a Transformed),
 }
 
@@ -1102,7 +1155,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     assert_eq!(x.len(), g.batch * ci_n * hw);
     assert_eq!(out.len(), g.batch * co_n * hw);
     match kernels {
-        Kernels::Weight(w, _) => assert_eq!(w.len(), co_n * ci_n * 9),
+        Kernels::Weight(w, ..) => assert_eq!(w.len(), co_n * ci_n * 9),
         Kernels::Kept(u) => assert_eq!((u.m, u.group), (M, group)),
     }
 
@@ -1185,11 +1238,11 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         .map(|c0| c0..(c0 + group).min(co_n));
     let chunks = batch_rows.chunks(rows_per_chunk);
     match kernels {
-        Kernels::Weight(w, Order::KernelsOuter) => {
+        Kernels::Weight(w, taps, Order::KernelsOuter) => {
             for cos in groups {
                 // SAFETY: `fresh` holds A² x group x Cin floats; the previous group's
                 // products, its only reader, are done.
-                let u = unsafe { fresh.fill::<V, M, A>(g, w, cos.clone()) };
+                let u = unsafe { fresh.fill::<V, M, A>(g, w, taps, cos.clone()) };
                 for rows in chunks.clone() {
                     // 1. V[c][ξ][p] = B^T d B.
                     transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
@@ -1200,8 +1253,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         _ => {
             let all_weights = match kernels {
                 // SAFETY: `fresh` holds A² x Cout x Cin floats; nothing else uses it.
-                Kernels::Weight(w, _) if single => {
-                    Some(unsafe { fresh.fill::<V, M, A>(g, w, 0..co_n) })
+                Kernels::Weight(w, taps, _) if single => {
+                    Some(unsafe { fresh.fill::<V, M, A>(g, w, taps, 0..co_n) })
                 }
                 _ => None,
             };
@@ -1212,8 +1265,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                         (Kernels::Kept(u), _) => &u.groups[cos.start / group],
                         (_, Some(u)) => u,
                         // SAFETY: as above.
-                        (Kernels::Weight(w, _), None) => unsafe {
-                            fresh.fill::<V, M, A>(g, w, cos.clone())
+                        (Kernels::Weight(w, taps, _), None) => unsafe {
+                            fresh.fill::<V, M, A>(g, w, *taps, cos.clone())
                         },
                     };
                     multiply_and_write(rows, &v, &mut m, cos, u);

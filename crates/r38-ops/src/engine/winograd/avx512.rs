@@ -326,37 +326,41 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
     }
 }
 
-/// `U = G g G^T` of one output channel's kernels (`kernels`: `[ci][3][3]`), written to
-/// `u[ξ * plane + offset + ci]` for every ξ and input channel, as the portable
-/// `KernelTransform` computes it.
+/// `U = G g G^T` of one output channel's kernels, written to `u[ξ * plane + offset + ci]` for
+/// every ξ and input channel, as the portable `KernelTransform` computes it. Input channel
+/// `ci`'s taps are `w[first + ci * stride..][..9]`, in reverse order where `flip` holds.
 ///
 /// # Safety
-/// The CPU must have AVX-512F ([`available`]); those entries must lie inside `u`'s allocation
-/// and be written by nobody else meanwhile.
+/// The CPU must have AVX-512F ([`available`]); those taps must lie inside `w` and `16 *
+/// stride` fit an `i32`; those entries must lie inside `u`'s allocation and be written by
+/// nobody else meanwhile.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn kernel_transform<V: Variant<M, A>, const M: usize, const A: usize>(
-    kernels: &[f32],
+    w: &[f32],
+    (first, stride, flip): (usize, usize, bool),
+    ci_n: usize,
     u: *mut f32,
     offset: usize,
     plane: usize,
 ) {
-    let ci_n = kernels.len() / 9;
-    // Lane i reads input channel ci0 + i: taps 9 floats apart.
+    // Lane i reads input channel ci0 + i: taps `stride` floats apart.
     let taps = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(9),
+        _mm512_set1_epi32(stride as i32),
     );
     for ci0 in (0..ci_n).step_by(LANES) {
         let mask = lane_mask(ci_n - ci0);
-        let base = kernels[ci0 * 9..].as_ptr();
+        let base = w.as_ptr().add(first + ci0 * stride);
         let mut k = [[_mm512_setzero_ps(); 3]; 3];
         each!(r < 3 => {
             each!(c < 3 => {
+                let tap = if flip { 8 - (r * 3 + c) } else { r * 3 + c };
                 k[r][c] = _mm512_mask_i32gather_ps::<4>(
                     _mm512_setzero_ps(),
                     mask,
                     taps,
-                    base.add(r * 3 + c),
+                    base.add(tap),
                 );
             });
         });
