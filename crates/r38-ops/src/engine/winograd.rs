@@ -405,8 +405,8 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for KernelTransform<'
         for ci0 in (0..ci_n).step_by(LANES) {
             let n = LANES.min(ci_n - ci0);
             let mut k = [[[0f32; LANES]; 3]; 3];
-            for lane in 0..n {
-                let taps = &self.w[first + (ci0 + lane) * stride..][..9];
+            let channels = (ci0..ci0 + n).map(|ci| &self.w[first + ci * stride..][..9]);
+            for (lane, taps) in channels.enumerate() {
                 for (t, &v) in taps.iter().enumerate() {
                     let t = if flip { 8 - t } else { t };
                     k[t / 3][t % 3][lane] = v;
