@@ -69,7 +69,7 @@ pub fn input_gradient_as_convolution(g: &Geometry) -> Option<Geometry> {
 
 /// The kernel of [`input_gradient_as_convolution`]: `w'[ci][co][ky][kx] = w[co][ci][2-ky][2-kx]`.
 ///
-/// In blocks of [`FLIP_BLOCK`] rows `ci` over the threads, so that each output channel's taps
+/// In blocks of 16 rows `ci` over the threads, so that each output channel's taps
 /// are read as one contiguous run per block: written one `(co, ci)` at a time, rows `Cout * 9`
 /// floats apart, level 7's 1024 -> 2048 took 108 ms on one thread (a third of a training step's
 /// copies).
