@@ -68,38 +68,23 @@ pub fn input_gradient_as_convolution(g: &Geometry) -> Option<Geometry> {
 }
 
 /// The kernel of [`input_gradient_as_convolution`]: `w'[ci][co][ky][kx] = w[co][ci][2-ky][2-kx]`.
-///
-/// In blocks of 16 rows `ci` over the threads, so that each output channel's taps
-/// are read as one contiguous run per block: written one `(co, ci)` at a time, rows `Cout * 9`
-/// floats apart, level 7's 1024 -> 2048 took 108 ms on one thread (a third of a training step's
-/// copies).
+/// (The engine reads these taps from `w` in place, `winograd::input_gradient`; this copy is
+/// the definition it is tested against.)
 pub fn flipped_transposed_kernel(g: &Geometry, w: &[f32]) -> Vec<f32> {
     let (co_n, ci_n, kk) = (g.out_channels, g.in_channels, g.kernel * g.kernel);
     assert_eq!(w.len(), co_n * ci_n * kk);
-    let mut t = Vec::with_capacity(w.len());
-    t.spare_capacity_mut()[..w.len()]
-        .par_chunks_mut((FLIP_BLOCK * co_n * kk).max(1))
-        .enumerate()
-        .for_each(|(b, rows)| {
-            let ci0 = b * FLIP_BLOCK;
-            let n = rows.len() / (co_n * kk);
-            for co in 0..co_n {
-                let src = &w[(co * ci_n + ci0) * kk..(co * ci_n + ci0 + n) * kk];
-                for (j, taps) in src.chunks_exact(kk).enumerate() {
-                    let dst = &mut rows[(j * co_n + co) * kk..(j * co_n + co + 1) * kk];
-                    for (d, &s) in dst.iter_mut().zip(taps.iter().rev()) {
-                        d.write(s);
-                    }
-                }
+    let mut t = vec![0f32; w.len()];
+    for co in 0..co_n {
+        for ci in 0..ci_n {
+            let src = &w[(co * ci_n + ci) * kk..(co * ci_n + ci + 1) * kk];
+            let dst = &mut t[(ci * co_n + co) * kk..(ci * co_n + co + 1) * kk];
+            for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *s;
             }
-        });
-    // SAFETY: the blocks cover all `w.len()` entries and every entry of each was written.
-    unsafe { t.set_len(w.len()) };
+        }
+    }
     t
 }
-
-/// Rows `ci` of [`flipped_transposed_kernel`] per block.
-const FLIP_BLOCK: usize = 16;
 
 /// `dx = dL/dx` (`N * Cin * H * W`) of `y = conv(x, w)` given `dy = dL/dy`.
 pub fn input_gradient(g: &Geometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -285,7 +270,6 @@ mod tests {
 
     #[test]
     fn flipped_transposed_kernel_flips_taps_and_swaps_channels() {
-        // More input channels than a block, and a last block shorter than the others.
         for (ci_n, co_n) in [(3, 5), (37, 6), (16, 1)] {
             let g = Geometry {
                 batch: 1,

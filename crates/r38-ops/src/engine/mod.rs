@@ -499,30 +499,25 @@ impl CustomOp2 for FastConv {
         // Where the input gradient is itself a convolution Winograd handles, it goes there.
         let winograd_input = backward::input_gradient_as_convolution(&g)
             .filter(|t| self.winograd && winograd::applies(t));
-        let dx = match winograd_input {
-            Some(t) => weight.apply_op2_no_bwd(&dy, &Gradient::WinogradInput(t))?,
-            None => weight.apply_op2_no_bwd(&dy, &Gradient::Input(g))?,
-        };
+        let dx = weight.apply_op2_no_bwd(&dy, &Gradient::Input(g, winograd_input))?;
         let dw = x.apply_op2_no_bwd(&dy, &Gradient::Kernel(g, self.winograd))?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY); the
-/// kernel gradient through Winograd where the forward pass went there and it fits.
+/// The two gradients of [`FastConv`], as candle operations on (weight, dY) and (x, dY): the
+/// input gradient through Winograd where it is a convolution `t` Winograd computes
+/// ([`backward::input_gradient_as_convolution`]), the kernel gradient where the forward pass
+/// went there and it fits.
 enum Gradient {
-    Input(Geometry),
-    /// The input gradient as the convolution `t` of dY (see
-    /// [`backward::input_gradient_as_convolution`]), through Winograd.
-    WinogradInput(Geometry),
+    Input(Geometry, Option<Geometry>),
     Kernel(Geometry, bool),
 }
 
 impl CustomOp2 for Gradient {
     fn name(&self) -> &'static str {
         match self {
-            Gradient::Input(_) => "r38-conv2d-input-gradient",
-            Gradient::WinogradInput(_) => "r38-conv2d-input-gradient-winograd",
+            Gradient::Input(..) => "r38-conv2d-input-gradient",
             Gradient::Kernel(..) => "r38-conv2d-kernel-gradient",
         }
     }
@@ -536,18 +531,14 @@ impl CustomOp2 for Gradient {
     ) -> Result<(CpuStorage, Shape)> {
         let dy = contiguous_f32(s2, l2, "output gradient")?;
         match self {
-            Gradient::Input(g) => {
+            Gradient::Input(g, winograd) => {
                 let w = contiguous_f32(s1, l1, "weight")?;
                 let shape = Shape::from((g.batch, g.in_channels, g.height, g.width));
                 let mut dx = vec![0f32; shape.elem_count()];
-                backward::input_gradient(g, w, dy, &mut dx);
-                Ok((CpuStorage::F32(dx), shape))
-            }
-            Gradient::WinogradInput(t) => {
-                let w = contiguous_f32(s1, l1, "weight")?;
-                let shape = Shape::from((t.batch, t.out_channels, t.height, t.width));
-                let mut dx = vec![0f32; shape.elem_count()];
-                winograd::input_gradient(t, dy, w, &mut dx);
+                match winograd {
+                    Some(t) => winograd::input_gradient(t, dy, w, &mut dx),
+                    None => backward::input_gradient(g, w, dy, &mut dx),
+                }
                 Ok((CpuStorage::F32(dx), shape))
             }
             Gradient::Kernel(g, winograd) => {

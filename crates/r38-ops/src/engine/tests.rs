@@ -21,6 +21,16 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     d / scale
 }
 
+/// `max |out - reference| / max |reference|` over two slices.
+fn slice_rel_diff(out: &[f32], reference: &[f32]) -> f32 {
+    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let diff = out
+        .iter()
+        .zip(reference)
+        .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
+    diff / scale
+}
+
 fn check(n: usize, cin: usize, cout: usize, h: usize, w: usize, spec: ConvSpec) {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
@@ -115,12 +125,8 @@ fn small_maps_with_grouped_fresh_kernels_match_im2col() {
     let (mut fast, mut reference) = (vec![0f32; 512 * 196], vec![0f32; 512 * 196]);
     winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
     kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = fast
-        .iter()
-        .zip(&reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff / scale < 1e-5, "{diff} / {scale}");
+    let r = slice_rel_diff(&fast, &reference);
+    assert!(r < 1e-5, "{r}");
 }
 
 #[test]
@@ -136,16 +142,12 @@ fn both_loop_orders_give_the_same_bits() {
     let b: Vec<f32> = (0..cout).map(|_| next()).collect();
     let mut reference = vec![0f32; n * cout * h * w];
     kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
-    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
     let mut outputs = Vec::new();
     for order in [winograd::Order::TilesOuter, winograd::Order::KernelsOuter] {
         let mut out = vec![f32::NAN; reference.len()];
         winograd::conv2d_grouped(&g, 2, group, order, &x, &k, Some(&b), &mut out);
-        let diff = out
-            .iter()
-            .zip(&reference)
-            .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
-        assert!(diff / scale < 1e-5, "{order:?}: {}", diff / scale);
+        let r = slice_rel_diff(&out, &reference);
+        assert!(r < 1e-5, "{order:?}: {r}");
         outputs.push(out);
     }
     assert!(outputs[0] == outputs[1]);
@@ -261,7 +263,6 @@ fn winograd_blocks_2_and_4_match_im2col() {
             let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
             let mut reference = vec![0f32; n * cout * h * w];
             kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
-            let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
             // Output channels all at once, and in groups (the last one shorter).
             for (m, group) in [(2, cout), (4, cout), (2, 2), (4, 3)] {
                 let mut out = vec![f32::NAN; reference.len()];
@@ -275,14 +276,10 @@ fn winograd_blocks_2_and_4_match_im2col() {
                     Some(&b),
                     &mut out,
                 );
-                let diff = out
-                    .iter()
-                    .zip(&reference)
-                    .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
+                let r = slice_rel_diff(&out, &reference);
                 assert!(
-                    diff / scale < 1e-5,
-                    "F({m}x{m}) in groups of {group}, d={d} {n}x{cin}x{h}x{w}: {}",
-                    diff / scale
+                    r < 1e-5,
+                    "F({m}x{m}) in groups of {group}, d={d} {n}x{cin}x{h}x{w}: {r}"
                 );
             }
         }
@@ -568,18 +565,13 @@ fn winograd_kernel_gradients_match_im2col() {
             let dy: Vec<f32> = (0..n * cout * h * w).map(|_| rand()).collect();
             let mut reference = vec![0f32; cout * cin * 9];
             backward::kernel_gradient(&g, &x, &dy, &mut reference);
-            let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
             for m in [2, 4] {
                 let mut dw = vec![f32::NAN; reference.len()];
                 winograd::kernel_gradient(&g, m, &x, &dy, &mut dw);
-                let diff = dw
-                    .iter()
-                    .zip(&reference)
-                    .fold(0f32, |a, (o, r)| a.max((o - r).abs()));
+                let r = slice_rel_diff(&dw, &reference);
                 assert!(
-                    diff / scale < 1e-5,
-                    "F({m}x{m}) kernel gradient d={d} {n}x{cin}x{h}x{w}: {}",
-                    diff / scale
+                    r < 1e-5,
+                    "F({m}x{m}) kernel gradient d={d} {n}x{cin}x{h}x{w}: {r}"
                 );
             }
         }

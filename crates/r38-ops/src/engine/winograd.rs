@@ -857,8 +857,7 @@ pub fn conv2d_blocks(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let group = fresh_group(g, m);
-    conv2d_grouped(g, m, group, Order::best(g, m, group), x, w, bias, out)
+    run_fresh(g, m, w, Taps::Own, x, bias, out)
 }
 
 /// `dx = dL/dx` of a 3x3 stride-1 "same" convolution with weight `w` (`Cout x Cin x 3 x 3`),
@@ -868,12 +867,39 @@ pub fn conv2d_blocks(
 /// [`super::backward::flipped_transposed_kernel`], without that copy (level 7's 75 MB took up
 /// to 108 ms).
 pub fn input_gradient(t: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let m = block(t);
-    let group = fresh_group(t, m);
-    let kernels = Kernels::Weight(w, Taps::FlippedTransposed, Order::best(t, m, group));
+    run_fresh(t, block(t), w, Taps::FlippedTransposed, dy, None, dx)
+}
+
+/// [`run`] with the kernels of `w` (taps where `taps` says) transformed in the pass itself, in
+/// [`fresh_group`]'s groups and [`Order::best`]'s loop order.
+fn run_fresh(
+    g: &Geometry,
+    m: usize,
+    w: &[f32],
+    taps: Taps,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let group = fresh_group(g, m);
+    let order = Order::best(g, m, group);
+    run_block(g, m, group, x, Kernels::Weight(w, taps, order), bias, out)
+}
+
+/// [`run`] for output blocks of edge `m`: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
+fn run_block(
+    g: &Geometry,
+    m: usize,
+    group: usize,
+    x: &[f32],
+    kernels: Kernels,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     match m {
-        4 => run::<F4, 4, 6>(t, group, dy, kernels, None, dx),
-        _ => run::<F2, 2, 4>(t, group, dy, kernels, None, dx),
+        4 => run::<F4, 4, 6>(g, group, x, kernels, bias, out),
+        2 => run::<F2, 2, 4>(g, group, x, kernels, bias, out),
+        _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
     }
 }
 
@@ -903,6 +929,7 @@ pub(crate) fn fresh_group(g: &Geometry, m: usize) -> usize {
 const FRESH_GROUP_FLOATS: usize = 30 << 18;
 
 /// [`conv2d_blocks`] with `group` output channels per group, in the loop order given.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_grouped(
     g: &Geometry,
@@ -914,11 +941,15 @@ pub(crate) fn conv2d_grouped(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    match m {
-        4 => run::<F4, 4, 6>(g, group, x, Kernels::Weight(w, Taps::Own, order), bias, out),
-        2 => run::<F2, 2, 4>(g, group, x, Kernels::Weight(w, Taps::Own, order), bias, out),
-        _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
-    }
+    run_block(
+        g,
+        m,
+        group,
+        x,
+        Kernels::Weight(w, Taps::Own, order),
+        bias,
+        out,
+    )
 }
 
 /// Output channels per group: all of them unless their transformed kernel would exceed
@@ -995,10 +1026,7 @@ pub fn conv2d_transformed(
         (u.in_channels, u.out_channels),
         (g.in_channels, g.out_channels)
     );
-    match u.m {
-        4 => run::<F4, 4, 6>(g, u.group, x, Kernels::Kept(u), bias, out),
-        _ => run::<F2, 2, 4>(g, u.group, x, Kernels::Kept(u), bias, out),
-    }
+    run_block(g, u.m, u.group, x, Kernels::Kept(u), bias, out)
 }
 
 /// A buffer of [`run`]'s transformed tiles or products, kept by the calling thread for its
