@@ -356,12 +356,14 @@ fn training_step_reps(args: &Args, case: &Case, engine: BenchEngine, dir: &Path)
         totals.push(ms);
         forward.push(times.forward * 1e3);
         backward.push(times.backward * 1e3);
-        last = Some((loss, grads));
+        // Only the compared gradient outlives the step, as PyTorch's reference sets every
+        // `.grad` to None before the next one: a whole `GradStore` held through the next
+        // step would add its size to the peak RSS and its pages to the next step's faults.
+        last = Some((loss, step.gradient(&grads, train_step::COMPARED_GRADIENT)?));
         Ok(json!({ "total_ms": ms }))
     })?;
     let rss = peak_rss_mib();
-    let (loss, grads) = last.context("no repetition was run")?;
-    let compared = step.gradient(&grads, train_step::COMPARED_GRADIENT)?;
+    let (loss, compared) = last.context("no repetition was run")?;
     compared.write_npy(dir.join(format!("out_{engine}.npy")))?;
     let levels = vec![
         json!({"name": "forward + loss", "median_ms": median(&mut forward), "gmacs": forward_macs as f64 / 1e9}),
