@@ -414,13 +414,17 @@ pub(super) unsafe fn kernel_transform<V: Variant<M, A>, const M: usize, const A:
     for ci0 in (0..ci_n).step_by(LANES) {
         let mask = lane_mask(ci_n - ci0);
         let base = w.as_ptr().add(first + ci0 * stride);
-        let consecutive = (stride == 9).then(|| consecutive_taps(base, ci_n - ci0));
+        let consecutive = if stride == 9 {
+            Some(consecutive_taps(base, ci_n - ci0))
+        } else {
+            None
+        };
         let mut k = [[_mm512_setzero_ps(); 3]; 3];
         each!(r < 3 => {
             each!(c < 3 => {
                 let tap = if flip { 8 - (r * 3 + c) } else { r * 3 + c };
                 k[r][c] = match &consecutive {
-                    Some(taps) => taps[tap],
+                    Some(loaded) => loaded[tap],
                     None => _mm512_mask_i32gather_ps::<4>(
                         _mm512_setzero_ps(),
                         mask,
