@@ -143,14 +143,55 @@ fn both_loop_orders_give_the_same_bits() {
     let mut reference = vec![0f32; n * cout * h * w];
     kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
     let mut outputs = Vec::new();
-    for order in [winograd::Order::TilesOuter, winograd::Order::KernelsOuter] {
+    for order in [
+        winograd::Order::TilesOuter,
+        winograd::Order::KernelsOuter,
+        winograd::Order::KernelsInCache,
+    ] {
         let mut out = vec![f32::NAN; reference.len()];
         winograd::conv2d_grouped(&g, 2, group, order, &x, &k, Some(&b), &mut out);
         let r = slice_rel_diff(&out, &reference);
         assert!(r < 1e-5, "{order:?}: {r}");
         outputs.push(out);
     }
-    assert!(outputs[0] == outputs[1]);
+    assert!(outputs[0] == outputs[1] && outputs[0] == outputs[2]);
+}
+
+#[test]
+fn wide_f4_kernels_of_small_maps_are_made_in_the_cache() {
+    // Level 4 at batch 1: 49 tiles of 4x4 in one small chunk, a 37.7 MB kernel under F(4x4).
+    let level4 = same_3x3(1, 512, 512, 28, 28, 1);
+    assert_eq!(winograd::block(&level4), 4);
+    let group = winograd::in_cache_group(&level4, 4).expect("in the cache");
+    let threads = rayon::current_num_threads();
+    assert!(36 * 512 * group * 4 <= 4 << 20, "{group}");
+    assert_eq!(512usize.div_ceil(group) % threads, 0, "{group}");
+    // Not where the kernel fits the shared cache (level 3 at batch 1), the tiles are too many
+    // (level 4 at batch 8), or under F(2x2) (level 5 at batch 1).
+    for g in [
+        same_3x3(1, 256, 256, 56, 56, 1),
+        same_3x3(8, 512, 512, 28, 28, 1),
+    ] {
+        assert_eq!(winograd::in_cache_group(&g, 4), None, "{g:?}");
+    }
+    let level5 = same_3x3(1, 1024, 512, 14, 14, 1);
+    assert_eq!(winograd::block(&level5), 2);
+    assert_eq!(winograd::in_cache_group(&level5, 2), None);
+}
+
+#[test]
+fn level_4_with_kernels_made_in_the_cache_matches_im2col() {
+    let g = same_3x3(1, 512, 512, 28, 28, 1);
+    let mut next = uniform(44);
+    let x: Vec<f32> = (0..512 * 28 * 28).map(|_| next()).collect();
+    let w: Vec<f32> = (0..512 * 512 * 9).map(|_| next() * 0.05).collect();
+    let b: Vec<f32> = (0..512).map(|_| next()).collect();
+    let (mut fast, mut reference) = (vec![f32::NAN; 512 * 784], vec![0f32; 512 * 784]);
+    winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
+    kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
+    // F(4x4) over 512 input channels: about 2e-5, within the engine's bound.
+    let r = slice_rel_diff(&fast, &reference);
+    assert!(r < 1e-4, "{r}");
 }
 
 #[test]
@@ -331,8 +372,11 @@ fn winograd_picks_4x4_blocks_on_wide_maps_only() {
         dilation: d,
         padding: d,
     };
-    assert_eq!(winograd::block(&g(28, 1)), 2);
+    // 28x28 at batch 1: 49 tiles, with its kernels made in the cache.
+    assert_eq!(winograd::block(&g(28, 1)), 4);
     assert_eq!(winograd::block(&g(56, 1)), 4);
+    // 14x14: 16 tiles.
+    assert_eq!(winograd::block(&g(14, 1)), 2);
     assert_eq!(winograd::block(&g(63, 4)), 4);
     // Level 7's 1024 -> 2048 kernel too (its transform runs in groups of output channels).
     let level7 = Geometry {

@@ -75,10 +75,15 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
 /// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
-/// F(4x4) is slower than F(2x2)) and it stays cheaper once the kernel transforms are counted
+/// F(4x4) is slower than F(2x2), unless its kernels are made in the cache: [`in_cache_group`])
+/// and it stays cheaper once the kernel transforms are counted
 /// (a kernel too wide for memory is transformed anew for every chunk of tiles, or the tiles
 /// for every group of kernels, whichever writes fewer); else 2.
 pub fn block(g: &Geometry) -> usize {
+    if in_cache_group(g, 4).is_some() {
+        // Its kernels are made in the cache and never written out: kept kernels' rule.
+        return block_kept(g);
+    }
     // Per (input, output) channel pair: multiplies, then transformed floats written beyond
     // one pass of the kernels and one of the tiles.
     let cost = |m: usize| {
@@ -302,7 +307,7 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     // SAFETY: `transform_weights_into` writes all A² x plane entries (every ξ, output and
     // input channel) through the pointer, none is read before.
     unsafe {
-        transform_weights_into::<V, M, A>(g, w, Taps::Own, cos, u.as_mut_ptr());
+        transform_weights_into::<V, M, A>(g, w, Taps::Own, cos, u.as_mut_ptr(), true);
         u.set_len(len);
     }
     u
@@ -331,7 +336,7 @@ impl Taps {
 }
 
 /// [`transform_weights`] written to `u`, which must hold `A² x cos.len() x Cin` floats, with
-/// the taps where `taps` says.
+/// the taps where `taps` says, the output channels spread over the threads when `parallel`.
 ///
 /// # Safety
 /// `u` must be valid for that many writes, and nothing else may access them meanwhile.
@@ -341,6 +346,7 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     taps: Taps,
     cos: Range<usize>,
     u: *mut f32,
+    parallel: bool,
 ) {
     let ci_n = g.in_channels;
     assert_eq!(w.len(), g.out_channels * ci_n * 9);
@@ -349,7 +355,7 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     let up = OutPtr(u);
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
-        cos.into_par_iter().for_each(|co| {
+        let one = |co: usize| {
             // SAFETY: the CPU has AVX-512F; the taps of every (co, ci) lie inside `w` (its
             // length, asserted, is that of both layouts) and 16 strides fit an i32 for any
             // weight under 2^27 floats' channels; rows (ξ, co) of `u` lie inside it and only
@@ -364,13 +370,17 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
                     plane,
                 )
             }
-        });
-        return;
+        };
+        return if parallel {
+            cos.into_par_iter().for_each(one)
+        } else {
+            cos.for_each(one)
+        };
     }
     // SAFETY: (caller) `u` is valid for these writes. Zeroed first so that the slices the
     // workers write through are initialised.
     unsafe { std::ptr::write_bytes(u, 0, A * A * plane) };
-    cos.into_par_iter().for_each(|co| {
+    let one = |co: usize| {
         wide(KernelTransform::<V, M, A> {
             w,
             taps: taps.of(g, co),
@@ -382,7 +392,12 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
             plane,
             variant: PhantomData,
         })
-    });
+    };
+    if parallel {
+        cos.into_par_iter().for_each(one)
+    } else {
+        cos.for_each(one)
+    }
 }
 
 /// The transformed kernels of one output channel, [`LANES`] input channels at a time.
@@ -881,10 +896,52 @@ fn run_fresh(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let group = fresh_group(g, m);
-    let order = Order::best(g, m, group);
+    let (group, order) = match in_cache_group(g, m) {
+        Some(group) => (group, Order::KernelsInCache),
+        None => {
+            let group = fresh_group(g, m);
+            (group, Order::best(g, m, group))
+        }
+    };
     run_block(g, m, group, x, Kernels::Weight(w, taps, order), bias, out)
 }
+
+/// Output channels per group for [`Order::KernelsInCache`], where it applies: every tile fits
+/// one chunk small enough for the shared cache to serve it to every group again, and the
+/// whole transformed kernel would not fit there.
+///
+/// Level 4 at 28x28, batch 1 (37.7 MB of kernels under F(4x4), 3.6 MB of tiles): 10.8-11.3
+/// ms under F(2x2) as before, 8.6-9.6 in this order (kept kernels: 7.1-7.9). Only F(4x4)'s
+/// kernels, 4x the weight, cost more to write out than to make again in the cache. Under
+/// F(2x2) this order measured on par (level 5 at 14x14, batch 1) or slower (level 7 at 7x7,
+/// batch 8: 58.7-60.6 ms against 54.6-57.4). Where the kernel fits the shared cache its
+/// transform is cheap already, and this order measured slower (level 3 at 56x56: 8.4-9.1 ms
+/// against 7.5-7.9).
+pub(crate) fn in_cache_group(g: &Geometry, m: usize) -> Option<usize> {
+    let xis = (m + 2) * (m + 2);
+    let (ci_n, co_n) = (g.in_channels, g.out_channels);
+    let one_small_chunk =
+        ci_n * xis * tiles(g, m) <= IN_CACHE_TILE_FLOATS && tile_rows(g, m) <= chunk_rows(g, m, 1);
+    if m != 4 || !one_small_chunk || xis * ci_n * co_n <= SHARED_CACHE_KERNEL_FLOATS {
+        return None;
+    }
+    // Equal groups, as many as a multiple of the threads, for the balance.
+    let small = (IN_CACHE_KERNEL_FLOATS / (xis * ci_n)).clamp(1, co_n);
+    let threads = rayon::current_num_threads().max(1);
+    let groups = co_n.div_ceil(small).next_multiple_of(threads);
+    Some(co_n.div_ceil(groups))
+}
+
+/// Largest transformed tiles (floats) of [`Order::KernelsInCache`]: 8 MiB.
+const IN_CACHE_TILE_FLOATS: usize = 1 << 21;
+
+/// Largest group of kernels (floats) of [`Order::KernelsInCache`]: 4 MiB (measured on level 4
+/// at 28x28: 8.6-9.6 ms; 1 and 2 MiB 9.4-9.6, 16 MiB 10.1).
+const IN_CACHE_KERNEL_FLOATS: usize = 1 << 20;
+
+/// Largest transformed kernel (floats) made whole where [`Order::KernelsInCache`] could
+/// apply: 16 MiB, half the shared cache.
+const SHARED_CACHE_KERNEL_FLOATS: usize = 1 << 22;
 
 /// [`run`] for output blocks of edge `m`: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
 fn run_block(
@@ -1121,7 +1178,7 @@ impl FreshKernels {
         let u = self.buffer.as_mut_ptr();
         // SAFETY: (caller) room for `len` floats, no other user; all of them are written.
         unsafe {
-            transform_weights_into::<V, M, A>(g, w, taps, cos, u);
+            transform_weights_into::<V, M, A>(g, w, taps, cos, u, true);
             std::slice::from_raw_parts(u, len)
         }
     }
@@ -1148,6 +1205,10 @@ pub(crate) enum Order {
     TilesOuter,
     /// Every group's kernels transformed once, the tiles once per group.
     KernelsOuter,
+    /// Per chunk of tiles, each worker transforms a small group's kernels into a buffer that
+    /// stays in its cache, multiplies them and writes their output channels (see
+    /// [`in_cache_group`]).
+    KernelsInCache,
 }
 
 impl Order {
@@ -1196,76 +1257,101 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let single = group == co_n;
     let rows_per_chunk = chunk_rows(g, M, group);
     let chunk = rows_per_chunk * ntx;
+    let in_cache = matches!(kernels, Kernels::Weight(_, _, Order::KernelsInCache));
     let mut v = Scratch::take(ci_n * xis * chunk);
-    let mut m = Scratch::take(group * xis * chunk);
+    let mut m = Scratch::take(if in_cache { 0 } else { group * xis * chunk });
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
     let mut fresh = match kernels {
-        Kernels::Weight(..) => FreshKernels::take(xis * group * ci_n),
-        Kernels::Kept(_) => FreshKernels::take(0),
+        Kernels::Weight(..) if !in_cache => FreshKernels::take(xis * group * ci_n),
+        _ => FreshKernels::take(0),
     };
-    // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc) for the output channels `cos`, then
-    // 3. Y = A^T M A, scattered back to the image.
+    // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc) for `gc` output channels.
+    // `u` is U_ξ, row-major.
+    let multiply = |xi: usize, (gc, pc): (usize, usize), v: InPtr, m: OutPtr, u: InPtr| {
+        // SAFETY: V_ξ's rows (one per input channel) and M_ξ's (one per output channel) are
+        // A²*chunk apart from ξ*chunk on, so the destinations of different ξ are disjoint.
+        unsafe {
+            gemm_strided(
+                (gc, pc, ci_n),
+                Strided(m.get().add(xi * chunk) as *const f32, 1, xis * chunk),
+                false,
+                Strided(u.get(), 1, ci_n),
+                Strided(v.get().add(xi * chunk), 1, xis * chunk),
+            )
+        }
+    };
+    // U_ξ of kernels `u` laid out `[ξ][co][ci]` for `gc` output channels.
+    let position = |u: InPtr, xi: usize, gc: usize| {
+        // SAFETY: (callers) `u` holds A² x gc x Cin floats.
+        InPtr(unsafe { u.get().add(xi * gc * ci_n) })
+    };
+    // 3. Y = A^T M A for output channel `co`, from its products `mc`, scattered to the image.
+    let write = |co: usize, mc: &[f32], rows: &[(usize, usize)]| {
+        let bias = bias.map_or(0.0, |b| b[co]);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: the CPU has AVX-512F; plane (0, co) is inside `out` (asserted length)
+            // and only this worker writes channel co.
+            unsafe {
+                let out = out_ptr.get().add(co * hw);
+                avx512::output_tiles::<V, M, A>(&tiling, mc, chunk, rows, bias, out, co_n * hw)
+            }
+            return;
+        }
+        wide(OutputTransform::<V, M, A> {
+            tiling: &tiling,
+            m: mc,
+            chunk,
+            rows,
+            bias,
+            // SAFETY: offset of plane (0, co), inside `out` (asserted length).
+            out: OutPtr(unsafe { out_ptr.get().add(co * hw) }),
+            image_stride: co_n * hw,
+            variant: PhantomData,
+        })
+    };
+    let write_group = |rows: &[(usize, usize)], m: &[f32], cos: Range<usize>| {
+        m[..cos.len() * xis * chunk]
+            .par_chunks(xis * chunk)
+            .enumerate()
+            .for_each(|(i, mc)| write(cos.start + i, mc, rows));
+    };
     let multiply_and_write =
         |rows: &[(usize, usize)], v: &[f32], m: &mut [f32], cos: Range<usize>, u: &[f32]| {
-            let (c0, gc, pc) = (cos.start, cos.len(), rows.len() * ntx);
+            let (gc, pc) = (cos.len(), rows.len() * ntx);
             let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
             for_each_position(xis, |xi| {
-                // SAFETY: U_ξ is row-major at ξ*gc*Cin; V_ξ's rows (one per input channel)
-                // and M_ξ's (one per output channel) are A²*chunk apart from ξ*chunk on, so
-                // the destinations of different ξ are disjoint.
-                unsafe {
-                    gemm_strided(
-                        (gc, pc, ci_n),
-                        Strided(mp.get().add(xi * chunk) as *const f32, 1, xis * chunk),
-                        false,
-                        Strided(up.get().add(xi * gc * ci_n), 1, ci_n),
-                        Strided(vp.get().add(xi * chunk), 1, xis * chunk),
-                    )
-                }
+                multiply(xi, (gc, pc), vp, mp, position(up, xi, gc))
             });
-            m[..gc * xis * chunk]
-                .par_chunks(xis * chunk)
-                .enumerate()
-                .for_each(|(i, mc)| {
-                    let co = c0 + i;
-                    let bias = bias.map_or(0.0, |b| b[co]);
-                    #[cfg(target_arch = "x86_64")]
-                    if simd {
-                        // SAFETY: the CPU has AVX-512F; plane (0, co) is inside `out`
-                        // (asserted length) and only this worker writes channel co.
-                        unsafe {
-                            let out = out_ptr.get().add(co * hw);
-                            avx512::output_tiles::<V, M, A>(
-                                &tiling,
-                                mc,
-                                chunk,
-                                rows,
-                                bias,
-                                out,
-                                co_n * hw,
-                            )
-                        }
-                        return;
-                    }
-                    wide(OutputTransform::<V, M, A> {
-                        tiling: &tiling,
-                        m: mc,
-                        chunk,
-                        rows,
-                        bias,
-                        // SAFETY: offset of plane (0, co), inside `out` (asserted length).
-                        out: OutPtr(unsafe { out_ptr.get().add(co * hw) }),
-                        image_stride: co_n * hw,
-                        variant: PhantomData,
-                    })
-                });
+            write_group(rows, m, cos);
         };
     let groups = (0..co_n)
         .step_by(group)
         .map(|c0| c0..(c0 + group).min(co_n));
     let chunks = batch_rows.chunks(rows_per_chunk);
     match kernels {
+        Kernels::Weight(w, taps, Order::KernelsInCache) => {
+            let groups: Vec<_> = groups.collect();
+            for rows in chunks {
+                transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+                let vp = InPtr(v.as_ptr());
+                groups.par_iter().for_each(|cos| {
+                    let (gc, pc) = (cos.len(), rows.len() * ntx);
+                    let mut cache = InCache::take(xis * gc * ci_n, gc * xis * chunk);
+                    let (u, m) = (cache.kernels.as_mut_ptr(), cache.products.as_mut_ptr());
+                    // SAFETY: the buffers hold A² x gc x Cin and gc x A² x chunk floats and
+                    // belong to this worker.
+                    unsafe { transform_weights_into::<V, M, A>(g, w, taps, cos.clone(), u, false) };
+                    for xi in 0..xis {
+                        multiply(xi, (gc, pc), vp, OutPtr(m), position(InPtr(u), xi, gc));
+                    }
+                    for (i, mc) in cache.products.chunks(xis * chunk).take(gc).enumerate() {
+                        write(cos.start + i, mc, rows);
+                    }
+                });
+            }
+        }
         Kernels::Weight(w, taps, Order::KernelsOuter) => {
             for cos in groups {
                 // SAFETY: `fresh` holds A² x group x Cin floats; the previous group's
@@ -1301,6 +1387,42 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                 }
             }
         }
+    }
+}
+
+/// The buffers of one worker of [`Order::KernelsInCache`]: its output channels' transformed
+/// kernels and their products, small enough to stay in the caches, kept by the thread for
+/// its next group. Only their capacity is kept; every entry is written before it is read.
+struct InCache {
+    kernels: Vec<f32>,
+    products: Vec<f32>,
+}
+
+thread_local! {
+    static IN_CACHE: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+impl InCache {
+    /// This thread's kept buffers, `kernels` and `products` floats long.
+    fn take(kernels: usize, products: usize) -> InCache {
+        let (mut k, mut p) = IN_CACHE.take();
+        k.resize(kernels, 0.0);
+        p.resize(products, 0.0);
+        InCache {
+            kernels: k,
+            products: p,
+        }
+    }
+}
+
+impl Drop for InCache {
+    fn drop(&mut self) {
+        let kept = (
+            std::mem::take(&mut self.kernels),
+            std::mem::take(&mut self.products),
+        );
+        IN_CACHE.set(kept);
     }
 }
 
