@@ -82,8 +82,16 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 pub fn block(g: &Geometry) -> usize {
     if in_cache_group(g, 4).is_some() {
         // Its kernels are made in the cache and never written out: kept kernels' rule.
-        return block_kept(g);
+        block_kept(g)
+    } else {
+        block_written(g)
     }
+}
+
+/// [`block`]'s rule where the transformed kernels are written out to memory: the input
+/// gradient's (their taps gathered, not measured in the cache) and the kernel gradient's
+/// (accumulated whole).
+fn block_written(g: &Geometry) -> usize {
     // Per (input, output) channel pair: multiplies, then transformed floats written beyond
     // one pass of the kernels and one of the tiles.
     let cost = |m: usize| {
@@ -882,7 +890,15 @@ pub fn conv2d_blocks(
 /// [`super::backward::flipped_transposed_kernel`], without that copy (level 7's 75 MB took up
 /// to 108 ms).
 pub fn input_gradient(t: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    run_fresh(t, block(t), w, Taps::FlippedTransposed, dy, None, dx)
+    run_fresh(
+        t,
+        block_written(t),
+        w,
+        Taps::FlippedTransposed,
+        dy,
+        None,
+        dx,
+    )
 }
 
 /// [`run`] with the kernels of `w` (taps where `taps` says) transformed in the pass itself, in
@@ -896,7 +912,8 @@ fn run_fresh(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let (group, order) = match in_cache_group(g, m) {
+    let in_cache = in_cache_group(g, m).filter(|_| taps == Taps::Own);
+    let (group, order) = match in_cache {
         Some(group) => (group, Order::KernelsInCache),
         None => {
             let group = fresh_group(g, m);
@@ -1434,7 +1451,7 @@ pub fn kernel_gradient_block(g: &Geometry) -> Option<usize> {
         return None;
     }
     let fits = |m: usize| (m + 2) * (m + 2) * g.in_channels * g.out_channels <= MAX_GRADIENT_FLOATS;
-    [block(g), 2].into_iter().find(|&m| fits(m))
+    [block_written(g), 2].into_iter().find(|&m| fits(m))
 }
 
 /// `dw = dL/dW` (`Cout * Cin * 9`) of `y = conv(x, w)` given `dy = dL/dy`, for geometries
