@@ -75,7 +75,7 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// The output block edge [`conv2d`] uses: 4 where its multiplies, padded tiles at the map
 /// edges included, are clearly fewer than 2's (its transforms cost about twice as much per
 /// tile), there are enough tiles for its 36 GEMMs (measured: at 28x28, batch 1, 49 tiles,
-/// F(4x4) is slower than F(2x2), unless its kernels are made in the cache: [`in_cache_group`])
+/// F(4x4) is slower than F(2x2), unless its kernels are made in the cache: `in_cache_group`)
 /// and it stays cheaper once the kernel transforms are counted
 /// (a kernel too wide for memory is transformed anew for every chunk of tiles, or the tiles
 /// for every group of kernels, whichever writes fewer); else 2.
