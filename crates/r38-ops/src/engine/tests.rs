@@ -97,8 +97,10 @@ fn winograd_applies_to_the_3x3_stride1_shapes() {
 
 #[test]
 fn fresh_kernels_of_small_maps_are_transformed_in_groups_the_heap_serves() {
-    // Level 5 at batch 1: one chunk holds its 49 tiles; F(2x2)'s kernel is 67 MB whole.
-    let level5 = same_3x3(1, 1024, 1024, 14, 14, 1);
+    // Level 5 at batch 2: one chunk holds its 98 tiles; F(2x2)'s kernel is 67 MB whole. (At
+    // batch 1, 49 tiles, it is made in the cache instead.)
+    let level5 = same_3x3(2, 1024, 1024, 14, 14, 1);
+    assert_eq!(winograd::in_cache_group(&level5, 2), None);
     let group = winograd::fresh_group(&level5, 2);
     assert!(group < 1024 && 16 * 1024 * group * 4 <= 30 << 20, "{group}");
     let threads = rayon::current_num_threads();
@@ -115,14 +117,15 @@ fn fresh_kernels_of_small_maps_are_transformed_in_groups_the_heap_serves() {
 
 #[test]
 fn small_maps_with_grouped_fresh_kernels_match_im2col() {
-    // 14x14 at batch 1 with a kernel over 30 MiB under F(2x2): several groups.
-    let g = same_3x3(1, 1024, 512, 14, 14, 1);
+    // 14x14 at batch 2 with a kernel over 30 MiB under F(2x2): several groups.
+    let g = same_3x3(2, 1024, 512, 14, 14, 1);
     assert!(winograd::applies(&g) && winograd::fresh_group(&g, 2) < 512);
+    assert_eq!(winograd::in_cache_group(&g, 2), None);
     let mut next = uniform(38);
-    let x: Vec<f32> = (0..1024 * 14 * 14).map(|_| next()).collect();
+    let x: Vec<f32> = (0..2 * 1024 * 14 * 14).map(|_| next()).collect();
     let w: Vec<f32> = (0..512 * 1024 * 9).map(|_| next() * 0.05).collect();
     let b: Vec<f32> = (0..512).map(|_| next()).collect();
-    let (mut fast, mut reference) = (vec![0f32; 512 * 196], vec![0f32; 512 * 196]);
+    let (mut fast, mut reference) = (vec![0f32; 2 * 512 * 196], vec![0f32; 2 * 512 * 196]);
     winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
     kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
     let r = slice_rel_diff(&fast, &reference);
@@ -158,7 +161,7 @@ fn both_loop_orders_give_the_same_bits() {
 }
 
 #[test]
-fn wide_f4_kernels_of_small_maps_are_made_in_the_cache() {
+fn wide_kernels_of_small_maps_are_made_in_the_cache() {
     // Level 4 at batch 1: 49 tiles of 4x4 in one small chunk, a 37.7 MB kernel under F(4x4).
     let level4 = same_3x3(1, 512, 512, 28, 28, 1);
     assert_eq!(winograd::block(&level4), 4);
@@ -166,32 +169,40 @@ fn wide_f4_kernels_of_small_maps_are_made_in_the_cache() {
     let threads = rayon::current_num_threads();
     assert!(36 * 512 * group * 4 <= 4 << 20, "{group}");
     assert_eq!(512usize.div_ceil(group) % threads, 0, "{group}");
-    // Not where the kernel fits the shared cache (level 3 at batch 1), the tiles are too many
-    // (level 4 at batch 8), or under F(2x2) (level 5 at batch 1).
+    // Not where the kernel fits the shared cache (level 3 at batch 1) or the tiles are too
+    // many (level 4 at batch 8).
     for g in [
         same_3x3(1, 256, 256, 56, 56, 1),
         same_3x3(8, 512, 512, 28, 28, 1),
     ] {
         assert_eq!(winograd::in_cache_group(&g, 4), None, "{g:?}");
     }
+    // Under F(2x2), only thin products: level 5 at batch 1 (49 tiles), not level 7 at batch 8
+    // (128).
     let level5 = same_3x3(1, 1024, 512, 14, 14, 1);
     assert_eq!(winograd::block(&level5), 2);
-    assert_eq!(winograd::in_cache_group(&level5, 2), None);
+    assert!(winograd::in_cache_group(&level5, 2).is_some());
+    let level7_b8 = same_3x3(8, 1024, 2048, 7, 7, 1);
+    assert_eq!(winograd::in_cache_group(&level7_b8, 2), None);
 }
 
 #[test]
-fn level_4_with_kernels_made_in_the_cache_matches_im2col() {
-    let g = same_3x3(1, 512, 512, 28, 28, 1);
-    let mut next = uniform(44);
-    let x: Vec<f32> = (0..512 * 28 * 28).map(|_| next()).collect();
-    let w: Vec<f32> = (0..512 * 512 * 9).map(|_| next() * 0.05).collect();
-    let b: Vec<f32> = (0..512).map(|_| next()).collect();
-    let (mut fast, mut reference) = (vec![f32::NAN; 512 * 784], vec![0f32; 512 * 784]);
-    winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
-    kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
-    // F(4x4) over 512 input channels: about 2e-5, within the engine's bound.
-    let r = slice_rel_diff(&fast, &reference);
-    assert!(r < 1e-4, "{r}");
+fn kernels_made_in_the_cache_match_im2col() {
+    // Level 4 at batch 1 under F(4x4), level 5 under F(2x2).
+    for (ci, co, h) in [(512, 512, 28), (1024, 512, 14)] {
+        let g = same_3x3(1, ci, co, h, h, 1);
+        assert!(winograd::in_cache_group(&g, winograd::block(&g)).is_some());
+        let mut next = uniform(44);
+        let x: Vec<f32> = (0..ci * h * h).map(|_| next()).collect();
+        let w: Vec<f32> = (0..co * ci * 9).map(|_| next() * 0.05).collect();
+        let b: Vec<f32> = (0..co).map(|_| next()).collect();
+        let (mut fast, mut reference) = (vec![f32::NAN; co * h * h], vec![0f32; co * h * h]);
+        winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
+        kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
+        // F(4x4) over 512 input channels: about 2e-5, within the engine's bound.
+        let r = slice_rel_diff(&fast, &reference);
+        assert!(r < 1e-4, "{ci} -> {co} at {h}x{h}: {r}");
+    }
 }
 
 #[test]

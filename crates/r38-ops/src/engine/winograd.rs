@@ -945,18 +945,19 @@ fn run_fresh(
 /// whole transformed kernel would not fit there.
 ///
 /// Level 4 at 28x28, batch 1 (37.7 MB of kernels under F(4x4), 3.6 MB of tiles): 10.8-11.3
-/// ms under F(2x2) as before, 8.6-9.6 in this order (kept kernels: 7.1-7.9). Only F(4x4)'s
-/// kernels, 4x the weight, cost more to write out than to make again in the cache. Under
-/// F(2x2) this order measured on par (level 5 at 14x14, batch 1) or slower (level 7 at 7x7,
-/// batch 8: 58.7-60.6 ms against 54.6-57.4). Where the kernel fits the shared cache its
-/// transform is cheap already, and this order measured slower (level 3 at 56x56: 8.4-9.1 ms
-/// against 7.5-7.9).
+/// ms under F(2x2) as before, 8.6-9.6 in this order (kept kernels: 7.1-7.9). Under F(2x2)
+/// only for thin products (up to 64 tiles), whose GEMMs are short next to their kernel
+/// transform: level 5 at 14x14, batch 1 (49 tiles), 7.8-8.2 ms against 8.6-8.9, and A1's
+/// level 5 at batch 1 faster in 4 of 5 interleaved rounds (42-51 ms against 45-55); level 7
+/// at 7x7, batch 8 (128 tiles), measured slower or on par. Where the kernel fits the shared cache its transform is cheap
+/// already, and this order measured slower (level 3 at 56x56: 8.4-9.1 ms against 7.5-7.9).
 pub(crate) fn in_cache_group(g: &Geometry, m: usize) -> Option<usize> {
     let xis = (m + 2) * (m + 2);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
     let one_small_chunk =
         ci_n * xis * tiles(g, m) <= IN_CACHE_TILE_FLOATS && tile_rows(g, m) <= chunk_rows(g, m, 1);
-    if m != 4 || !one_small_chunk || xis * ci_n * co_n <= SHARED_CACHE_KERNEL_FLOATS {
+    let thin = m == 2 && tiles(g, m) <= IN_CACHE_F2_MAX_TILES;
+    if !(m == 4 || thin) || !one_small_chunk || xis * ci_n * co_n <= SHARED_CACHE_KERNEL_FLOATS {
         return None;
     }
     // Equal groups, as many as a multiple of the threads, for the balance.
@@ -965,6 +966,9 @@ pub(crate) fn in_cache_group(g: &Geometry, m: usize) -> Option<usize> {
     let groups = co_n.div_ceil(small).next_multiple_of(threads);
     Some(co_n.div_ceil(groups))
 }
+
+/// Most tiles for which F(2x2) kernels are made in the cache (see [`in_cache_group`]).
+const IN_CACHE_F2_MAX_TILES: usize = 64;
 
 /// Largest transformed tiles (floats) of [`Order::KernelsInCache`]: 8 MiB.
 const IN_CACHE_TILE_FLOATS: usize = 1 << 21;
