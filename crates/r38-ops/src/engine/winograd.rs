@@ -306,7 +306,8 @@ fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> Lanes) -> Lanes {
 /// `Cin` input channels) to the next: one cache line more than they hold. Without it the
 /// positions of most groups lie a multiple of 4 KiB apart, so that the kernel transform's
 /// stores to all of them (36 under F(4x4)) fall in one set of the first-level cache: a
-/// 512x512 F(4x4) transform took 10.6 ns a kernel, 4.1 with the line.
+/// 512x512 F(4x4) transform of weights in memory took 7.0 ns a kernel with the taps
+/// prefetched, 4.0 with the line as well.
 pub(crate) fn kernel_plane(gc: usize, ci_n: usize) -> usize {
     gc * ci_n + 16
 }
@@ -354,7 +355,8 @@ impl Taps {
 }
 
 /// [`transform_weights`] written to `u`, which must hold `A² x kernel_plane(cos.len(), Cin)`
-/// floats (all written), with the taps where `taps` says, the output channels spread over the threads when `parallel`.
+/// floats (all written), with the taps where `taps` says, the output channels spread over
+/// the threads when `parallel`.
 ///
 /// # Safety
 /// `u` must be valid for that many writes, and nothing else may access them meanwhile.
@@ -371,16 +373,23 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     let plane = kernel_plane(cos.len(), ci_n);
     let c0 = cos.start;
     let up = OutPtr(u);
-    for xi in 0..A * A {
-        // SAFETY: (caller) the padding after each position lies inside `u`.
-        unsafe {
-            let pad = u.add(xi * plane + cos.len() * ci_n);
-            std::ptr::write_bytes(pad, 0, plane - cos.len() * ci_n)
+    let each_channel = |one: &(dyn Fn(usize) + Sync)| {
+        if parallel {
+            cos.clone().into_par_iter().for_each(one)
+        } else {
+            cos.clone().for_each(one)
         }
-    }
+    };
     #[cfg(target_arch = "x86_64")]
     if simd_transforms() {
-        let one = |co: usize| {
+        for xi in 0..A * A {
+            // SAFETY: (caller) the padding after each position lies inside `u`.
+            unsafe {
+                let pad = u.add(xi * plane + cos.len() * ci_n);
+                std::ptr::write_bytes(pad, 0, plane - cos.len() * ci_n)
+            }
+        }
+        return each_channel(&|co| {
             // SAFETY: the CPU has AVX-512F; the taps of every (co, ci) lie inside `w` (its
             // length, asserted, is that of both layouts) and 16 strides fit an i32 for any
             // weight under 2^27 floats' channels; rows (ξ, co) of `u` lie inside it and only
@@ -395,17 +404,12 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
                     plane,
                 )
             }
-        };
-        return if parallel {
-            cos.into_par_iter().for_each(one)
-        } else {
-            cos.for_each(one)
-        };
+        });
     }
-    // SAFETY: (caller) `u` is valid for these writes. Zeroed first so that the slices the
-    // workers write through are initialised.
+    // SAFETY: (caller) `u` is valid for these writes. Zeroed first (the padding included) so
+    // that the slices the workers write through are initialised.
     unsafe { std::ptr::write_bytes(u, 0, A * A * plane) };
-    let one = |co: usize| {
+    each_channel(&|co| {
         wide(KernelTransform::<V, M, A> {
             w,
             taps: taps.of(g, co),
@@ -417,12 +421,7 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
             plane,
             variant: PhantomData,
         })
-    };
-    if parallel {
-        cos.into_par_iter().for_each(one)
-    } else {
-        cos.for_each(one)
-    }
+    })
 }
 
 /// The transformed kernels of one output channel, [`LANES`] input channels at a time.
@@ -949,8 +948,9 @@ fn run_fresh(
 /// only for thin products (up to 64 tiles), whose GEMMs are short next to their kernel
 /// transform: level 5 at 14x14, batch 1 (49 tiles), 7.8-8.2 ms against 8.6-8.9, and A1's
 /// level 5 at batch 1 faster in 4 of 5 interleaved rounds (42-51 ms against 45-55); level 7
-/// at 7x7, batch 8 (128 tiles), measured slower or on par. Where the kernel fits the shared cache its transform is cheap
-/// already, and this order measured slower (level 3 at 56x56: 8.4-9.1 ms against 7.5-7.9).
+/// at 7x7, batch 8 (128 tiles), measured slower or on par. Where the kernel fits the shared
+/// cache its transform is cheap already, and this order measured slower (level 3 at 56x56:
+/// 8.4-9.1 ms against 7.5-7.9).
 pub(crate) fn in_cache_group(g: &Geometry, m: usize) -> Option<usize> {
     let xis = (m + 2) * (m + 2);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
@@ -1392,8 +1392,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         }
         Kernels::Weight(w, taps, Order::KernelsOuter) => {
             for cos in groups {
-                // SAFETY: `fresh` holds A² x group x Cin floats; the previous group's
-                // products, its only reader, are done.
+                // SAFETY: `fresh` holds A² x kernel_plane(group, Cin) floats; the previous
+                // group's products, its only reader, are done.
                 let u = unsafe { fresh.fill::<V, M, A>(g, w, taps, cos.clone()) };
                 for rows in chunks.clone() {
                     // 1. V[c][ξ][p] = B^T d B.
@@ -1404,7 +1404,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         }
         _ => {
             let all_weights = match kernels {
-                // SAFETY: `fresh` holds A² x Cout x Cin floats; nothing else uses it.
+                // SAFETY: `fresh` holds A² x kernel_plane(Cout, Cin) floats; nothing else uses it.
                 Kernels::Weight(w, taps, _) if single => {
                     Some(unsafe { fresh.fill::<V, M, A>(g, w, taps, 0..co_n) })
                 }
@@ -1464,7 +1464,7 @@ impl Drop for InCache {
     }
 }
 
-/// The block [`kernel_gradient`] uses for `g`: [`block`]'s, or 2 where F(4x4)'s transformed
+/// The block [`kernel_gradient`] uses for `g`: `block_written`'s, or 2 where F(4x4)'s transformed
 /// gradient (which is accumulated whole) would exceed `MAX_GRADIENT_FLOATS`; `None` where
 /// Winograd does not apply or even F(2x2)'s would.
 pub fn kernel_gradient_block(g: &Geometry) -> Option<usize> {
