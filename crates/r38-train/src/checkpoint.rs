@@ -9,7 +9,8 @@
 //!
 //! A checkpoint is written into `.step-00000120.partial/`, its files synced, then renamed
 //! into place; only then is `latest` replaced (write to a temporary file, sync, rename). A
-//! kill at any moment leaves `latest` naming a complete directory.
+//! kill at any moment leaves `latest` naming a complete directory, except during the first
+//! save, between its rename and its `latest`: a resume then takes that one directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,9 +154,10 @@ impl Checkpoints {
     }
 
     /// The checkpoint a resumed run continues from, `None` when the folder holds no complete
-    /// checkpoint yet. An error, never a fresh start over the old run, when `latest` is
-    /// unreadable, names no complete checkpoint of this folder, or is missing beside complete
-    /// checkpoints.
+    /// checkpoint yet. Without `latest`, a single complete checkpoint is the one a first save
+    /// was killed after renaming into place, before writing `latest`. An error, never a fresh
+    /// start over the old run, when `latest` is unreadable, names no complete checkpoint of
+    /// this folder, or is missing beside several complete checkpoints.
     pub fn resume_point(&self) -> Result<Option<PathBuf>> {
         if self.dir.join("latest").exists() {
             return self
@@ -163,15 +165,20 @@ impl Checkpoints {
                 .map(Some)
                 .map_err(|why| crate::error::train_error!("cannot resume: {why}"));
         }
-        let complete = std::fs::read_dir(&self.dir)
+        let complete: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| {
+            .filter(|e| {
                 e.file_name().to_string_lossy().starts_with("step-")
                     && e.path().join("state.json").is_file()
-            });
-        if complete {
+            })
+            .map(|e| e.path())
+            .collect();
+        if let [only] = complete.as_slice() {
+            return Ok(Some(only.clone()));
+        }
+        if !complete.is_empty() {
             bail!(
                 "cannot resume: {} holds checkpoints but no `latest`; restore it (one line naming \
                  a step directory) or pass --overwrite to start afresh",
@@ -389,6 +396,25 @@ mod tests {
         assert!(first.exists());
         assert!(!dir.join("step-00000002").exists());
         assert!(!dir.join(".step-00000002.partial").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_first_save_killed_before_latest_is_resumed_from() {
+        let dir = std::env::temp_dir().join(format!("r38-ckpt-first-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ck = Checkpoints::new(&dir, 2);
+        let complete = |name: &str| {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("state.json"), b"{}").unwrap();
+        };
+        // Renamed into place, killed before `latest` was written.
+        complete("step-00000003");
+        assert_eq!(ck.resume_point().unwrap(), Some(dir.join("step-00000003")));
+        // Several complete checkpoints and no `latest` cannot come from a kill: refused.
+        complete("step-00000006");
+        let err = ck.resume_point().unwrap_err().to_string();
+        assert!(err.contains("no `latest`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
