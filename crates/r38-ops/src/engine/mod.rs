@@ -22,6 +22,8 @@ pub mod allocator;
 pub mod backward;
 pub mod kernel;
 pub mod pre_activation;
+#[cfg(target_arch = "x86_64")]
+mod product;
 pub mod winograd;
 
 use crate::conv::ConvSpec;

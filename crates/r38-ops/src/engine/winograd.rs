@@ -17,12 +17,18 @@
 //! transform on as many input channels. Kernels too wide for memory are transformed and
 //! multiplied in groups of output channels.
 //!
+//! **Products.** With AVX-512 the GEMMs are `product`'s register blocks, read straight from
+//! the transforms' buffers (no packing; a 49-tile product's 49th column rides in a half-width
+//! register); elsewhere the `gemm` crate's.
+//!
 //! Accuracy: F(2x2)'s transforms only use ±1 and ½ (~1e-6 relative to the direct convolution in
 //! fp32); F(4x4)'s use up to 8 and 1/24 (~1e-5). [`block`] picks F(4x4) where it saves work.
 
 use super::kernel::Geometry;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+use super::product;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -1300,6 +1306,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let mut m = Scratch::take(if in_cache { 0 } else { group * xis * chunk });
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
+    #[cfg(target_arch = "x86_64")]
+    let in_registers = simd && product::available();
     let mut fresh = match kernels {
         Kernels::Weight(..) if !in_cache => FreshKernels::take(xis * kernel_plane(group, ci_n)),
         _ => FreshKernels::take(0),
@@ -1310,6 +1318,15 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         // SAFETY: V_ξ's rows (one per input channel) and M_ξ's (one per output channel) are
         // A²*chunk apart from ξ*chunk on, so the destinations of different ξ are disjoint.
         unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if in_registers {
+                return product::multiply(
+                    (gc, pc, ci_n),
+                    (m.get().add(xi * chunk), xis * chunk, false),
+                    (u.get(), ci_n),
+                    (v.get().add(xi * chunk), xis * chunk),
+                );
+            }
             gemm_strided(
                 (gc, pc, ci_n),
                 Strided(m.get().add(xi * chunk) as *const f32, 1, xis * chunk),
