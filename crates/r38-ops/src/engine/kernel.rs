@@ -200,28 +200,14 @@ impl Tiles {
             // SAFETY: Y (Cout x HW), W (Cout x Cin), X (Cin x HW), row-major, sizes asserted
             // by the caller.
             unsafe {
-                gemm::gemm(
-                    g.out_channels,
-                    hw_out,
-                    g.in_channels,
-                    yi.as_mut_ptr(),
-                    1,
-                    hw_out as isize,
-                    read_dst,
+                product(
+                    (g.out_channels, hw_out, g.in_channels),
+                    (yi.as_mut_ptr(), hw_out, read_dst),
                     w.as_ptr(),
-                    1,
-                    g.in_channels as isize,
-                    xi.as_ptr(),
-                    1,
-                    hw_out as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (xi.as_ptr(), hw_out),
                     par,
-                );
-            }
+                )
+            };
             return;
         }
         let parallel_pack = !matches!(par, Parallelism::None);
@@ -233,30 +219,85 @@ impl Tiles {
             // SAFETY: dst rows start at `c * hw_out` and hold `cols` valid floats each
             // (`oy0 * wo + cols <= hw_out`); col is K x cols row-major; w is Cout x K.
             unsafe {
-                gemm::gemm(
-                    g.out_channels,
-                    cols,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    hw_out as isize,
-                    read_dst,
+                product(
+                    (g.out_channels, cols, k),
+                    (dst.as_mut_ptr(), hw_out, read_dst),
                     w.as_ptr(),
-                    1,
-                    k as isize,
-                    col.as_ptr(),
-                    1,
-                    cols as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    (col.as_ptr(), cols),
                     par,
-                );
-            }
+                )
+            };
         }
     }
+}
+
+/// Products at most this wide (a 14x14 map) run in `product` where the CPU has AVX-512, split
+/// over output channels; wider ones split better over columns in the `gemm` crate.
+const THIN_COLUMNS: usize = 256;
+
+/// `dst (+)= w x` (accumulating where `accumulate`): `w` is `rows x depth` (row-major), `x` is
+/// `depth x cols` (rows `x_row` floats apart), `dst` is `rows x cols` (rows `dst_row` apart).
+///
+/// # Safety
+/// Every element the strides address must be in bounds, `dst`'s writable and not aliased by
+/// anything else running.
+unsafe fn product(
+    (rows, cols, depth): (usize, usize, usize),
+    (dst, dst_row, accumulate): (*mut f32, usize, bool),
+    w: *const f32,
+    (x, x_row): (*const f32, usize),
+    par: Parallelism,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if cols <= THIN_COLUMNS && super::product::available() {
+        let threads = match par {
+            Parallelism::Rayon(n) => n.max(1),
+            _ => 1,
+        };
+        // A few parts per thread, each whole register blocks of rows.
+        let part = rows.div_ceil(4 * threads).next_multiple_of(8);
+        let (dst, w, x) = (dst as usize, w as usize, x as usize);
+        let run = |r0: usize| {
+            let r = part.min(rows - r0);
+            // SAFETY: rows r0..r0 + r of dst and w (the caller's bounds); each part writes
+            // its own rows of dst.
+            unsafe {
+                super::product::multiply(
+                    (r, cols, depth),
+                    ((dst as *mut f32).add(r0 * dst_row), dst_row, accumulate),
+                    ((w as *const f32).add(r0 * depth), depth),
+                    (x as *const f32, x_row),
+                )
+            }
+        };
+        if threads == 1 {
+            (0..rows).step_by(part).for_each(run);
+        } else {
+            (0..rows).into_par_iter().step_by(part).for_each(run);
+        }
+        return;
+    }
+    gemm::gemm(
+        rows,
+        cols,
+        depth,
+        dst,
+        1,
+        dst_row as isize,
+        accumulate,
+        w,
+        1,
+        depth as isize,
+        x,
+        1,
+        x_row as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// `out[i] = src[2 i]`: the columns a stride-2 convolution reads from one input row
