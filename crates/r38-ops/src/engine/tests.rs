@@ -126,7 +126,8 @@ fn small_maps_with_grouped_fresh_kernels_match_im2col() {
     let w: Vec<f32> = (0..512 * 1024 * 9).map(|_| next() * 0.05).collect();
     let b: Vec<f32> = (0..512).map(|_| next()).collect();
     let (mut fast, mut reference) = (vec![0f32; 2 * 512 * 196], vec![0f32; 2 * 512 * 196]);
-    winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
+    // (`block` picks F(4x4) here, its kernels made in the cache.)
+    winograd::conv2d_blocks(&g, 2, &x, &w, Some(&b), &mut fast);
     kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
     let r = slice_rel_diff(&fast, &reference);
     assert!(r < 1e-5, "{r}");
@@ -177,10 +178,12 @@ fn wide_kernels_of_small_maps_are_made_in_the_cache() {
     ] {
         assert_eq!(winograd::in_cache_group(&g, 4), None, "{g:?}");
     }
+    // Level 5 at batch 1 too, under F(4x4) from 16 tiles.
+    let level5 = same_3x3(1, 1024, 512, 14, 14, 1);
+    assert_eq!(winograd::block(&level5), 4);
+    assert!(winograd::in_cache_group(&level5, 4).is_some());
     // Under F(2x2), only thin products: level 5 at batch 1 (49 tiles), not level 7 at batch 8
     // (128).
-    let level5 = same_3x3(1, 1024, 512, 14, 14, 1);
-    assert_eq!(winograd::block(&level5), 2);
     assert!(winograd::in_cache_group(&level5, 2).is_some());
     let level7_b8 = same_3x3(8, 1024, 2048, 7, 7, 1);
     assert_eq!(winograd::in_cache_group(&level7_b8, 2), None);
@@ -188,20 +191,20 @@ fn wide_kernels_of_small_maps_are_made_in_the_cache() {
 
 #[test]
 fn kernels_made_in_the_cache_match_im2col() {
-    // Level 4 at batch 1 under F(4x4), level 5 under F(2x2).
-    for (ci, co, h) in [(512, 512, 28), (1024, 512, 14)] {
+    // Level 4 at batch 1 under F(4x4), level 5 under both.
+    for (ci, co, h, m) in [(512, 512, 28, 4), (1024, 512, 14, 4), (1024, 512, 14, 2)] {
         let g = same_3x3(1, ci, co, h, h, 1);
-        assert!(winograd::in_cache_group(&g, winograd::block(&g)).is_some());
+        assert!(winograd::in_cache_group(&g, m).is_some());
         let mut next = uniform(44);
         let x: Vec<f32> = (0..ci * h * h).map(|_| next()).collect();
         let w: Vec<f32> = (0..co * ci * 9).map(|_| next() * 0.05).collect();
         let b: Vec<f32> = (0..co).map(|_| next()).collect();
         let (mut fast, mut reference) = (vec![f32::NAN; co * h * h], vec![0f32; co * h * h]);
-        winograd::conv2d(&g, &x, &w, Some(&b), &mut fast);
+        winograd::conv2d_blocks(&g, m, &x, &w, Some(&b), &mut fast);
         kernel::im2col_gemm(&g, &x, &w, Some(&b), &mut reference);
         // F(4x4) over 512 input channels: about 2e-5, within the engine's bound.
         let r = slice_rel_diff(&fast, &reference);
-        assert!(r < 1e-4, "{ci} -> {co} at {h}x{h}: {r}");
+        assert!(r < 1e-4, "{ci} -> {co} at {h}x{h}, F({m}x{m}): {r}");
     }
 }
 
@@ -386,8 +389,15 @@ fn winograd_picks_4x4_blocks_on_wide_maps_only() {
     // 28x28 at batch 1: 49 tiles, with its kernels made in the cache.
     assert_eq!(winograd::block(&g(28, 1)), 4);
     assert_eq!(winograd::block(&g(56, 1)), 4);
-    // 14x14: 16 tiles.
-    assert_eq!(winograd::block(&g(14, 1)), 2);
+    // 14x14: 16 tiles, F(4x4) only with its kernels made in the cache (not 256 -> 256).
+    assert_eq!(winograd::block(&g(14, 1)), 4);
+    let narrow = Geometry {
+        in_channels: 256,
+        out_channels: 256,
+        ..g(14, 1)
+    };
+    assert_eq!(winograd::in_cache_group(&narrow, 4), None);
+    assert_eq!(winograd::block(&narrow), 2);
     assert_eq!(winograd::block(&g(63, 4)), 4);
     // Level 7's 1024 -> 2048 kernel too (its transform runs in groups of output channels).
     let level7 = Geometry {

@@ -87,12 +87,24 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// for every group of kernels, whichever writes fewer); else 2.
 pub fn block(g: &Geometry) -> usize {
     if in_cache_group(g, 4).is_some() {
-        // Its kernels are made in the cache and never written out: kept kernels' rule.
-        block_kept(g)
+        // Its kernels are made in the cache and never written out, so only the multiplies
+        // count.
+        if tiles(g, 4) >= MIN_TILES_4X4_IN_CACHE && saves_multiplies(g) {
+            4
+        } else {
+            2
+        }
     } else {
         block_written(g)
     }
 }
+
+/// Fewest tiles (4x4 output blocks, whole batch) for which kernels made in the cache use
+/// F(4x4, 3x3): 16, a 14x14 map at batch 1 (level 5's 1024 -> 512 measured 6.2-6.4 ms under
+/// F(2x2), 5.3-6.0 under F(4x4)) or a 7x7 one at batch 4 (level 7's 1024 -> 2048 at batch 8:
+/// 60 -> 34-39 ms). Kept kernels start at 48 (`block_kept`): their F(4x4) entries would take
+/// 2.25 times the memory.
+const MIN_TILES_4X4_IN_CACHE: usize = 16;
 
 /// [`block`]'s rule where the transformed kernels are written out to memory: the input
 /// gradient's (their taps gathered, not measured in the cache) and the kernel gradient's
