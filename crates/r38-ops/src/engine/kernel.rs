@@ -231,12 +231,15 @@ impl Tiles {
     }
 }
 
-/// Products at most this wide (a 14x14 map) run in `product` where the CPU has AVX-512, split
-/// over output channels; wider ones split better over columns in the `gemm` crate.
+/// Products at most this wide (a 14x14 map) are split over output channels across the
+/// threads; wider ones over parts of [`PART_COLUMNS`] columns.
 const THIN_COLUMNS: usize = 256;
+/// Columns per part of a wide product: ten register blocks.
+const PART_COLUMNS: usize = 480;
 
 /// `dst (+)= w x` (accumulating where `accumulate`): `w` is `rows x depth` (row-major), `x` is
 /// `depth x cols` (rows `x_row` floats apart), `dst` is `rows x cols` (rows `dst_row` apart).
+/// In `engine::product`'s register blocks where the CPU has AVX-512, else the `gemm` crate's.
 ///
 /// # Safety
 /// Every element the strides address must be in bounds, `dst`'s writable and not aliased by
@@ -249,31 +252,44 @@ unsafe fn product(
     par: Parallelism,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if cols <= THIN_COLUMNS && super::product::available() {
+    if super::product::available() {
         let threads = match par {
             Parallelism::Rayon(n) => n.max(1),
             _ => 1,
         };
-        // A few parts per thread, each whole register blocks of rows.
-        let part = rows.div_ceil(4 * threads).next_multiple_of(8);
         let (dst, w, x) = (dst as usize, w as usize, x as usize);
-        let run = |r0: usize| {
-            let r = part.min(rows - r0);
-            // SAFETY: rows r0..r0 + r of dst and w (the caller's bounds); each part writes
-            // its own rows of dst.
+        // Parts: a few per thread, of whole register blocks of rows (thin products) or of
+        // columns (wide ones).
+        let (rows_per, cols_per) = if cols <= THIN_COLUMNS {
+            (rows.div_ceil(4 * threads).next_multiple_of(8), cols)
+        } else {
+            (rows, PART_COLUMNS)
+        };
+        let parts: Vec<(usize, usize)> = (0..rows)
+            .step_by(rows_per)
+            .flat_map(|r0| (0..cols).step_by(cols_per).map(move |c0| (r0, c0)))
+            .collect();
+        let run = |&(r0, c0): &(usize, usize)| {
+            let (r, c) = (rows_per.min(rows - r0), cols_per.min(cols - c0));
+            // SAFETY: rows r0..r0 + r of dst and w and columns c0..c0 + c of dst and x are
+            // inside the caller's bounds; each part writes its own entries of dst.
             unsafe {
                 super::product::multiply(
-                    (r, cols, depth),
-                    ((dst as *mut f32).add(r0 * dst_row), dst_row, accumulate),
+                    (r, c, depth),
+                    (
+                        (dst as *mut f32).add(r0 * dst_row + c0),
+                        dst_row,
+                        accumulate,
+                    ),
                     ((w as *const f32).add(r0 * depth), depth),
-                    (x as *const f32, x_row),
+                    ((x as *const f32).add(c0), x_row),
                 )
             }
         };
         if threads == 1 {
-            (0..rows).step_by(part).for_each(run);
+            parts.iter().for_each(run);
         } else {
-            (0..rows).into_par_iter().step_by(part).for_each(run);
+            parts.par_iter().for_each(run);
         }
         return;
     }
