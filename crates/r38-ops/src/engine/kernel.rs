@@ -257,6 +257,9 @@ unsafe fn product(
             Parallelism::Rayon(n) => n.max(1),
             _ => 1,
         };
+        if rows == 0 || cols == 0 {
+            return;
+        }
         let (dst, w, x) = (dst as usize, w as usize, x as usize);
         // Parts: a few per thread, of whole register blocks of rows (thin products) or of
         // columns (wide ones).

@@ -44,6 +44,13 @@ pub(super) unsafe fn multiply(
     (u, u_row): (*const f32, usize),
     (v, v_row): (*const f32, usize),
 ) {
+    if depth == 0 && !accumulate {
+        // An empty sum.
+        for r in 0..rows {
+            std::ptr::write_bytes(m.add(r * m_row), 0, cols);
+        }
+        return;
+    }
     // Blocks of three vectors; a last block of at most 8 tiles rides along in a half-width
     // register, whose multiply-adds cost half as much (two per cycle where a full one takes a
     // cycle).
@@ -246,6 +253,7 @@ mod tests {
         let value = |i: usize, salt: usize| ((i * 7919 + salt) % 1013) as f32 / 1013.0 - 0.4;
         for &(rows, cols, depth, v_row) in &[
             (1, 1, 1, 12),
+            (3, 5, 0, 9),
             (7, 49, 9, 60),
             (13, 16, 3, 27),
             (9, 57, 5, 68),
