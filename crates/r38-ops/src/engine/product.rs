@@ -25,8 +25,10 @@ const DEPTH: usize = 1024;
 /// rows of 1024, or all the rows of a shallow product (each pass over the rows of `U` reads
 /// `V`'s block again).
 const U_IN_CACHE: usize = 96 * 1024;
-/// Tiles per register block: three vectors.
+/// Columns per register block: three vectors.
 const COLUMNS: usize = 48;
+/// Products wider than this copy `V`'s rows into panels (see [`multiply`]).
+const COPIED_FROM_COLUMNS: usize = 256;
 /// Output channels per register block with a half-width tail (four registers per row).
 const TAIL_ROWS: usize = 6;
 
@@ -35,8 +37,8 @@ const TAIL_ROWS: usize = 6;
 /// `m_row` apart), all with unit column stride.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; every element the strides address must be in bounds and `m`'s
-/// writable by nobody else meanwhile.
+/// The CPU must have AVX-512F and VL ([`available`]); every element the strides address must
+/// be in bounds and `m`'s writable by nobody else meanwhile.
 #[target_feature(enable = "avx512f,avx512vl")]
 pub(super) unsafe fn multiply(
     (rows, cols, depth): (usize, usize, usize),
@@ -51,7 +53,7 @@ pub(super) unsafe fn multiply(
         }
         return;
     }
-    // Blocks of three vectors; a last block of at most 8 tiles rides along in a half-width
+    // Blocks of three vectors; a last block of at most 8 columns rides along in a half-width
     // register, whose multiply-adds cost half as much (two per cycle where a full one takes a
     // cycle).
     let (full, rest) = (cols / COLUMNS, cols % COLUMNS);
@@ -60,7 +62,7 @@ pub(super) unsafe fn multiply(
     } else {
         (full + (rest > 0) as usize, 0)
     };
-    // Block b: its first tile, its width in full registers' lanes, its tail.
+    // Block b: its first column, its width in full registers' lanes, its tail.
     let block = |b: usize| {
         let c0 = b * COLUMNS;
         let tail = if b + 1 == blocks { tail } else { 0 };
@@ -71,7 +73,7 @@ pub(super) unsafe fn multiply(
     // they would share a few sets of L1 and evict each other) or the product is wide (a
     // 63x63 map's pointwise convolution: a block's rows on a thousand pages; measured 2048 ->
     // 4096, 345-377 ms in place, 338-351 copied).
-    let copied = (v_row * 4).is_multiple_of(1024) || cols > 256;
+    let copied = (v_row * 4).is_multiple_of(1024) || cols > COPIED_FROM_COLUMNS;
     let panel_row = |width: usize, tail: usize| (width + tail).next_multiple_of(16);
     PANELS.with(|panels| {
         let mut panels = panels.take();
@@ -153,9 +155,10 @@ thread_local! {
     static PANELS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The lanes of the last vector of a block, `n ≤ 16` live.
+/// The first `n` lanes of a vector (all 16 from `n = 16` on): the live columns of a block's
+/// last vector here, the live tiles of a group in Winograd's transforms.
 #[inline(always)]
-fn lane_mask(n: usize) -> __mmask16 {
+pub(super) fn lane_mask(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
     } else {

@@ -89,11 +89,7 @@ pub fn block(g: &Geometry) -> usize {
     if in_cache_group(g, 4).is_some() {
         // Its kernels are made in the cache and never written out, so only the multiplies
         // count.
-        if tiles(g, 4) >= MIN_TILES_4X4_IN_CACHE && saves_multiplies(g) {
-            4
-        } else {
-            2
-        }
+        block_saving_multiplies(g, MIN_TILES_4X4_IN_CACHE)
     } else {
         block_written(g)
     }
@@ -148,7 +144,13 @@ pub fn applies_kept(g: &Geometry) -> bool {
 /// tiles included, are at most 80% of F(2x2)'s and there are at least 48 tiles: measured at
 /// 28x28, batch 1, 49 tiles, 0.79x F(2x2)'s time; at 14x14, 16 tiles, 1.2x).
 pub fn block_kept(g: &Geometry) -> usize {
-    if tiles(g, 4) >= MIN_TILES_4X4_KEPT && saves_multiplies(g) {
+    block_saving_multiplies(g, MIN_TILES_4X4_KEPT)
+}
+
+/// 4 where there are at least `min_tiles` 4x4 tiles and [`saves_multiplies`] holds, else 2:
+/// the rule where the kernel transform costs nothing in the pass.
+fn block_saving_multiplies(g: &Geometry, min_tiles: usize) -> usize {
+    if tiles(g, 4) >= min_tiles && saves_multiplies(g) {
         4
     } else {
         2

@@ -6,6 +6,7 @@
 //! and sums are never fused, so F(m x m)'s rounding stays that of its matrices.
 
 use super::{Tiling, Variant};
+use crate::engine::product::lane_mask;
 use std::arch::x86_64::*;
 
 /// `body` for `k = 0, 1, .. n - 1` (n ≤ 6), written out, so that every `k` is a constant
@@ -70,16 +71,6 @@ unsafe fn lin<const N: usize>(coef: &[f32; N], x: impl Fn(usize) -> __m512) -> _
         }
     });
     acc.unwrap_or_else(|| _mm512_setzero_ps())
-}
-
-/// The lanes of a group of `n ≤ 16` tiles.
-#[inline(always)]
-fn lane_mask(n: usize) -> __mmask16 {
-    if n >= LANES {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
 }
 
 /// The columns of tiles `s0..s0 + n` (0 past `n`).
