@@ -132,8 +132,8 @@ pub fn keeps_kernels() -> bool {
 #[derive(Default)]
 pub struct KeptKernels {
     weight: OnceLock<TensorId>,
-    /// F(2x2) and F(4x4).
-    blocks: [Mutex<Option<Arc<winograd::Transformed>>>; 2],
+    /// F(2x2), F(3x3) and F(4x4).
+    blocks: [Mutex<Option<Arc<winograd::Transformed>>>; 3],
 }
 
 impl std::fmt::Debug for KeptKernels {
@@ -156,7 +156,7 @@ impl KeptKernels {
         if *self.weight.get_or_init(|| weight.id()) != weight.id() {
             candle_core::bail!("engine::KeptKernels: kept for another weight tensor");
         }
-        let mut slot = self.blocks[usize::from(m == 4)]
+        let mut slot = self.blocks[m - 2]
             .lock()
             .map_err(|_| candle_core::Error::Msg("engine::KeptKernels: poisoned".into()))?;
         if let Some(u) = slot.as_ref() {

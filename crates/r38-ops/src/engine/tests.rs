@@ -162,6 +162,76 @@ fn both_loop_orders_give_the_same_bits() {
 }
 
 #[test]
+fn short_dilated_rows_take_3x3_blocks_and_deep_inputs_go_in_passes() {
+    // The head at 504x504, output stride 8: sub-images of 5-6 pixels, which F(3x3) covers
+    // with 3.6 multiplies per output where 2x2 and 4x4 blocks take 5.2; its chunks of every
+    // input channel would hold 3 rows of 24 tiles, so the channels go in passes of 1024.
+    let head_504 = same_3x3(1, 4096, 512, 63, 63, 12);
+    assert_eq!(winograd::block(&head_504), 3);
+    assert_eq!(winograd::block_kept(&head_504), 3);
+    let group = winograd::fresh_group(&head_504, 3);
+    assert_eq!(winograd::channels_per_pass(&head_504, 3, group), 1024);
+    assert_eq!(
+        winograd::Order::best(&head_504, 3, group),
+        winograd::Order::TilesOuter
+    );
+    // Elsewhere the blocks of 2 and 4 stay, and every input channel goes in one pass.
+    for (cin, h, d) in [(1024, 63, 4), (1024, 63, 2), (512, 63, 1), (128, 252, 1)] {
+        let g = same_3x3(1, cin, 2 * cin, h, h, d);
+        let m = winograd::block(&g);
+        assert_ne!(m, 3, "{g:?}");
+        let group = winograd::fresh_group(&g, m);
+        assert_eq!(winograd::channels_per_pass(&g, m, group), cin, "{g:?}");
+    }
+    let frame_head = same_3x3(1, 4096, 512, 128, 256, 12);
+    assert_eq!(winograd::block(&frame_head), 4);
+}
+
+#[test]
+fn input_channels_in_passes_give_the_bits_of_one_pass() {
+    // 2048 input channels on a 40x40 map: chunks of every channel would hold 6 of 20 rows
+    // of tiles, so they go in two passes whose products add up (the kernels made pass by
+    // pass, or kept whole); kernels outer takes them in one pass.
+    let (n, cin, cout, h, w) = (1, 2048, 8, 40, 40);
+    let g = same_3x3(n, cin, cout, h, w, 1);
+    let group = winograd::fresh_group(&g, 2);
+    assert_eq!(winograd::channels_per_pass(&g, 2, group), 1024);
+    let mut next = uniform(23);
+    let x: Vec<f32> = (0..n * cin * h * w).map(|_| next()).collect();
+    let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.05).collect();
+    let b: Vec<f32> = (0..cout).map(|_| next()).collect();
+    let mut reference = vec![0f32; n * cout * h * w];
+    kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
+    let mut outputs = Vec::new();
+    for (order, group) in [
+        (winograd::Order::TilesOuter, cout),
+        (winograd::Order::TilesOuter, 3),
+        (winograd::Order::KernelsOuter, 3),
+    ] {
+        let mut out = vec![f32::NAN; reference.len()];
+        winograd::conv2d_grouped(&g, 2, group, order, &x, &k, Some(&b), &mut out);
+        let r = slice_rel_diff(&out, &reference);
+        assert!(r < 1e-5, "{order:?}, groups of {group}: {r}");
+        outputs.push(out);
+    }
+    let u = winograd::Transformed::grouped(&g, 2, 3, &k);
+    let mut kept = vec![f32::NAN; reference.len()];
+    winograd::conv2d_transformed(&g, &u, &x, Some(&b), &mut kept);
+    let r = slice_rel_diff(&kept, &reference);
+    assert!(r < 1e-5, "kept: {r}");
+    outputs.push(kept);
+    // In-order sums (the engine's own products) give the same bits however they are split.
+    if super::product::available() {
+        for out in &outputs[1..] {
+            assert!(out
+                .iter()
+                .zip(&outputs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+}
+
+#[test]
 fn wide_kernels_of_small_maps_are_made_in_the_cache() {
     // Level 4 at batch 1: 49 tiles of 4x4 in one small chunk, a 37.7 MB kernel under F(4x4).
     let level4 = same_3x3(1, 512, 512, 28, 28, 1);
@@ -232,12 +302,12 @@ fn level_7_at_output_stride_8_transforms_its_kernels_once() {
 
 #[test]
 fn kernel_groups_are_as_large_as_the_input_within_64_to_128_mib() {
-    // The head's 4096 -> 512 at 504x504, output stride 8 (a 63x63 map of 65 MB): F(2x2)'s
-    // 134 MB kernel in 64 MiB groups, so that it does not set the peak RSS.
+    // The head's 4096 -> 512 at 504x504, output stride 8 (a 63x63 map of 65 MB): F(3x3)'s
+    // 210 MB kernel in groups of at most 64 MiB, so that it does not set the peak RSS.
     let head_504 = same_3x3(1, 4096, 512, 63, 63, 12);
     let m = winograd::block(&head_504);
     let group = winograd::fresh_group(&head_504, m);
-    assert_eq!((m, group), (2, 256));
+    assert_eq!((m, group), (3, 128));
     // On a 1024x2048 frame (a 128x256 map of 537 MB): F(4x4)'s 302 MB kernel in groups up to
     // 128 MiB, as more groups would transform the tiles more often.
     let head_frame = same_3x3(1, 4096, 512, 128, 256, 12);
@@ -303,7 +373,7 @@ fn same_3x3(n: usize, cin: usize, cout: usize, h: usize, w: usize, d: usize) -> 
 }
 
 #[test]
-fn winograd_blocks_2_and_4_match_im2col() {
+fn winograd_blocks_2_3_and_4_match_im2col() {
     let mut rand = uniform(1);
     for d in [1, 2, 4, 12] {
         for (n, cin, cout, h, w) in [
@@ -319,7 +389,7 @@ fn winograd_blocks_2_and_4_match_im2col() {
             let mut reference = vec![0f32; n * cout * h * w];
             kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
             // Output channels all at once, and in groups (the last one shorter).
-            for (m, group) in [(2, cout), (4, cout), (2, 2), (4, 3)] {
+            for (m, group) in [(2, cout), (3, cout), (4, cout), (2, 2), (3, 2), (4, 3)] {
                 let mut out = vec![f32::NAN; reference.len()];
                 winograd::conv2d_grouped(
                     &g,
@@ -359,7 +429,7 @@ fn simd_transforms_equal_the_portable_ones() {
         let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
         let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
         let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
-        for m in [2, 4] {
+        for m in [2, 3, 4] {
             let mut simd = vec![f32::NAN; n * cout * h * w];
             winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut simd);
             let mut portable = vec![f32::NAN; simd.len()];
@@ -655,7 +725,7 @@ fn kept_kernels_give_the_same_bits() {
         let x: Vec<f32> = (0..n * cin * h * w).map(|_| rand()).collect();
         let k: Vec<f32> = (0..cout * cin * 9).map(|_| rand()).collect();
         let b: Vec<f32> = (0..cout).map(|_| rand()).collect();
-        for (m, group) in [(2, cout), (4, cout), (2, 2), (4, 3)] {
+        for (m, group) in [(2, cout), (3, cout), (4, cout), (2, 2), (3, 2), (4, 3)] {
             let mut fresh = vec![f32::NAN; n * cout * h * w];
             winograd::conv2d_grouped(
                 &g,

@@ -84,16 +84,37 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// F(4x4) is slower than F(2x2), unless its kernels are made in the cache: `in_cache_group`)
 /// and it stays cheaper once the kernel transforms are counted
 /// (a kernel too wide for memory is transformed anew for every chunk of tiles, or the tiles
-/// for every group of kernels, whichever writes fewer); else 2.
+/// for every group of kernels, whichever writes fewer); else 2. Either gives way to 3 where
+/// that saves a fifth of the multiplies (short rows of sub-images: [`or_3x3`]).
 pub fn block(g: &Geometry) -> usize {
-    if in_cache_group(g, 4).is_some() {
+    let m = if in_cache_group(g, 4).is_some() {
         // Its kernels are made in the cache and never written out, so only the multiplies
         // count.
         block_saving_multiplies(g, MIN_TILES_4X4_IN_CACHE)
     } else {
         block_written(g)
+    };
+    or_3x3(g, m)
+}
+
+/// 3 where F(3x3, 3x3)'s multiplies, padded edge tiles included, are at most 80% of those
+/// of blocks of edge `m` and there are at least [`MIN_TILES_3X3`] tiles, else `m`. Its
+/// tiles cover short rows with less padding: on a 63x63 map at dilation 12 (the head at
+/// 504x504, output stride 8) sub-images of 5-6 pixels, which blocks of 2 and of 4 both pad to
+/// 6-8 (5.2 multiplies per output, F(3x3) 3.6; measured 600 -> 390-410 ms, its input
+/// channels in passes: `channels_per_pass`).
+fn or_3x3(g: &Geometry, m: usize) -> usize {
+    let multiplies = |m: usize| (m + 2) * (m + 2) * tiles(g, m);
+    let fewest = multiplies(m).min(multiplies(2)).min(multiplies(4));
+    if tiles(g, 3) >= MIN_TILES_3X3 && multiplies(3) * 5 <= fewest * 4 {
+        3
+    } else {
+        m
     }
 }
+
+/// Fewest tiles (3x3 output blocks, whole batch) for which F(3x3, 3x3) is used.
+const MIN_TILES_3X3: usize = 128;
 
 /// Fewest tiles (4x4 output blocks, whole batch) for which kernels made in the cache use
 /// F(4x4, 3x3): 16, a 14x14 map at batch 1 (level 5's 1024 -> 512 measured 6.2-6.4 ms under
@@ -144,7 +165,7 @@ pub fn applies_kept(g: &Geometry) -> bool {
 /// tiles included, are at most 80% of F(2x2)'s and there are at least 48 tiles: measured at
 /// 28x28, batch 1, 49 tiles, 0.79x F(2x2)'s time; at 14x14, 16 tiles, 1.2x).
 pub fn block_kept(g: &Geometry) -> usize {
-    block_saving_multiplies(g, MIN_TILES_4X4_KEPT)
+    or_3x3(g, block_saving_multiplies(g, MIN_TILES_4X4_KEPT))
 }
 
 /// 4 where there are at least `min_tiles` 4x4 tiles and [`saves_multiplies`] holds, else 2:
@@ -165,21 +186,31 @@ fn saves_multiplies(g: &Geometry) -> bool {
     36 * tiles(g, 4) * 5 <= 16 * tiles(g, 2) * 4
 }
 
-/// What writing one transformed kernel entry costs, in multiply-adds of the GEMMs (measured
-/// order of magnitude: a kernel transform takes about as long as 100-250 multiply-adds per
-/// entry).
-const KERNEL_FLOAT_COST: usize = 128;
+/// What writing one transformed kernel entry costs, in multiply-adds of the GEMMs. Measured
+/// order of magnitude: the AVX-512 kernel transform (issue #17 fifth and sixth rounds) takes
+/// about as long as 20 multiply-adds per entry (the frame head's 4096 -> 512 under F(4x4),
+/// made in each of 12 chunks: 190 ms of 2.6 s), the portable one 3-4 times that; before
+/// those rounds 100-250. At 128 the frame head took F(2x2) (3.3-3.5 s, against 2.5-2.7 under
+/// F(4x4)); at 32 so does batch 8's level 5 at 14x14 (33-37 ms against 38).
+const KERNEL_FLOAT_COST: usize = 32;
 
 /// Chunks of tiles [`run`] takes with `group` output channels per group.
 pub(crate) fn chunks(g: &Geometry, m: usize, group: usize) -> usize {
-    tile_rows(g, m).div_ceil(chunk_rows(g, m, group))
+    tile_rows(g, m).div_ceil(chunk_rows_of(g, m, group, channels_per_pass(g, m, group)))
 }
 
-/// Rows of tiles per chunk of [`run`] with `group` output channels per group. The GEMMs
-/// repack `U` for every chunk, and with several groups of output channels every chunk
-/// transforms every group's kernels anew: chunks grow with the kernel (to half its size, or as
-/// large as memory allows with groups), so that this stays a fraction of the work on the tiles.
+/// Rows of tiles per chunk of [`run`] with `group` output channels per group, every input
+/// channel in one pass.
 fn chunk_rows(g: &Geometry, m: usize, group: usize) -> usize {
+    chunk_rows_of(g, m, group, g.in_channels)
+}
+
+/// Rows of tiles per chunk of [`run`] with `group` output channels per group and `depth`
+/// input channels per pass. The GEMMs repack `U` for every chunk, and with several groups of
+/// output channels every chunk transforms every group's kernels anew: chunks grow with the
+/// kernel (to half its size, or as large as memory allows with groups), so that this stays
+/// a fraction of the work on the tiles.
+fn chunk_rows_of(g: &Geometry, m: usize, group: usize, depth: usize) -> usize {
     let xis = (m + 2) * (m + 2);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
     let budget = if group >= co_n {
@@ -187,9 +218,37 @@ fn chunk_rows(g: &Geometry, m: usize, group: usize) -> usize {
     } else {
         MAX_CHUNK_FLOATS
     };
+    // In several passes the products of every output channel are kept.
+    let products = if depth < ci_n { co_n } else { group };
     let per_row = origins(g.width, g.dilation, m).len();
-    (budget / (xis * ci_n.max(group) * per_row)).clamp(1, tile_rows(g, m).max(1))
+    (budget / (xis * depth.max(products) * per_row)).clamp(1, tile_rows(g, m).max(1))
 }
+
+/// Input channels [`run`] transforms and multiplies per pass over a chunk of tiles: all of
+/// them, unless a chunk of every channel would be narrower than [`WIDE_CHUNK`] tiles and
+/// still not hold them all; then halves of them, down to [`MIN_CHANNELS_PER_PASS`], for
+/// wider chunks in the same memory. A narrow chunk's products stream `U` from memory for
+/// a few columns each (the head's 4096 -> 512 at 504x504: 72-108 tiles a chunk, at 150-190
+/// GFLOP/s); the products accumulate over the passes in order, so the bits stay the same.
+pub(crate) fn channels_per_pass(g: &Geometry, m: usize, group: usize) -> usize {
+    let per_row = origins(g.width, g.dilation, m).len();
+    let narrow = |depth: usize| {
+        let rows = chunk_rows_of(g, m, group, depth);
+        rows * per_row < WIDE_CHUNK && rows < tile_rows(g, m)
+    };
+    let mut depth = g.in_channels;
+    while depth / 2 >= MIN_CHANNELS_PER_PASS && narrow(depth) {
+        depth /= 2;
+    }
+    depth
+}
+
+/// Tiles per chunk from which [`channels_per_pass`] takes every input channel at once.
+const WIDE_CHUNK: usize = 256;
+
+/// Fewest input channels per pass: passes over fewer read and write the products more often
+/// than they save (one thread, 2048x256x1024: 84 GFLOP/s in passes of 128, 110 in one).
+const MIN_CHANNELS_PER_PASS: usize = 1024;
 
 /// The transform matrices of F(m x m, 3x3), `A = m + 2`.
 trait Variant<const M: usize, const A: usize>: Sync {
@@ -218,6 +277,32 @@ impl Variant<2, 4> for F2 {
         [0.0, 0.0, 1.0],
     ];
     const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+}
+
+/// F(3x3, 3x3), interpolation points 0, ±1, 2: for short rows of sub-images (dilation 12 on
+/// a 63x63 map: 5-6 outputs, covered by two tiles of 3 where 2x2 blocks take three).
+struct F3;
+
+impl Variant<3, 5> for F3 {
+    const BT: [[f32; 5]; 5] = [
+        [2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 1.0, 0.0],
+        [0.0, 2.0, -3.0, 1.0, 0.0],
+        [0.0, -1.0, 0.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0],
+    ];
+    const G: [[f32; 3]; 5] = [
+        [1.0 / 2.0, 0.0, 0.0],
+        [-1.0 / 2.0, -1.0 / 2.0, -1.0 / 2.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
+        [0.0, 0.0, 1.0],
+    ];
+    const AT: [[f32; 5]; 3] = [
+        [1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 1.0],
+    ];
 }
 
 /// F(4x4, 3x3), interpolation points 0, ±1, ±2.
@@ -346,7 +431,8 @@ fn transform_weights<V: Variant<M, A>, const M: usize, const A: usize>(
     // SAFETY: `transform_weights_into` writes all A² x plane entries (every ξ, output and
     // input channel, and the padding) through the pointer, none is read before.
     unsafe {
-        transform_weights_into::<V, M, A>(g, w, Taps::Own, cos, u.as_mut_ptr(), true);
+        let cis = 0..g.in_channels;
+        transform_weights_into::<V, M, A>(g, w, Taps::Own, (cos, cis), u.as_mut_ptr(), true);
         u.set_len(len);
     }
     u
@@ -374,9 +460,9 @@ impl Taps {
     }
 }
 
-/// [`transform_weights`] written to `u`, which must hold `A² x kernel_plane(cos.len(), Cin)`
-/// floats (all written), with the taps where `taps` says, the output channels spread over
-/// the threads when `parallel`.
+/// [`transform_weights`] of input channels `cis` written to `u`, which must hold `A² x
+/// kernel_plane(cos.len(), cis.len())` floats (all written), with the taps where `taps` says,
+/// the output channels spread over the threads when `parallel`.
 ///
 /// # Safety
 /// `u` must be valid for that many writes, and nothing else may access them meanwhile.
@@ -384,13 +470,19 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     g: &Geometry,
     w: &[f32],
     taps: Taps,
-    cos: Range<usize>,
+    (cos, cis): (Range<usize>, Range<usize>),
     u: *mut f32,
     parallel: bool,
 ) {
-    let ci_n = g.in_channels;
-    assert_eq!(w.len(), g.out_channels * ci_n * 9);
+    assert_eq!(w.len(), g.out_channels * g.in_channels * 9);
+    assert!(cis.end <= g.in_channels);
+    let ci_n = cis.len();
     let plane = kernel_plane(cos.len(), ci_n);
+    // Output channel `co`'s taps from input channel `cis.start` on.
+    let taps_of = |co: usize| {
+        let (first, stride, flip) = taps.of(g, co);
+        (first + cis.start * stride, stride, flip)
+    };
     let c0 = cos.start;
     let up = OutPtr(u);
     let each_channel = |one: &(dyn Fn(usize) + Sync)| {
@@ -417,7 +509,7 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
             unsafe {
                 avx512::kernel_transform::<V, M, A>(
                     w,
-                    taps.of(g, co),
+                    taps_of(co),
                     ci_n,
                     up.get(),
                     (co - c0) * ci_n,
@@ -432,7 +524,7 @@ unsafe fn transform_weights_into<V: Variant<M, A>, const M: usize, const A: usiz
     each_channel(&|co| {
         wide(KernelTransform::<V, M, A> {
             w,
-            taps: taps.of(g, co),
+            taps: taps_of(co),
             ci_n,
             // SAFETY: rows (ξ, co) of `u` lie inside it; only this worker (output channel
             // co) writes them.
@@ -907,7 +999,7 @@ pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mu
     conv2d_blocks(g, block(g), x, w, bias, out)
 }
 
-/// [`conv2d`] with the output block edge given: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
+/// [`conv2d`] with the output block edge given: 2, 3 or 4 (F(m x m, 3x3)).
 pub fn conv2d_blocks(
     g: &Geometry,
     m: usize,
@@ -1001,7 +1093,7 @@ const IN_CACHE_KERNEL_FLOATS: usize = 1 << 20;
 /// apply: 16 MiB, half the shared cache.
 const SHARED_CACHE_KERNEL_FLOATS: usize = 1 << 22;
 
-/// [`run`] for output blocks of edge `m`: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
+/// [`run`] for output blocks of edge `m`: 2, 3 or 4 (F(m x m, 3x3)).
 fn run_block(
     g: &Geometry,
     m: usize,
@@ -1013,8 +1105,9 @@ fn run_block(
 ) {
     match m {
         4 => run::<F4, 4, 6>(g, group, x, kernels, bias, out),
+        3 => run::<F3, 3, 5>(g, group, x, kernels, bias, out),
         2 => run::<F2, 2, 4>(g, group, x, kernels, bias, out),
-        _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
+        _ => panic!("Winograd blocks are 2x2, 3x3 or 4x4, not {m}x{m}"),
     }
 }
 
@@ -1090,7 +1183,16 @@ pub struct Transformed {
 impl Transformed {
     /// The kernels of `w` (`Cout * Cin * 9`, channels of `g`) for output blocks of edge `m`.
     pub fn new(g: &Geometry, m: usize, w: &[f32]) -> Self {
-        Self::grouped(g, m, output_group(g, (m + 2) * (m + 2)), w)
+        let group = output_group(g, (m + 2) * (m + 2));
+        // Multiplied pass by pass over the input channels, they serve every output channel
+        // at once: each product copies its tiles (`product::multiply`'s panels), so groups
+        // would copy them once per group (the head at 504x504: 1.25x the fresh kernels' time).
+        let group = if channels_per_pass(g, m, g.out_channels) < g.in_channels {
+            g.out_channels
+        } else {
+            group
+        };
+        Self::grouped(g, m, group, w)
     }
 
     /// [`Transformed::new`] with `group` output channels per group.
@@ -1103,8 +1205,9 @@ impl Transformed {
                 let cos = c0..(c0 + group).min(g.out_channels);
                 match m {
                     4 => transform_weights::<F4, 4, 6>(g, w, cos),
+                    3 => transform_weights::<F3, 3, 5>(g, w, cos),
                     2 => transform_weights::<F2, 2, 4>(g, w, cos),
-                    _ => panic!("Winograd blocks are 2x2 or 4x4, not {m}x{m}"),
+                    _ => panic!("Winograd blocks are 2x2, 3x3 or 4x4, not {m}x{m}"),
                 }
             })
             .collect();
@@ -1230,13 +1333,14 @@ impl FreshKernels {
         w: &[f32],
         taps: Taps,
         cos: Range<usize>,
+        cis: Range<usize>,
     ) -> &'a [f32] {
-        let len = A * A * kernel_plane(cos.len(), g.in_channels);
+        let len = A * A * kernel_plane(cos.len(), cis.len());
         debug_assert!(len <= self.buffer.capacity());
         let u = self.buffer.as_mut_ptr();
         // SAFETY: (caller) room for `len` floats, no other user; all of them are written.
         unsafe {
-            transform_weights_into::<V, M, A>(g, w, taps, cos, u, true);
+            transform_weights_into::<V, M, A>(g, w, taps, (cos, cis), u, true);
             std::slice::from_raw_parts(u, len)
         }
     }
@@ -1277,9 +1381,15 @@ impl Order {
     pub(crate) fn best(g: &Geometry, m: usize, group: usize) -> Order {
         let groups = g.out_channels.div_ceil(group.max(1));
         let chunks = chunks(g, m, group);
-        // Transformed floats per (ξ, input channel).
+        // Transformed floats per (ξ, input channel). In passes over part of the input
+        // channels the tiles are transformed once, the kernels once per chunk, pass by pass.
         let (kernels, tiles) = (g.out_channels, tiles(g, m));
-        if groups > 1 && chunks > 1 && kernels + groups * tiles < chunks * kernels + tiles {
+        let sliced = channels_per_pass(g, m, group) < g.in_channels;
+        if !sliced
+            && groups > 1
+            && chunks > 1
+            && kernels + groups * tiles < chunks * kernels + tiles
+        {
             Order::KernelsOuter
         } else {
             Order::TilesOuter
@@ -1313,47 +1423,90 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     assert!(group >= 1);
     let group = group.min(co_n);
     let single = group == co_n;
-    let rows_per_chunk = chunk_rows(g, M, group);
-    let chunk = rows_per_chunk * ntx;
     let in_cache = matches!(kernels, Kernels::Weight(_, _, Order::KernelsInCache));
-    let mut v = Scratch::take(ci_n * xis * chunk);
-    let mut m = Scratch::take(if in_cache { 0 } else { group * xis * chunk });
+    let kernels_outer = matches!(kernels, Kernels::Weight(_, _, Order::KernelsOuter));
+    let depth = if in_cache || kernels_outer {
+        ci_n
+    } else {
+        channels_per_pass(g, M, group)
+    };
+    // The passes over the input channels: one, or several whose products accumulate.
+    let passes: Vec<Range<usize>> = (0..ci_n)
+        .step_by(depth)
+        .map(|k0| k0..(k0 + depth).min(ci_n))
+        .collect();
+    let rows_per_chunk = chunk_rows_of(g, M, group, depth);
+    let chunk = rows_per_chunk * ntx;
+    let mut v = Scratch::take(depth * xis * chunk);
+    // With several passes the products of every output channel add up over them.
+    let products = if in_cache {
+        0
+    } else if passes.len() > 1 {
+        co_n
+    } else {
+        group
+    };
+    let mut m = Scratch::take(products * xis * chunk);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let simd = simd_transforms();
     #[cfg(target_arch = "x86_64")]
     let in_registers = simd && product::available();
+    let sliced = passes.len() > 1;
+    // Kernels made pass by pass take as many output channels at once as a group of whole
+    // ones would hold: the fewer products a pass has, the more often each copies its tiles
+    // (`product::multiply`'s panels).
+    let pass_group = match kernels {
+        Kernels::Weight(..) if sliced && !single => {
+            (max_group_floats(g) / (xis * depth)).clamp(group, co_n)
+        }
+        _ => group,
+    };
     let mut fresh = match kernels {
+        Kernels::Weight(..) if sliced => FreshKernels::take(xis * kernel_plane(pass_group, depth)),
         Kernels::Weight(..) if !in_cache => FreshKernels::take(xis * kernel_plane(group, ci_n)),
         _ => FreshKernels::take(0),
     };
-    // 2. M_ξ (gc x pc) = U_ξ (gc x Cin) V_ξ (Cin x pc) for `gc` output channels.
-    // `u` is U_ξ, row-major.
-    let multiply = |xi: usize, (gc, pc): (usize, usize), v: InPtr, m: OutPtr, u: InPtr| {
+    // 1. V[c][ξ][p] = B^T d B for the input channels of one pass.
+    let transform = |rows: &[(usize, usize)], pass: &Range<usize>, v: &mut [f32]| {
+        let (x, v) = (&x[pass.start * hw..], &mut v[..pass.len() * xis * chunk]);
+        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, v, chunk)
+    };
+    // 2. M_ξ (gc x pc) (+)= U_ξ (gc x pass) V_ξ (pass x pc) for `gc` output channels, adding
+    // onto the earlier passes' sums. `u` is U_ξ's first row from the pass's first input
+    // channel on, its rows `u_row` apart.
+    let multiply = |xi: usize, (gc, pc): (usize, usize), pass: &Range<usize>, v, m, (u, u_row)| {
+        let (v, m, u): (InPtr, OutPtr, InPtr) = (v, m, u);
+        let (depth, accumulate) = (pass.len(), pass.start > 0);
         // SAFETY: V_ξ's rows (one per input channel) and M_ξ's (one per output channel) are
-        // A²*chunk apart from ξ*chunk on, so the destinations of different ξ are disjoint.
+        // A²*chunk apart from ξ*chunk on, so the destinations of different ξ are disjoint;
+        // (callers) U_ξ's rows hold the pass's input channels.
         unsafe {
             #[cfg(target_arch = "x86_64")]
             if in_registers {
                 return product::multiply(
-                    (gc, pc, ci_n),
-                    (m.get().add(xi * chunk), xis * chunk, false),
-                    (u.get(), ci_n),
+                    (gc, pc, depth),
+                    (m.get().add(xi * chunk), xis * chunk, accumulate),
+                    (u.get(), u_row),
                     (v.get().add(xi * chunk), xis * chunk),
                 );
             }
             gemm_strided(
-                (gc, pc, ci_n),
+                (gc, pc, depth),
                 Strided(m.get().add(xi * chunk) as *const f32, 1, xis * chunk),
-                false,
-                Strided(u.get(), 1, ci_n),
+                accumulate,
+                Strided(u.get(), 1, u_row),
                 Strided(v.get().add(xi * chunk), 1, xis * chunk),
             )
         }
     };
-    // U_ξ of kernels `u` laid out `[ξ][co][ci]` for `gc` output channels.
-    let position = |u: InPtr, xi: usize, gc: usize| {
-        // SAFETY: (callers) `u` holds A² x kernel_plane(gc, Cin) floats.
-        InPtr(unsafe { u.get().add(xi * kernel_plane(gc, ci_n)) })
+    // U_ξ of kernels `u` laid out `[ξ][co][ci]` for `gc` output channels and `cis` input
+    // channels, from input channel `from` on.
+    let position = |u: InPtr, xi: usize, gc: usize, (cis, from): (usize, usize)| {
+        // SAFETY: (callers) `u` holds A² x kernel_plane(gc, cis) floats, and from < cis.
+        (
+            InPtr(unsafe { u.get().add(xi * kernel_plane(gc, cis) + from) }),
+            cis,
+        )
     };
     // 3. Y = A^T M A for output channel `co`, from its products `mc`, scattered to the image.
     let write = |co: usize, mc: &[f32], rows: &[(usize, usize)]| {
@@ -1386,15 +1539,27 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
             .enumerate()
             .for_each(|(i, mc)| write(cos.start + i, mc, rows));
     };
-    let multiply_and_write =
-        |rows: &[(usize, usize)], v: &[f32], m: &mut [f32], cos: Range<usize>, u: &[f32]| {
-            let (gc, pc) = (cos.len(), rows.len() * ntx);
-            let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
-            for_each_position(xis, |xi| {
-                multiply(xi, (gc, pc), vp, mp, position(up, xi, gc))
-            });
-            write_group(rows, m, cos);
-        };
+    // Every ξ's product of one pass for output channels `cos`, into `m` (their rows first),
+    // `u` their kernels (`[ξ][co][ci]`, `cis` input channels from `from` on).
+    let multiply_pass = |rows: &[(usize, usize)],
+                         pass: &Range<usize>,
+                         v: &[f32],
+                         m: &mut [f32],
+                         cos: &Range<usize>,
+                         (u, cis, from): (&[f32], usize, usize)| {
+        let (gc, pc) = (cos.len(), rows.len() * ntx);
+        let (mp, vp, up) = (OutPtr(m.as_mut_ptr()), InPtr(v.as_ptr()), InPtr(u.as_ptr()));
+        for_each_position(xis, |xi| {
+            multiply(
+                xi,
+                (gc, pc),
+                pass,
+                vp,
+                mp,
+                position(up, xi, gc, (cis, from)),
+            )
+        });
+    };
     let groups = (0..co_n)
         .step_by(group)
         .map(|c0| c0..(c0 + group).min(co_n));
@@ -1403,7 +1568,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         Kernels::Weight(w, taps, Order::KernelsInCache) => {
             let groups: Vec<_> = groups.collect();
             for rows in chunks {
-                transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+                transform(rows, &passes[0], &mut v);
                 let vp = InPtr(v.as_ptr());
                 groups.par_iter().for_each(|cos| {
                     let (gc, pc) = (cos.len(), rows.len() * ntx);
@@ -1411,9 +1576,19 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                     let (u, m) = (cache.kernels.as_mut_ptr(), cache.products.as_mut_ptr());
                     // SAFETY: the buffers hold A² x kernel_plane(gc, Cin) and gc x A² x chunk
                     // floats and belong to this worker.
-                    unsafe { transform_weights_into::<V, M, A>(g, w, taps, cos.clone(), u, false) };
+                    unsafe {
+                        transform_weights_into::<V, M, A>(
+                            g,
+                            w,
+                            taps,
+                            (cos.clone(), 0..ci_n),
+                            u,
+                            false,
+                        )
+                    };
                     for xi in 0..xis {
-                        multiply(xi, (gc, pc), vp, OutPtr(m), position(InPtr(u), xi, gc));
+                        let (m, u) = (OutPtr(m), position(InPtr(u), xi, gc, (ci_n, 0)));
+                        multiply(xi, (gc, pc), &passes[0], vp, m, u);
                     }
                     for (i, mc) in cache.products.chunks(xis * chunk).take(gc).enumerate() {
                         write(cos.start + i, mc, rows);
@@ -1425,34 +1600,59 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
             for cos in groups {
                 // SAFETY: `fresh` holds A² x kernel_plane(group, Cin) floats; the previous
                 // group's products, its only reader, are done.
-                let u = unsafe { fresh.fill::<V, M, A>(g, w, taps, cos.clone()) };
+                let u = unsafe { fresh.fill::<V, M, A>(g, w, taps, cos.clone(), 0..ci_n) };
                 for rows in chunks.clone() {
-                    // 1. V[c][ξ][p] = B^T d B.
-                    transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
-                    multiply_and_write(rows, &v, &mut m, cos.clone(), u);
+                    transform(rows, &passes[0], &mut v);
+                    multiply_pass(rows, &passes[0], &v, &mut m, &cos, (u, ci_n, 0));
+                    write_group(rows, &m, cos.clone());
                 }
             }
         }
         _ => {
             let all_weights = match kernels {
                 // SAFETY: `fresh` holds A² x kernel_plane(Cout, Cin) floats; nothing else uses it.
-                Kernels::Weight(w, taps, _) if single => {
-                    Some(unsafe { fresh.fill::<V, M, A>(g, w, taps, 0..co_n) })
+                Kernels::Weight(w, taps, _) if single && !sliced => {
+                    Some(unsafe { fresh.fill::<V, M, A>(g, w, taps, 0..co_n, 0..ci_n) })
                 }
                 _ => None,
             };
+            // Several passes: each pass's tiles are transformed once and multiplied by every
+            // group's kernels, whose products (all output channels) add up over the passes.
+            let groups = (0..co_n)
+                .step_by(pass_group)
+                .map(|c0| c0..(c0 + pass_group).min(co_n));
             for rows in chunks {
-                transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
-                for cos in groups.clone() {
-                    let u: &[f32] = match (&kernels, all_weights) {
-                        (Kernels::Kept(u), _) => &u.groups[cos.start / group],
-                        (_, Some(u)) => u,
-                        // SAFETY: as above.
-                        (Kernels::Weight(w, taps, _), None) => unsafe {
-                            fresh.fill::<V, M, A>(g, w, *taps, cos.clone())
-                        },
-                    };
-                    multiply_and_write(rows, &v, &mut m, cos, u);
+                for pass in &passes {
+                    transform(rows, pass, &mut v);
+                    for cos in groups.clone() {
+                        let u = match (&kernels, all_weights) {
+                            (Kernels::Kept(u), _) => {
+                                (&u.groups[cos.start / group][..], ci_n, pass.start)
+                            }
+                            (_, Some(u)) => (u, ci_n, pass.start),
+                            // SAFETY: as above; only this pass's input channels are made.
+                            (Kernels::Weight(w, taps, _), None) => unsafe {
+                                let cis = pass.clone();
+                                (
+                                    fresh.fill::<V, M, A>(g, w, *taps, cos.clone(), cis),
+                                    pass.len(),
+                                    0,
+                                )
+                            },
+                        };
+                        let m = if sliced {
+                            &mut m[cos.start * xis * chunk..]
+                        } else {
+                            &mut m[..]
+                        };
+                        multiply_pass(rows, pass, &v, m, &cos, u);
+                        if !sliced {
+                            write_group(rows, m, cos);
+                        }
+                    }
+                }
+                if sliced {
+                    write_group(rows, &m, 0..co_n);
                 }
             }
         }

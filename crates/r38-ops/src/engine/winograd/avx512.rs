@@ -218,8 +218,8 @@ pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usiz
                 if present[l] {
                     let row = padded[l * pw..][..pw].as_ptr();
                     // Tap j of a tile at column x0 is padded column x0 + j d (in bounds: x0 <
-                    // wd).
-                    let taps = if d == 1 {
+                    // wd). F(3x3)'s undilated taps are gathered too (it serves dilated maps).
+                    let taps = if d == 1 && M != 3 {
                         undilated_taps::<M, A>(row.add(M * s0))
                     } else {
                         let mut taps = [_mm512_setzero_ps(); A];
@@ -295,7 +295,7 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
                         down[k2] = lin(&V::AT[i], |k1| prod[k1][k2]);
                     });
                     let row = out.add(n * image_stride + (y0 + i * d) * wd);
-                    if d == 1 {
+                    if d == 1 && M != 3 {
                         let mut y = [_mm512_setzero_ps(); M];
                         each!(j < M => {
                             y[j] = _mm512_add_ps(lin(&V::AT[j], |k2| down[k2]), bias);
