@@ -133,6 +133,18 @@ fn small_maps_with_grouped_fresh_kernels_match_im2col() {
     assert!(r < 1e-5, "{r}");
 }
 
+/// Random input, kernels (scaled by 0.05) and bias for `g`, and im2col's output for them.
+fn operands_and_im2col(g: &Geometry, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, cin, cout, hw) = (g.batch, g.in_channels, g.out_channels, g.height * g.width);
+    let mut next = uniform(seed);
+    let x: Vec<f32> = (0..n * cin * hw).map(|_| next()).collect();
+    let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.05).collect();
+    let b: Vec<f32> = (0..cout).map(|_| next()).collect();
+    let mut reference = vec![0f32; n * cout * hw];
+    kernel::im2col_gemm(g, &x, &k, Some(&b), &mut reference);
+    (x, k, b, reference)
+}
+
 #[test]
 fn both_loop_orders_give_the_same_bits() {
     // Several chunks of tiles and several groups of output channels (the last one shorter).
@@ -140,12 +152,7 @@ fn both_loop_orders_give_the_same_bits() {
     let g = same_3x3(n, cin, cout, h, w, 2);
     let group = 7;
     assert!(winograd::chunks(&g, 2, group) > 1);
-    let mut next = uniform(17);
-    let x: Vec<f32> = (0..n * cin * h * w).map(|_| next()).collect();
-    let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.05).collect();
-    let b: Vec<f32> = (0..cout).map(|_| next()).collect();
-    let mut reference = vec![0f32; n * cout * h * w];
-    kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
+    let (x, k, b, reference) = operands_and_im2col(&g, 17);
     let mut outputs = Vec::new();
     for order in [
         winograd::Order::TilesOuter,
@@ -196,12 +203,7 @@ fn input_channels_in_passes_give_the_bits_of_one_pass() {
     let g = same_3x3(n, cin, cout, h, w, 1);
     let group = winograd::fresh_group(&g, 2);
     assert_eq!(winograd::channels_per_pass(&g, 2, group), 1024);
-    let mut next = uniform(23);
-    let x: Vec<f32> = (0..n * cin * h * w).map(|_| next()).collect();
-    let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.05).collect();
-    let b: Vec<f32> = (0..cout).map(|_| next()).collect();
-    let mut reference = vec![0f32; n * cout * h * w];
-    kernel::im2col_gemm(&g, &x, &k, Some(&b), &mut reference);
+    let (x, k, b, reference) = operands_and_im2col(&g, 23);
     let mut outputs = Vec::new();
     for (order, group) in [
         (winograd::Order::TilesOuter, cout),
