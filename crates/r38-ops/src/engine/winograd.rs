@@ -85,7 +85,7 @@ fn tile_rows(g: &Geometry, m: usize) -> usize {
 /// and it stays cheaper once the kernel transforms are counted
 /// (a kernel too wide for memory is transformed anew for every chunk of tiles, or the tiles
 /// for every group of kernels, whichever writes fewer); else 2. Either gives way to 3 where
-/// that saves a fifth of the multiplies (short rows of sub-images: [`or_3x3`]).
+/// that saves a fifth of the multiplies (short rows of sub-images: `or_3x3`).
 pub fn block(g: &Geometry) -> usize {
     let m = if in_cache_group(g, 4).is_some() {
         // Its kernels are made in the cache and never written out, so only the multiplies
