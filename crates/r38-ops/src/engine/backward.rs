@@ -15,7 +15,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::kernel::{pack_columns, Geometry, Split, Tiles};
+use super::kernel::{gemm_strided, pack_columns, Geometry, Split, Strided, Tiles};
 
 /// `dw = dL/dW` (`Cout * Cin * k * k`) of `y = conv(x, w)` given `dy = dL/dy`.
 pub fn kernel_gradient(g: &Geometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
@@ -132,25 +132,12 @@ impl Tiles {
             // SAFETY: dw is Cout x K row-major; the dY band is Cout x cols with rows `hw_out`
             // apart; col^T is cols x K with element (c, r) at `col[r * col_row + c]`.
             unsafe {
-                gemm::gemm(
-                    g.out_channels,
-                    k,
-                    cols,
-                    dw.as_mut_ptr(),
-                    1,
-                    k as isize,
+                gemm_strided(
+                    (g.out_channels, k, cols),
+                    Strided(dw.as_mut_ptr() as *const f32, 1, k),
                     true,
-                    dyi[oy0 * wo..].as_ptr(),
-                    1,
-                    hw_out as isize,
-                    col.as_ptr(),
-                    col_row as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    Strided(dyi[oy0 * wo..].as_ptr(), 1, hw_out),
+                    Strided(col.as_ptr(), col_row, 1),
                     par,
                 );
             }
@@ -173,25 +160,12 @@ impl Tiles {
             // SAFETY: W^T is K x Cout with element (r, o) at `w[o * K + r]`; the dY band is
             // Cout x cols with rows `hw_out` apart; dst is K x cols with rows `dst_row` apart.
             unsafe {
-                gemm::gemm(
-                    k,
-                    cols,
-                    g.out_channels,
-                    dst.as_mut_ptr(),
-                    1,
-                    dst_row as isize,
+                gemm_strided(
+                    (k, cols, g.out_channels),
+                    Strided(dst.as_mut_ptr() as *const f32, 1, dst_row),
                     false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    dyi[oy0 * wo..].as_ptr(),
-                    1,
-                    hw_out as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    Strided(w.as_ptr(), k, 1),
+                    Strided(dyi[oy0 * wo..].as_ptr(), 1, hw_out),
                     par,
                 );
             }

@@ -299,27 +299,54 @@ unsafe fn product(
         }
         return;
     }
-    gemm::gemm(
-        rows,
-        cols,
-        depth,
-        dst,
-        1,
-        dst_row as isize,
+    gemm_strided(
+        (rows, cols, depth),
+        Strided(dst as *const f32, 1, dst_row),
         accumulate,
-        w,
-        1,
-        depth as isize,
-        x,
-        1,
-        x_row as isize,
-        1.0,
+        Strided(w, 1, depth),
+        Strided(x, 1, x_row),
+        par,
+    );
+}
+
+/// A strided matrix: start, column stride, row stride (in floats).
+pub(crate) struct Strided(pub(crate) *const f32, pub(crate) usize, pub(crate) usize);
+
+/// `dst (m x n) (+)= lhs (m x k) * rhs (k x n)` by the `gemm` crate, accumulating when
+/// `accumulate`, on the threads `par` gives.
+///
+/// # Safety
+/// Every element the strides address must be in bounds, `dst`'s writable and not aliased by
+/// anything else running.
+pub(crate) unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0 as *mut f32,
+        dst.1 as isize,
+        dst.2 as isize,
+        accumulate,
+        lhs.0,
+        lhs.1 as isize,
+        lhs.2 as isize,
+        rhs.0,
+        rhs.1 as isize,
+        rhs.2 as isize,
+        if accumulate { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
         false,
         par,
-    );
+    )
 }
 
 /// `out[i] = src[2 i]`: the columns a stride-2 convolution reads from one input row

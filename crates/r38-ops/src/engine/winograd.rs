@@ -24,7 +24,7 @@
 //! Accuracy: F(2x2)'s transforms only use ±1 and ½ (~1e-6 relative to the direct convolution in
 //! fp32); F(4x4)'s use up to 8 and 1/24 (~1e-5). [`block`] picks F(4x4) where it saves work.
 
-use super::kernel::Geometry;
+use super::kernel::{gemm_strided, Geometry, Strided};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -955,44 +955,6 @@ fn for_each_position(positions: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
-/// A strided matrix: start, column stride, row stride (in floats).
-struct Strided(*const f32, usize, usize);
-
-/// `dst (m x n) (+)= lhs (m x k) * rhs (k x n)`, accumulating when `accumulate`, single-threaded.
-///
-/// # Safety
-/// Every element the strides address must be in bounds, `dst`'s writable and not aliased by
-/// anything else running.
-unsafe fn gemm_strided(
-    (m, n, k): (usize, usize, usize),
-    dst: Strided,
-    accumulate: bool,
-    lhs: Strided,
-    rhs: Strided,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst.0 as *mut f32,
-        dst.1 as isize,
-        dst.2 as isize,
-        accumulate,
-        lhs.0,
-        lhs.1 as isize,
-        lhs.2 as isize,
-        rhs.0,
-        rhs.1 as isize,
-        rhs.2 as isize,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
 /// `out = conv(x, w) (+ bias)` for geometries where [`applies`] holds, with the block of
 /// [`block`].
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
@@ -1435,13 +1397,14 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         .step_by(depth)
         .map(|k0| k0..(k0 + depth).min(ci_n))
         .collect();
+    let sliced = passes.len() > 1;
     let rows_per_chunk = chunk_rows_of(g, M, group, depth);
     let chunk = rows_per_chunk * ntx;
     let mut v = Scratch::take(depth * xis * chunk);
     // With several passes the products of every output channel add up over them.
     let products = if in_cache {
         0
-    } else if passes.len() > 1 {
+    } else if sliced {
         co_n
     } else {
         group
@@ -1451,7 +1414,6 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     let simd = simd_transforms();
     #[cfg(target_arch = "x86_64")]
     let in_registers = simd && product::available();
-    let sliced = passes.len() > 1;
     // Kernels made pass by pass take as many output channels at once as a group of whole
     // ones would hold: the fewer products a pass has, the more often each copies its tiles
     // (`product::multiply`'s panels).
@@ -1496,6 +1458,7 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
                 accumulate,
                 Strided(u.get(), 1, u_row),
                 Strided(v.get().add(xi * chunk), 1, xis * chunk),
+                Parallelism::None,
             )
         }
     };
@@ -1763,6 +1726,7 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
                     i > 0,
                     Strided(mp.get().add(xi * chunk), 1, xis * chunk),
                     Strided(vp.get().add(xi * chunk), xis * chunk, 1),
+                    Parallelism::None,
                 )
             }
         });
