@@ -150,6 +150,21 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `shortcut + self(x)` in a fresh tensor, the shortcut added as each output is written on
+    /// the fast path (a unit's identity shortcut onto its last branch; see
+    /// [`crate::engine::conv2d_plus`]).
+    pub fn forward_plus(&self, x: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(_) => shortcut + self.forward(x)?,
+            None => {
+                let kept = crate::engine::keeps_kernels().then_some(&*self.kept);
+                crate::engine::conv2d_plus(x, &self.weight, &self.spec, shortcut, kept)
+            }
+        }
+    }
+}
+
 impl Module for Conv2d {
     /// The fast CPU engine for inference, candle's exact path for training and other devices
     /// (see [`crate::engine`]; `engine::with_engine(Engine::Exact, ..)` selects the exact path).

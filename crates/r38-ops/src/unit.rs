@@ -154,12 +154,16 @@ impl ResidualUnit {
             if i == last && train && self.dropout > 0.0 {
                 a = crate::dropout::dropout(&a, self.dropout)?;
             }
-            t = branch.conv.forward(&a)?;
+            t = match (&identity, i == last) {
+                // The identity shortcut is added as the last branch writes its output.
+                (Some(x), true) => branch.conv.forward_plus(&a, x)?,
+                _ => branch.conv.forward(&a)?,
+            };
         }
         let pre_activated = pre_activated.expect("a unit has at least one branch");
-        let out = match (&self.shortcut, identity) {
-            (Some(projection), _) => projection.forward_add(&pre_activated, t)?,
-            (None, x) => (x.expect("kept for the identity shortcut") + t)?,
+        let out = match &self.shortcut {
+            Some(projection) => projection.forward_add(&pre_activated, t)?,
+            None => t,
         };
         Ok((out, pre_activated))
     }

@@ -10,8 +10,10 @@
 //! The bias, when there is one, is written into the output first and the GEMM accumulates onto
 //! it.
 
+use super::output::Output;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Geometry of one convolution, NCHW input, OIHW weight, one padding value for both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,26 +95,50 @@ pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mu
 
 /// The im2col + GEMM path for every geometry (see the module documentation).
 pub fn im2col_gemm(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    im2col_gemm_into(g, x, w, bias, Output::over(out))
+}
+
+/// [`im2col_gemm`] into an [`Output`], its residual added in a pass of its own.
+pub(crate) fn im2col_gemm_into(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: Output,
+) {
     let hw_out = g.out_height() * g.out_width();
-    assert_eq!(out.len(), g.batch * g.out_channels * hw_out);
+    assert_eq!(out.y.len(), g.batch * g.out_channels * hw_out);
     if let Some(b) = bias {
         assert_eq!(b.len(), g.out_channels);
-        for img in out.chunks_mut(g.out_channels * hw_out) {
+        for img in out.y.chunks_mut(g.out_channels * hw_out) {
             for (row, &v) in img.chunks_mut(hw_out).zip(b) {
-                row.fill(v);
+                row.fill(MaybeUninit::new(v));
             }
         }
     }
-    gemm_into(g, x, w, bias.is_some(), out)
+    // SAFETY: with a bias every element was just written, and the GEMMs read `y` only then.
+    unsafe { gemm_into(g, x, w, bias.is_some(), out.y) };
+    // SAFETY: the GEMMs wrote every element.
+    unsafe { out.add_residual_after() }
 }
 
 /// `out += conv(x, w)` by im2col + GEMM: the GEMMs accumulate onto what `out` holds.
 pub fn im2col_gemm_accumulate(g: &Geometry, x: &[f32], w: &[f32], out: &mut [f32]) {
-    gemm_into(g, x, w, true, out)
+    // SAFETY: `out` is initialised.
+    unsafe { gemm_into(g, x, w, true, Output::over(out).y) }
 }
 
-/// `out (+)= conv(x, w)`, accumulating when `read_dst`.
-fn gemm_into(g: &Geometry, x: &[f32], w: &[f32], read_dst: bool, out: &mut [f32]) {
+/// `out (+)= conv(x, w)`, accumulating when `read_dst`, writing every element of `out`.
+///
+/// # Safety
+/// Where `read_dst`, every element of `out` must be initialised.
+unsafe fn gemm_into(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    read_dst: bool,
+    out: &mut [MaybeUninit<f32>],
+) {
     let hw_out = g.out_height() * g.out_width();
     let hw_in = g.height * g.width;
     assert_eq!(x.len(), g.batch * g.in_channels * hw_in);
@@ -192,7 +218,14 @@ impl Tiles {
     }
 
     /// `yi (+)= W * col(xi)` for one image.
-    fn forward(&mut self, xi: &[f32], w: &[f32], yi: &mut [f32], read_dst: bool, par: Parallelism) {
+    fn forward(
+        &mut self,
+        xi: &[f32],
+        w: &[f32],
+        yi: &mut [MaybeUninit<f32>],
+        read_dst: bool,
+        par: Parallelism,
+    ) {
         let g = self.g;
         let (k, wo) = (g.depth(), g.out_width());
         let hw_out = g.out_height() * wo;
@@ -202,7 +235,7 @@ impl Tiles {
             unsafe {
                 product(
                     (g.out_channels, hw_out, g.in_channels),
-                    (yi.as_mut_ptr(), hw_out, read_dst),
+                    (yi.as_mut_ptr().cast(), hw_out, read_dst),
                     w.as_ptr(),
                     (xi.as_ptr(), hw_out),
                     par,
@@ -221,7 +254,7 @@ impl Tiles {
             unsafe {
                 product(
                     (g.out_channels, cols, k),
-                    (dst.as_mut_ptr(), hw_out, read_dst),
+                    (dst.as_mut_ptr().cast(), hw_out, read_dst),
                     w.as_ptr(),
                     (col.as_ptr(), cols),
                     par,

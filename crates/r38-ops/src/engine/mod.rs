@@ -21,16 +21,21 @@
 pub mod allocator;
 pub mod backward;
 pub mod kernel;
+mod output;
 pub mod pre_activation;
 #[cfg(target_arch = "x86_64")]
 mod product;
 pub mod winograd;
 
 use crate::conv::ConvSpec;
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, TensorId};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, TensorId,
+};
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use kernel::Geometry;
+use output::Output;
 
 /// Which convolution path [`conv2d`] takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +187,7 @@ pub fn conv2d_kept(
 ) -> Result<Tensor> {
     let engine = engine();
     if engine == Engine::Fast && fast_applies(x, weight, bias) {
-        return r38_conv2d(x, weight, bias, spec, true, Some(kept));
+        return r38_conv2d(x, weight, bias, spec, true, Some(kept), None);
     }
     conv2d_with(engine, x, weight, bias, spec)
 }
@@ -207,12 +212,55 @@ pub fn conv2d_with(
     spec: &ConvSpec,
 ) -> Result<Tensor> {
     if engine != Engine::Exact && fast_applies(x, weight, bias) {
-        return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast, None);
+        return r38_conv2d(x, weight, bias, spec, engine == Engine::Fast, None, None);
     }
     if engine != Engine::Exact && on_cpu_f32(x) && on_cpu_f32(weight) {
         return trainable_conv2d(x, weight, bias, spec, engine == Engine::Fast);
     }
     exact_conv2d(x, weight, bias, spec)
+}
+
+/// `shortcut + conv(x, weight)` (no bias) in a fresh tensor, as a residual unit adds its
+/// identity shortcut onto its last branch: on the fast path each output is written with the
+/// shortcut's value added (the same bits as adding afterwards), without a pass or a map of its
+/// own. `shortcut` is only read. With `kept`, the Winograd kernels are those of
+/// [`conv2d_kept`].
+pub fn conv2d_plus(
+    x: &Tensor,
+    weight: &Tensor,
+    spec: &ConvSpec,
+    shortcut: &Tensor,
+    kept: Option<&KeptKernels>,
+) -> Result<Tensor> {
+    conv2d_plus_with(engine(), x, weight, spec, shortcut, kept)
+}
+
+/// [`conv2d_plus`] with an explicit engine (for tests and benchmarks).
+pub fn conv2d_plus_with(
+    engine: Engine,
+    x: &Tensor,
+    weight: &Tensor,
+    spec: &ConvSpec,
+    shortcut: &Tensor,
+    kept: Option<&KeptKernels>,
+) -> Result<Tensor> {
+    let fast = engine != Engine::Exact
+        && !spec.bias
+        && fast_applies(x, weight, None)
+        && fast_applies(shortcut, weight, None);
+    if !fast {
+        return shortcut + conv2d_with(engine, x, weight, None, spec)?;
+    }
+    let kept = kept.filter(|_| engine == Engine::Fast);
+    r38_conv2d(
+        x,
+        weight,
+        None,
+        spec,
+        engine == Engine::Fast,
+        kept,
+        Some(shortcut),
+    )
 }
 
 /// `residual + conv(x, weight)` (no bias), as a residual unit's projection shortcut adds onto
@@ -290,8 +338,11 @@ impl candle_core::InplaceOp3 for FastConvAccumulate {
             _ => candle_core::bail!("engine::conv2d_add: the residual must be contiguous f32"),
         };
         if self.winograd && winograd::applies(g) {
-            let mut y = vec![0f32; out.len()];
-            winograd::conv2d(g, x, w, None, &mut y);
+            let write = |y: &mut [MaybeUninit<f32>]| {
+                winograd::conv2d_into(g, x, w, None, Output { y, residual: None })
+            };
+            // SAFETY: the Winograd path writes every element of its output.
+            let y = unsafe { output::written_by(out.len(), write) };
             out.iter_mut().zip(&y).for_each(|(o, v)| *o += v);
         } else {
             kernel::im2col_gemm_accumulate(g, x, w, out);
@@ -396,7 +447,7 @@ pub fn fast_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    r38_conv2d(x, weight, bias, spec, true, None)
+    r38_conv2d(x, weight, bias, spec, true, None, None)
 }
 
 /// The im2col + GEMM path alone, unconditionally.
@@ -406,7 +457,7 @@ pub fn gemm_conv2d(
     bias: Option<&Tensor>,
     spec: &ConvSpec,
 ) -> Result<Tensor> {
-    r38_conv2d(x, weight, bias, spec, false, None)
+    r38_conv2d(x, weight, bias, spec, false, None, None)
 }
 
 fn r38_conv2d(
@@ -416,10 +467,15 @@ fn r38_conv2d(
     spec: &ConvSpec,
     allow_winograd: bool,
     kept: Option<&KeptKernels>,
+    shortcut: Option<&Tensor>,
 ) -> Result<Tensor> {
     let geometry = geometry_of(x, weight, spec)?;
     if !geometry.valid() {
-        return exact_conv2d(x, weight, bias, spec);
+        let y = exact_conv2d(x, weight, bias, spec)?;
+        return match shortcut {
+            Some(s) => s + y,
+            None => Ok(y),
+        };
     }
     let kept = match kept {
         Some(k) if allow_winograd && winograd::applies_kept(&geometry) => {
@@ -432,15 +488,17 @@ fn r38_conv2d(
         None => None,
     };
     let winograd = kept.is_some() || (allow_winograd && winograd::applies(&geometry));
-    x.contiguous()?.apply_op2_no_bwd(
-        &weight.contiguous()?,
-        &FastConv {
-            geometry,
-            bias,
-            winograd,
-            kept,
-        },
-    )
+    let conv = FastConv {
+        geometry,
+        bias,
+        winograd,
+        kept,
+    };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match shortcut {
+        Some(s) => x.apply_op3_no_bwd(&weight, &s.contiguous()?, &PlusShortcut(conv)),
+        None => x.apply_op2_no_bwd(&weight, &conv),
+    }
 }
 
 struct FastConv {
@@ -462,6 +520,56 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
+impl FastConv {
+    /// `conv(x, w) (+ bias) (+ residual)` in a fresh (unzeroed) buffer.
+    fn output(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>) -> (CpuStorage, Shape) {
+        let g = &self.geometry;
+        let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
+        let bias = self.bias.as_deref();
+        let write = |y: &mut [MaybeUninit<f32>]| {
+            let out = Output { y, residual };
+            if let Some(u) = &self.kept {
+                winograd::conv2d_transformed_into(g, u, x, bias, out);
+            } else if self.winograd {
+                winograd::conv2d_into(g, x, w, bias, out);
+            } else {
+                kernel::im2col_gemm_into(g, x, w, bias, out);
+            }
+        };
+        // SAFETY: each of the three paths writes every element of its output.
+        let y = unsafe { output::written_by(shape.elem_count(), write) };
+        (CpuStorage::F32(y), shape)
+    }
+}
+
+/// A [`FastConv`] whose output is `shortcut + conv(x, w)` (see [`conv2d_plus`]).
+struct PlusShortcut(FastConv);
+
+impl CustomOp3 for PlusShortcut {
+    fn name(&self) -> &'static str {
+        "r38-conv2d-plus"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let shortcut = contiguous_f32(s3, l3, "shortcut")?;
+        let g = &self.0.geometry;
+        if shortcut.len() != g.batch * g.out_channels * g.out_height() * g.out_width() {
+            candle_core::bail!("engine::conv2d_plus: the shortcut is not of the output's shape");
+        }
+        Ok(self.0.output(x, w, Some(shortcut)))
+    }
+}
+
 impl CustomOp2 for FastConv {
     fn name(&self) -> &'static str {
         "r38-conv2d"
@@ -474,19 +582,9 @@ impl CustomOp2 for FastConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
         let x = contiguous_f32(s1, l1, "input")?;
         let w = contiguous_f32(s2, l2, "weight")?;
-        let shape = Shape::from((g.batch, g.out_channels, g.out_height(), g.out_width()));
-        let mut out = vec![0f32; shape.elem_count()];
-        if let Some(u) = &self.kept {
-            winograd::conv2d_transformed(g, u, x, self.bias.as_deref(), &mut out);
-        } else if self.winograd {
-            winograd::conv2d(g, x, w, self.bias.as_deref(), &mut out);
-        } else {
-            kernel::im2col_gemm(g, x, w, self.bias.as_deref(), &mut out);
-        }
-        Ok((CpuStorage::F32(out), shape))
+        Ok(self.output(x, w, None))
     }
 
     fn bwd(

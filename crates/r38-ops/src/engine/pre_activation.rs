@@ -153,16 +153,19 @@ impl CustomOp3 for BnRelu {
         let (gamma, beta) = (slice(s2, l2, "gamma")?, slice(s3, l3, "beta")?);
         let (_, c, hw) = nchw(l1)?;
         let (scale, shift) = self.scale_shift(gamma, beta);
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, (yp, xp))| {
-                let (s, t) = (scale[plane % c], shift[plane % c]);
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = (v * s + t).max(0.0);
-                }
-            });
+        let write = |y: &mut [std::mem::MaybeUninit<f32>]| {
+            y.par_chunks_mut(hw.max(1))
+                .zip(x.par_chunks(hw.max(1)))
+                .enumerate()
+                .for_each(|(plane, (yp, xp))| {
+                    let (s, t) = (scale[plane % c], shift[plane % c]);
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        o.write((v * s + t).max(0.0));
+                    }
+                })
+        };
+        // SAFETY: the planes cover `y` (both `x.len()` floats in planes of `hw`).
+        let y = unsafe { super::output::written_by(x.len(), write) };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

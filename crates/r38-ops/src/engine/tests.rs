@@ -826,3 +826,141 @@ fn conv2d_keeps_kernels_only_when_asked() {
     assert!(rel_diff(&plain, &exact) < 1e-5);
     assert!(rel_diff(&kept, &exact) < 1e-5);
 }
+
+/// A shortcut added as the output is written ([`conv2d_plus`]) gives the bits of the
+/// convolution followed by the add, on every path: Winograd's blocks of 2, 3 and 4, dilated
+/// or not, SIMD and portable transforms, kept kernels, im2col; and every element of the
+/// (unzeroed) output is written.
+#[test]
+fn shortcut_added_as_written_gives_the_bits_of_adding_after() {
+    let mut next = uniform(41);
+    for &(m, (n, cin, cout, h, w, d)) in &[
+        (2, (2, 9, 11, 13, 10, 1)),
+        (4, (1, 9, 7, 17, 19, 1)),
+        (4, (1, 16, 5, 30, 33, 2)),
+        (3, (1, 9, 6, 15, 14, 3)),
+        (3, (1, 12, 4, 19, 16, 1)),
+    ] {
+        let g = same_3x3(n, cin, cout, h, w, d);
+        let x: Vec<f32> = (0..n * cin * h * w).map(|_| next()).collect();
+        let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.2).collect();
+        let b: Vec<f32> = (0..cout).map(|_| next()).collect();
+        let shortcut: Vec<f32> = (0..n * cout * h * w).map(|_| next() * 3.0).collect();
+        let add = |mut y: Vec<f32>| {
+            y.iter_mut().zip(&shortcut).for_each(|(y, s)| *y += s);
+            y
+        };
+        let plus = |conv: &dyn Fn(Output)| {
+            let mut y = vec![f32::NAN; shortcut.len()];
+            let mut out = Output::over(&mut y);
+            out.residual = Some(&shortcut);
+            conv(out);
+            y
+        };
+        for portable in [false, true] {
+            let run = |f: &dyn Fn() -> Vec<f32>| {
+                if portable {
+                    winograd::with_portable_transforms(f)
+                } else {
+                    f()
+                }
+            };
+            let after = add(run(&|| {
+                let mut y = vec![0f32; shortcut.len()];
+                winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut y);
+                y
+            }));
+            let fused =
+                run(&|| plus(&|out| winograd::conv2d_blocks_into(&g, m, &x, &k, Some(&b), out)));
+            let u = winograd::Transformed::new(&g, m, &k);
+            let kept =
+                run(&|| plus(&|out| winograd::conv2d_transformed_into(&g, &u, &x, Some(&b), out)));
+            for (what, y) in [("fresh", &fused), ("kept", &kept)] {
+                assert!(
+                    y.iter()
+                        .zip(&after)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "F({m}x{m}) {:?} d={d} portable={portable} {what}",
+                    (n, cin, cout, h, w)
+                );
+            }
+        }
+    }
+    // im2col: stride 2 and 1x1.
+    for (k_size, stride) in [(3, 2), (1, 1)] {
+        let g = Geometry {
+            kernel: k_size,
+            stride,
+            padding: k_size / 2,
+            ..same_3x3(2, 6, 5, 11, 9, 1)
+        };
+        let x: Vec<f32> = (0..2 * 6 * 11 * 9).map(|_| next()).collect();
+        let k: Vec<f32> = (0..5 * 6 * k_size * k_size).map(|_| next()).collect();
+        let len = 2 * 5 * g.out_height() * g.out_width();
+        let shortcut: Vec<f32> = (0..len).map(|_| next()).collect();
+        let mut after = vec![0f32; len];
+        kernel::im2col_gemm(&g, &x, &k, None, &mut after);
+        after.iter_mut().zip(&shortcut).for_each(|(y, s)| *y += s);
+        let mut fused = vec![f32::NAN; len];
+        let mut out = Output::over(&mut fused);
+        out.residual = Some(&shortcut);
+        kernel::im2col_gemm_into(&g, &x, &k, None, out);
+        assert_eq!(fused, after, "{k_size}x{k_size} stride {stride}");
+    }
+}
+
+/// [`conv2d_plus`] on tensors: the bits of `shortcut + conv2d` on the fast engine (Winograd,
+/// kept kernels, im2col), candle's add where the fast path does not apply (exact engine, a
+/// tracked input), and the shortcut left as it was.
+#[test]
+fn conv2d_plus_is_the_shortcut_plus_the_convolution() {
+    let dev = Device::Cpu;
+    for spec in [
+        ConvSpec::new(16, 8, 3),
+        ConvSpec::new(16, 8, 3).dilation(2),
+        ConvSpec::new(16, 8, 3).stride(2),
+        ConvSpec::new(16, 8, 1),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (1, 16, 28, 28), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.1, (8, 16, spec.kernel, spec.kernel), &dev).unwrap();
+        let y = conv2d_with(Engine::Fast, &x, &wt, None, &spec).unwrap();
+        let shortcut = Tensor::randn(0f32, 1.0, y.dims(), &dev).unwrap();
+        let before = shortcut.to_vec3::<f32>().ok();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|v| v.to_bits()).collect()
+        };
+        let want = bits(&(&shortcut + &y).unwrap());
+        let fused = conv2d_plus_with(Engine::Fast, &x, &wt, &spec, &shortcut, None).unwrap();
+        assert_eq!(bits(&fused), want, "{spec:?}");
+        let kept = KeptKernels::default();
+        for _ in 0..2 {
+            let k = conv2d_plus_with(Engine::Fast, &x, &wt, &spec, &shortcut, Some(&kept));
+            let direct = with_kept_kernels(|| conv2d_kept(&x, &wt, None, &spec, &kept)).unwrap();
+            assert_eq!(
+                bits(&k.unwrap()),
+                bits(&(&shortcut + direct).unwrap()),
+                "{spec:?}"
+            );
+        }
+        let exact = conv2d_with(Engine::Exact, &x, &wt, None, &spec).unwrap();
+        let e = conv2d_plus_with(Engine::Exact, &x, &wt, &spec, &shortcut, None).unwrap();
+        assert_eq!(bits(&e), bits(&(&shortcut + exact).unwrap()), "{spec:?}");
+        let tracked = candle_core::Var::from_tensor(&x).unwrap();
+        let t = conv2d_plus_with(
+            Engine::Fast,
+            tracked.as_tensor(),
+            &wt,
+            &spec,
+            &shortcut,
+            None,
+        );
+        let direct = conv2d_with(Engine::Fast, tracked.as_tensor(), &wt, None, &spec).unwrap();
+        assert_eq!(
+            bits(&t.unwrap()),
+            bits(&(&shortcut + direct).unwrap()),
+            "{spec:?}"
+        );
+        assert_eq!(shortcut.to_vec3::<f32>().ok(), before);
+    }
+}

@@ -25,6 +25,7 @@
 //! fp32); F(4x4)'s use up to 8 and 1/24 (~1e-5). [`block`] picks F(4x4) where it saves work.
 
 use super::kernel::{gemm_strided, Geometry, Strided};
+use super::output::Output;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -32,6 +33,7 @@ use super::product;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Whether [`conv2d`] computes this convolution: 3x3, stride 1, "same" padding (= dilation),
@@ -789,16 +791,19 @@ impl<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize> Job
     }
 }
 
-/// `Y = A^T M A` (+ bias) of some rows of tiles of one output channel, whose products are at
-/// `m[ξ * chunk + p]`, written into the channel's planes; [`LANES`] tiles at a time.
+/// `Y = A^T M A` (+ bias) (+ residual) of some rows of tiles of one output channel, whose
+/// products are at `m[ξ * chunk + p]`, written into the channel's planes; [`LANES`] tiles at
+/// a time.
 struct OutputTransform<'a, V, const M: usize, const A: usize> {
     tiling: &'a Tiling<M>,
     m: &'a [f32],
     chunk: usize,
     rows: &'a [(usize, usize)],
     bias: f32,
-    /// Plane `n` of the output channel is at `out + n * image_stride`.
+    /// Plane `n` of the output channel is at `out + n * image_stride`, of its residual (if
+    /// any) at `residual + n * image_stride`.
     out: OutPtr,
+    residual: Option<InPtr>,
     image_stride: usize,
     variant: PhantomData<V>,
 }
@@ -811,11 +816,15 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'
         let hw = t.height * wd;
         let mut down = [[[0f32; LANES]; A]; M];
         for (r, &(n, ty)) in self.rows.iter().enumerate() {
-            // SAFETY: plane n of this output channel lies inside the output, and only this
-            // worker writes it while the transform runs.
+            // SAFETY: plane n of this output channel lies inside the output (and the
+            // residual), and only this worker writes it while the transform runs.
             let yplane = unsafe {
-                std::slice::from_raw_parts_mut(self.out.get().add(n * self.image_stride), hw)
+                let at = self.out.get().add(n * self.image_stride);
+                std::slice::from_raw_parts_mut(at.cast::<MaybeUninit<f32>>(), hw)
             };
+            let rplane = self.residual.map(|r| unsafe {
+                std::slice::from_raw_parts(r.get().add(n * self.image_stride), hw)
+            });
             let y0 = t.row_origins[ty];
             let rows = (0..M).take_while(|i| y0 + i * d < t.height).count();
             for s0 in (0..ntx).step_by(LANES) {
@@ -839,12 +848,16 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'
                 }
                 let x0s = &t.col_origins[s0..s0 + n];
                 for (i, down) in down.iter().enumerate().take(rows) {
-                    let yrow = &mut yplane[(y0 + i * d) * wd..(y0 + i * d + 1) * wd];
+                    let at = (y0 + i * d) * wd;
+                    let yrow = &mut yplane[at..at + wd];
+                    let rrow = rplane.map(|r| &r[at..at + wd]);
                     for (j, coef) in V::AT.iter().enumerate() {
                         let y = lin(coef, |k2| down[k2]);
                         for (&x0, &v) in x0s.iter().zip(&y) {
-                            if let Some(o) = yrow.get_mut(x0 + j * d) {
-                                *o = v + self.bias;
+                            let x = x0 + j * d;
+                            if let Some(o) = yrow.get_mut(x) {
+                                let v = v + self.bias;
+                                o.write(rrow.map_or(v, |r| v + r[x]));
                             }
                         }
                     }
@@ -958,7 +971,12 @@ fn for_each_position(positions: usize, f: impl Fn(usize) + Sync + Send) {
 /// `out = conv(x, w) (+ bias)` for geometries where [`applies`] holds, with the block of
 /// [`block`].
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    conv2d_blocks(g, block(g), x, w, bias, out)
+    conv2d_into(g, x, w, bias, Output::over(out))
+}
+
+/// [`conv2d`] into an [`Output`].
+pub(crate) fn conv2d_into(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: Output) {
+    run_fresh(g, block(g), w, Taps::Own, x, bias, out)
 }
 
 /// [`conv2d`] with the output block edge given: 2, 3 or 4 (F(m x m, 3x3)).
@@ -969,6 +987,18 @@ pub fn conv2d_blocks(
     w: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
+) {
+    conv2d_blocks_into(g, m, x, w, bias, Output::over(out))
+}
+
+/// [`conv2d_blocks`] into an [`Output`].
+pub(crate) fn conv2d_blocks_into(
+    g: &Geometry,
+    m: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: Output,
 ) {
     run_fresh(g, m, w, Taps::Own, x, bias, out)
 }
@@ -987,7 +1017,7 @@ pub fn input_gradient(t: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         Taps::FlippedTransposed,
         dy,
         None,
-        dx,
+        Output::over(dx),
     )
 }
 
@@ -1000,7 +1030,7 @@ fn run_fresh(
     taps: Taps,
     x: &[f32],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: Output,
 ) {
     let in_cache = in_cache_group(g, m).filter(|_| taps == Taps::Own);
     let (group, order) = match in_cache {
@@ -1063,7 +1093,7 @@ fn run_block(
     x: &[f32],
     kernels: Kernels,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: Output,
 ) {
     match m {
         4 => run::<F4, 4, 6>(g, group, x, kernels, bias, out),
@@ -1118,7 +1148,7 @@ pub(crate) fn conv2d_grouped(
         x,
         Kernels::Weight(w, Taps::Own, order),
         bias,
-        out,
+        Output::over(out),
     )
 }
 
@@ -1201,6 +1231,17 @@ pub fn conv2d_transformed(
     x: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
+) {
+    conv2d_transformed_into(g, u, x, bias, Output::over(out))
+}
+
+/// [`conv2d_transformed`] into an [`Output`].
+pub(crate) fn conv2d_transformed_into(
+    g: &Geometry,
+    u: &Transformed,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    out: Output,
 ) {
     assert_eq!(
         (u.in_channels, u.out_channels),
@@ -1365,14 +1406,17 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     x: &[f32],
     kernels: Kernels,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    mut out: Output,
 ) {
     assert!(g.kernel == 3 && g.stride == 1 && g.padding == g.dilation);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
     let hw = g.height * g.width;
     let xis = A * A;
     assert_eq!(x.len(), g.batch * ci_n * hw);
-    assert_eq!(out.len(), g.batch * co_n * hw);
+    assert_eq!(out.y.len(), g.batch * co_n * hw);
+    if let Some(r) = out.residual {
+        assert_eq!(r.len(), out.y.len());
+    }
     match kernels {
         Kernels::Weight(w, ..) => assert_eq!(w.len(), co_n * ci_n * 9),
         Kernels::Kept(u) => assert_eq!((u.m, u.group), (M, group)),
@@ -1410,7 +1454,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         group
     };
     let mut m = Scratch::take(products * xis * chunk);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out.y_ptr());
+    let residual = out.residual.map(|r| InPtr(r.as_ptr()));
     let simd = simd_transforms();
     #[cfg(target_arch = "x86_64")]
     let in_registers = simd && product::available();
@@ -1476,11 +1521,13 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
         let bias = bias.map_or(0.0, |b| b[co]);
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: the CPU has AVX-512F; plane (0, co) is inside `out` (asserted length)
-            // and only this worker writes channel co.
+            // SAFETY: the CPU has AVX-512F; plane (0, co) is inside `out` and the residual
+            // (asserted lengths) and only this worker writes channel co.
             unsafe {
                 let out = out_ptr.get().add(co * hw);
-                avx512::output_tiles::<V, M, A>(&tiling, mc, chunk, rows, bias, out, co_n * hw)
+                let residual = residual.map(|r| r.get().add(co * hw));
+                let planes = (out, residual, co_n * hw);
+                avx512::output_tiles::<V, M, A>(&tiling, mc, chunk, rows, bias, planes)
             }
             return;
         }
@@ -1490,8 +1537,10 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
             chunk,
             rows,
             bias,
-            // SAFETY: offset of plane (0, co), inside `out` (asserted length).
+            // SAFETY: offsets of plane (0, co), inside `out` and the residual (asserted
+            // lengths).
             out: OutPtr(unsafe { out_ptr.get().add(co * hw) }),
+            residual: residual.map(|r| InPtr(unsafe { r.get().add(co * hw) })),
             image_stride: co_n * hw,
             variant: PhantomData,
         })

@@ -136,9 +136,15 @@ unsafe fn undilated_taps<const M: usize, const A: usize>(row: *const f32) -> [__
 }
 
 /// Writes the `M` values per tile of 16 undilated tiles (`y[j]`: column `j` of every tile's
-/// block row) to `row[M s + j]`, the first `count` of them.
+/// block row) to `row[M s + j]`, the first `count` of them, plus `residual[M s + j]` where
+/// there is one.
 #[inline(always)]
-unsafe fn store_undilated<const M: usize>(row: *mut f32, y: &[__m512; M], count: usize) {
+unsafe fn store_undilated<const M: usize>(
+    row: *mut f32,
+    residual: Option<*const f32>,
+    y: &[__m512; M],
+    count: usize,
+) {
     // Columns 0 and 1 of tiles 0..8, then of tiles 8..16, side by side: F(2x2)'s rows whole.
     let lo = indices([0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23]);
     let hi = indices([8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31]);
@@ -168,7 +174,11 @@ unsafe fn store_undilated<const M: usize>(row: *mut f32, y: &[__m512; M], count:
         if n == 0 {
             break;
         }
-        _mm512_mask_storeu_ps(row.add(16 * q), lane_mask(n), *part);
+        let mut part = *part;
+        if let Some(r) = residual {
+            part = _mm512_add_ps(part, _mm512_maskz_loadu_ps(lane_mask(n), r.add(16 * q)));
+        }
+        _mm512_mask_storeu_ps(row.add(16 * q), lane_mask(n), part);
     }
 }
 
@@ -248,13 +258,13 @@ pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usiz
     }
 }
 
-/// `Y = A^T M A` (+ bias) of some rows of tiles of one output channel (products at
-/// `m[ξ * chunk + p]`), scattered into the channel's planes (plane `n` at `out + n *
-/// image_stride`).
+/// `Y = A^T M A` (+ bias) (+ residual) of some rows of tiles of one output channel
+/// (products at `m[ξ * chunk + p]`), scattered into the channel's planes (plane `n` at `out +
+/// n * image_stride`, of the residual at `residual + n * image_stride`).
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]); the channel's planes must lie inside the
-/// output and be written by nobody else meanwhile.
+/// output (and the residual) and be written by nobody else meanwhile.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usize>(
     tiling: &Tiling<M>,
@@ -262,8 +272,7 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
     chunk: usize,
     rows: &[(usize, usize)],
     bias: f32,
-    out: *mut f32,
-    image_stride: usize,
+    (out, residual, image_stride): (*mut f32, Option<*const f32>, usize),
 ) {
     let (wd, ht, d, ntx) = (
         tiling.width,
@@ -294,7 +303,8 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
                     each!(k2 < A => {
                         down[k2] = lin(&V::AT[i], |k1| prod[k1][k2]);
                     });
-                    let row = out.add(n * image_stride + (y0 + i * d) * wd);
+                    let at = n * image_stride + (y0 + i * d) * wd;
+                    let (row, residual_row) = (out.add(at), residual.map(|r| r.add(at)));
                     if d == 1 && M != 3 {
                         let mut y = [_mm512_setzero_ps(); M];
                         each!(j < M => {
@@ -302,12 +312,18 @@ pub(super) unsafe fn output_tiles<V: Variant<M, A>, const M: usize, const A: usi
                         });
                         let x0 = M * s0;
                         let count = (M * (ntx - s0).min(LANES)).min(wd - x0);
-                        store_undilated::<M>(row.add(x0), &y, count);
+                        let residual = residual_row.map(|r| r.add(x0));
+                        store_undilated::<M>(row.add(x0), residual, &y, count);
                     } else {
                         each!(j < M => {
-                            let y = _mm512_add_ps(lin(&V::AT[j], |k2| down[k2]), bias);
+                            let mut y = _mm512_add_ps(lin(&V::AT[j], |k2| down[k2]), bias);
                             let x = _mm512_add_epi32(cols, _mm512_set1_epi32((j * d) as i32));
                             let inside = mask & _mm512_cmplt_epi32_mask(x, width);
+                            if let Some(r) = residual_row {
+                                let zero = _mm512_setzero_ps();
+                                let r = _mm512_mask_i32gather_ps::<4>(zero, inside, x, r);
+                                y = _mm512_add_ps(y, r);
+                            }
                             _mm512_mask_i32scatter_ps::<4>(row, inside, x, y);
                         });
                     }
