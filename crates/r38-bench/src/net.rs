@@ -10,7 +10,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use r38_model::{Backbone, BackboneConfig};
 use r38_ops::engine::{
-    conv2d_add_with, conv2d_kept, conv2d_plus_with, conv2d_with, keeps_kernels, with_engine, Engine,
+    conv2d_add_with, conv2d_kept, conv2d_with, keeps_kernels, with_engine, Engine,
 };
 use r38_ops::{Conv2d, ConvSpec, PreActivation};
 use r38_seg::HeadConfig;
@@ -147,13 +147,6 @@ impl BenchNet {
             *macs += conv_macs(c.spec(), &y);
             Ok(y)
         };
-        // As Conv2d::forward_plus: the identity shortcut added as the output is written.
-        let conv_plus = |x: &Tensor, c: &Conv2d, shortcut: &Tensor, macs: &mut u64| {
-            let kept = keep.then(|| c.kept_kernels());
-            let y = conv2d_plus_with(engine, x, c.weight(), c.spec(), shortcut, kept)?;
-            *macs += conv_macs(c.spec(), &y);
-            Result::Ok(y)
-        };
         // A GPU runs asynchronously: each part's time ends when its work has.
         let sync = |t: &Tensor| t.device().synchronize();
         let t0 = Instant::now();
@@ -167,21 +160,25 @@ impl BenchNet {
                 x = pool.forward(&x)?;
             }
             for (unit, shortcut) in level.units().iter().zip(shortcuts) {
-                // As ResidualUnit::forward_owned: inputs are released as soon as possible.
+                // As ResidualUnit::forward_output: inputs are released as soon as possible, and
+                // only a projection's input is pre-activated on its own; every other
+                // pre-activation is applied as its convolution reads, and the identity
+                // shortcut added as the last convolution writes.
                 let identity = shortcut.is_none().then(|| x.clone());
                 let mut t = x;
                 let mut pre_activated = None;
                 let last = unit.branches().len() - 1;
                 for (i, branch) in unit.branches().iter().enumerate() {
-                    let a = branch.pre.forward_t(&t, false)?;
-                    drop(t);
-                    t = match (&identity, i == last) {
-                        (Some(x), true) => conv_plus(&a, &branch.conv, x, &mut macs)?,
-                        _ => conv(&a, &branch.conv, &mut macs)?,
-                    };
-                    if i == 0 {
+                    if i == 0 && shortcut.is_some() {
+                        let a = branch.pre.forward_t(&t, false)?;
+                        drop(t);
+                        t = conv(&a, &branch.conv, &mut macs)?;
                         pre_activated = Some(a);
+                        continue;
                     }
+                    let (c, plus) = (&branch.conv, identity.as_ref().filter(|_| i == last));
+                    t = with_engine(engine, || c.forward_after(&branch.pre, &t, plus))?;
+                    macs += conv_macs(c.spec(), &t);
                 }
                 x = match shortcut {
                     Some(p) => {

@@ -43,7 +43,7 @@ impl Level {
         };
         let (mut x, pre_activated) = self.units[0].forward_owned(x, train)?;
         for unit in &self.units[1..] {
-            x = unit.forward_owned(x, train)?.0;
+            x = unit.forward_output(x, train)?;
         }
         Ok((x, pre_activated))
     }

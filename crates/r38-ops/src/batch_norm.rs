@@ -125,6 +125,29 @@ impl BatchNorm {
         pre_activation::bn_relu(x, &self.gamma, &self.beta, mean, var, self.eps, batch).map(Some)
     }
 
+    /// This BN in inference folded into one scale and shift per channel, as the fused CPU
+    /// kernel folds it ([`crate::engine::pre_activation::ScaleShift`]), where that kernel
+    /// applies to `x` (f32 on the CPU, engine not `Exact`); `None` otherwise.
+    pub(crate) fn inference_scale_shift(
+        &self,
+        x: &Tensor,
+    ) -> Result<Option<crate::engine::pre_activation::ScaleShift>> {
+        use crate::engine::{self, pre_activation::ScaleShift};
+        let cpu_f32 =
+            |t: &Tensor| matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32;
+        if engine::engine() == engine::Engine::Exact || !cpu_f32(x) || !cpu_f32(&self.gamma) {
+            return Ok(None);
+        }
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok(Some(ScaleShift::new(
+            &f32s(&self.gamma)?,
+            &f32s(&self.beta)?,
+            &f32s(self.moving_mean.as_tensor())?,
+            &f32s(self.moving_var.as_tensor())?,
+            self.eps,
+        )))
+    }
+
     /// Batch mean and biased variance per channel. MXNet updates its running variance with the
     /// biased estimate too (checked against mxnet 1.9.1), unlike PyTorch.
     fn batch_statistics(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -1,6 +1,7 @@
 //! Convolution with the authors' "same" padding rule, dilation included.
 
 use crate::engine::KeptKernels;
+use crate::pre_activation::PreActivation;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::sync::Arc;
@@ -151,6 +152,32 @@ impl Conv2d {
 }
 
 impl Conv2d {
+    /// `self(ReLU(BN(x)))` in inference, plus `shortcut` if given: on the fast engine's
+    /// Winograd path the pre-activation is applied as the input transform reads `x`, and the
+    /// pre-activated map is never written ([`crate::engine::conv2d_after`]); elsewhere it is
+    /// `pre` then this convolution, the same bits.
+    pub fn forward_after(
+        &self,
+        pre: &PreActivation,
+        x: &Tensor,
+        shortcut: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if self.bias.is_none() {
+            if let Some(folded) = pre.inference_scale_shift(x)? {
+                let kept = crate::engine::keeps_kernels().then_some(&*self.kept);
+                let (w, spec) = (&self.weight, &self.spec);
+                if let Some(y) = crate::engine::conv2d_after(x, &folded, w, spec, shortcut, kept)? {
+                    return Ok(y);
+                }
+            }
+        }
+        let a = pre.forward_t(x, false)?;
+        match shortcut {
+            Some(s) => self.forward_plus(&a, s),
+            None => self.forward(&a),
+        }
+    }
+
     /// `shortcut + self(x)` in a fresh tensor, the shortcut added as each output is written on
     /// the fast path (a unit's identity shortcut onto its last branch; see
     /// [`crate::engine::conv2d_plus`]).

@@ -28,6 +28,16 @@ impl PreActivation {
         self.bn.set_mode(mode);
     }
 
+    /// This pre-activation in inference as one scale and shift per channel, for a
+    /// convolution to apply as it reads `x` ([`crate::Conv2d::forward_after`]); `None` where
+    /// the fused CPU kernel does not apply.
+    pub fn inference_scale_shift(
+        &self,
+        x: &Tensor,
+    ) -> Result<Option<crate::engine::pre_activation::ScaleShift>> {
+        self.bn.inference_scale_shift(x)
+    }
+
     /// `ReLU(BN(x))`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if let Some(y) = self.bn.fused_relu(x, train)? {

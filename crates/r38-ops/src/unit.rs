@@ -127,7 +127,15 @@ impl ResidualUnit {
 
     /// The unit's output.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        Ok(self.forward_with_preactivation(x, train)?.0)
+        self.forward_output(x.clone(), train)
+    }
+
+    /// The unit's output, taking the input by value ([`Self::forward_owned`]). With no first
+    /// pre-activation to return, in inference an identity unit applies each pre-activation
+    /// as its convolution reads its input ([`Conv2d::forward_after`]), so the pre-activated
+    /// maps are never written.
+    pub fn forward_output(&self, x: Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.run(x, train, false)?.0)
     }
 
     /// The unit's output and its first pre-activation `ReLU(BN_branch2a(x))`, which is what the
@@ -141,11 +149,26 @@ impl ResidualUnit {
     /// shortcut is a projection and the caller keeps no other handle (at a 1024x2048 frame a
     /// level-7 map is 0.25-0.5 GB).
     pub fn forward_owned(&self, x: Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let (out, pre_activated) = self.run(x, train, true)?;
+        Ok((out, pre_activated.expect("kept when asked for")))
+    }
+
+    /// The output, and the first pre-activation where `keep_first` (or a projection shortcut)
+    /// needs it; every other pre-activation in inference is applied as its convolution reads.
+    fn run(&self, x: Tensor, train: bool, keep_first: bool) -> Result<(Tensor, Option<Tensor>)> {
         let last = self.branches.len() - 1;
         let identity = self.shortcut.is_none().then(|| x.clone());
+        let keep_first = keep_first || self.shortcut.is_some();
         let mut pre_activated = None;
         let mut t = x;
         for (i, branch) in self.branches.iter().enumerate() {
+            // The identity shortcut is added as the last branch writes its output.
+            let shortcut = identity.as_ref().filter(|_| i == last);
+            let pre_activated_alone = train || (i == 0 && keep_first);
+            if !pre_activated_alone {
+                t = branch.conv.forward_after(&branch.pre, &t, shortcut)?;
+                continue;
+            }
             let mut a = branch.pre.forward_t(&t, train)?;
             drop(t);
             if i == 0 {
@@ -154,15 +177,16 @@ impl ResidualUnit {
             if i == last && train && self.dropout > 0.0 {
                 a = crate::dropout::dropout(&a, self.dropout)?;
             }
-            t = match (&identity, i == last) {
-                // The identity shortcut is added as the last branch writes its output.
-                (Some(x), true) => branch.conv.forward_plus(&a, x)?,
-                _ => branch.conv.forward(&a)?,
+            t = match shortcut {
+                Some(x) => branch.conv.forward_plus(&a, x)?,
+                None => branch.conv.forward(&a)?,
             };
         }
-        let pre_activated = pre_activated.expect("a unit has at least one branch");
         let out = match &self.shortcut {
-            Some(projection) => projection.forward_add(&pre_activated, t)?,
+            Some(projection) => {
+                let a = pre_activated.as_ref();
+                projection.forward_add(a.expect("a projection keeps its input"), t)?
+            }
             None => t,
         };
         Ok((out, pre_activated))

@@ -339,7 +339,8 @@ impl candle_core::InplaceOp3 for FastConvAccumulate {
         };
         if self.winograd && winograd::applies(g) {
             let write = |y: &mut [MaybeUninit<f32>]| {
-                winograd::conv2d_into(g, x, w, None, Output { y, residual: None })
+                let out = Output { y, residual: None };
+                winograd::conv2d_into(g, winograd::Input::plain(x), w, None, out)
             };
             // SAFETY: the Winograd path writes every element of its output.
             let y = unsafe { output::written_by(out.len(), write) };
@@ -372,6 +373,7 @@ pub fn trainable_conv2d(
             bias: None,
             winograd,
             kept: None,
+            pre: None,
         },
     )?;
     match bias {
@@ -477,28 +479,42 @@ fn r38_conv2d(
             None => Ok(y),
         };
     }
-    let kept = match kept {
-        Some(k) if allow_winograd && winograd::applies_kept(&geometry) => {
-            Some(k.get(weight, &geometry, winograd::block_kept(&geometry))?)
-        }
-        _ => None,
-    };
-    let bias = match bias {
-        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
-        None => None,
-    };
-    let winograd = kept.is_some() || (allow_winograd && winograd::applies(&geometry));
-    let conv = FastConv {
-        geometry,
-        bias,
-        winograd,
-        kept,
-    };
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    match shortcut {
-        Some(s) => x.apply_op3_no_bwd(&weight, &s.contiguous()?, &PlusShortcut(conv)),
-        None => x.apply_op2_no_bwd(&weight, &conv),
+    FastConv::new(geometry, weight, bias, allow_winograd, kept)?.apply(x, weight, shortcut)
+}
+
+/// `conv(ReLU(BN(x)))` (no bias), plus `shortcut` if given, in inference: the pre-activation,
+/// folded into `pre`, is applied to each row of `x` as Winograd's input transform copies it,
+/// so the pre-activated map is never written (nor read back). `None` where that does not
+/// apply (another engine than [`Engine::Fast`], a tensor autograd tracks, a convolution off
+/// Winograd): the caller then pre-activates and convolves as usual, for the same bits. With
+/// `kept`, the Winograd kernels are those of [`conv2d_kept`].
+pub fn conv2d_after(
+    x: &Tensor,
+    pre: &pre_activation::ScaleShift,
+    weight: &Tensor,
+    spec: &ConvSpec,
+    shortcut: Option<&Tensor>,
+    kept: Option<&KeptKernels>,
+) -> Result<Option<Tensor>> {
+    if engine() != Engine::Fast
+        || spec.bias
+        || !fast_applies(x, weight, None)
+        || shortcut.is_some_and(|s| !fast_applies(s, weight, None))
+    {
+        return Ok(None);
     }
+    let geometry = geometry_of(x, weight, spec)?;
+    let winograd = geometry.valid()
+        && match kept {
+            Some(_) => winograd::applies_kept(&geometry),
+            None => winograd::applies(&geometry),
+        };
+    if !winograd || pre.channels() != geometry.in_channels {
+        return Ok(None);
+    }
+    let mut conv = FastConv::new(geometry, weight, None, true, kept)?;
+    conv.pre = Some(pre.clone());
+    conv.apply(x, weight, shortcut).map(Some)
 }
 
 struct FastConv {
@@ -507,6 +523,8 @@ struct FastConv {
     winograd: bool,
     /// Winograd kernels made beforehand (inference only: no backward).
     kept: Option<Arc<winograd::Transformed>>,
+    /// The pre-activation Winograd's input transform applies (inference only).
+    pre: Option<pre_activation::ScaleShift>,
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -521,6 +539,44 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 }
 
 impl FastConv {
+    /// The fast convolution of `weight` for `geometry`: Winograd where `allow_winograd` and
+    /// it applies (with `kept`'s kernels where they apply), else im2col.
+    fn new(
+        geometry: Geometry,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        allow_winograd: bool,
+        kept: Option<&KeptKernels>,
+    ) -> Result<Self> {
+        let kept = match kept {
+            Some(k) if allow_winograd && winograd::applies_kept(&geometry) => {
+                Some(k.get(weight, &geometry, winograd::block_kept(&geometry))?)
+            }
+            _ => None,
+        };
+        let bias = match bias {
+            Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let winograd = kept.is_some() || (allow_winograd && winograd::applies(&geometry));
+        Ok(FastConv {
+            geometry,
+            bias,
+            winograd,
+            kept,
+            pre: None,
+        })
+    }
+
+    /// The convolution of `x`, plus `shortcut` if given, without autograd.
+    fn apply(self, x: &Tensor, weight: &Tensor, shortcut: Option<&Tensor>) -> Result<Tensor> {
+        let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+        match shortcut {
+            Some(s) => x.apply_op3_no_bwd(&weight, &s.contiguous()?, &PlusShortcut(self)),
+            None => x.apply_op2_no_bwd(&weight, &self),
+        }
+    }
+
     /// `conv(x, w) (+ bias) (+ residual)` in a fresh (unzeroed) buffer.
     fn output(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>) -> (CpuStorage, Shape) {
         let g = &self.geometry;
@@ -528,11 +584,16 @@ impl FastConv {
         let bias = self.bias.as_deref();
         let write = |y: &mut [MaybeUninit<f32>]| {
             let out = Output { y, residual };
+            let input = winograd::Input {
+                x,
+                pre: self.pre.as_ref(),
+            };
             if let Some(u) = &self.kept {
-                winograd::conv2d_transformed_into(g, u, x, bias, out);
+                winograd::conv2d_transformed_into(g, u, input, bias, out);
             } else if self.winograd {
-                winograd::conv2d_into(g, x, w, bias, out);
+                winograd::conv2d_into(g, input, w, bias, out);
             } else {
+                assert!(self.pre.is_none(), "only Winograd pre-activates its input");
                 kernel::im2col_gemm_into(g, x, w, bias, out);
             }
         };

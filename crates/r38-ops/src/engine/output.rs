@@ -15,10 +15,10 @@ pub(crate) struct Output<'a> {
 impl<'a> Output<'a> {
     /// Over a buffer whose values are overwritten.
     pub(crate) fn over(y: &'a mut [f32]) -> Self {
-        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and only initialised values are
-        // ever written through an `Output`.
-        let y = unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        Output { y, residual: None }
+        Output {
+            y: as_uninit(y),
+            residual: None,
+        }
     }
 
     /// The raw start of `y`, for writers through pointers.
@@ -41,6 +41,14 @@ impl<'a> Output<'a> {
             .zip(residual.par_chunks(1 << 14))
             .for_each(|(y, r)| y.iter_mut().zip(r).for_each(|(y, r)| *y += r));
     }
+}
+
+/// An initialised buffer as one to be written: only initialised values are ever written
+/// through it (by the engine's writers, which take either).
+pub(crate) fn as_uninit(y: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; the engine writes only initialised
+    // values through the view.
+    unsafe { &mut *(y as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// A vector of `n` floats that `fill` writes, every one of them, never zeroed.

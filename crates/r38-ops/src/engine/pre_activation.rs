@@ -15,6 +15,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `ReLU(BN(x))` of an NCHW f32 CPU tensor, normalised by `mean` and `var` (one per channel).
 /// With `batch_statistics` the gradient also flows through the statistics, which must then be
@@ -115,23 +116,100 @@ struct BnRelu {
 impl BnRelu {
     /// `1 / sqrt(var + eps)` as candle computes it in f32.
     fn inv_std(&self) -> Vec<f32> {
-        let eps = self.eps as f32;
-        self.var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
+        inv_std(&self.var, self.eps)
     }
 
     fn scale_shift(&self, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let ScaleShift { scale, shift } =
+            ScaleShift::new(gamma, beta, &self.mean, &self.var, self.eps);
+        (scale, shift)
+    }
+}
+
+/// `1 / sqrt(var + eps)` as candle computes it in f32.
+fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    let eps = eps as f32;
+    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
+}
+
+/// A pre-activation in inference, its BN folded into one scale and shift per channel:
+/// `ReLU(x * scale + shift)`, what [`bn_relu`] computes. Convolutions that read their input
+/// through it ([`crate::engine::conv2d_after`]) never write the pre-activated map.
+#[derive(Debug, Clone)]
+pub struct ScaleShift {
+    pub(crate) scale: Vec<f32>,
+    pub(crate) shift: Vec<f32>,
+}
+
+impl ScaleShift {
+    /// From BN's parameters and statistics (one per channel), rounded as [`bn_relu`] rounds.
+    pub fn new(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], eps: f64) -> Self {
         let scale: Vec<f32> = gamma
             .iter()
-            .zip(self.inv_std())
+            .zip(inv_std(var, eps))
             .map(|(g, i)| g * i)
             .collect();
         let shift = beta
             .iter()
-            .zip(&self.mean)
+            .zip(mean)
             .zip(&scale)
             .map(|((b, m), s)| b - m * s)
             .collect();
-        (scale, shift)
+        ScaleShift { scale, shift }
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// Channels `from..` (of a pass over some input channels).
+    pub(crate) fn channels_from(&self, from: usize) -> (&[f32], &[f32]) {
+        (&self.scale[from..], &self.shift[from..])
+    }
+}
+
+/// `dst = ReLU(src * scale + shift)`: a product then a sum, each rounded (never fused), and 0
+/// wherever that is not above 0 (NaN and -0 included), in AVX-512 where the CPU has it; the
+/// same bits either way.
+pub(crate) fn pre_activate(src: &[f32], (scale, shift): (f32, f32), dst: &mut [MaybeUninit<f32>]) {
+    assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if super::product::available() {
+        // SAFETY: the CPU has AVX-512F; the lengths are equal.
+        unsafe { pre_activate_avx512(src, (scale, shift), dst) };
+        return;
+    }
+    for (o, &v) in dst.iter_mut().zip(src) {
+        let y = v * scale + shift;
+        o.write(if y > 0.0 { y } else { 0.0 });
+    }
+}
+
+/// [`pre_activate`] in AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` and `dst` must be of the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn pre_activate_avx512(
+    src: &[f32],
+    (scale, shift): (f32, f32),
+    dst: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    let (s, t, zero) = (
+        _mm512_set1_ps(scale),
+        _mm512_set1_ps(shift),
+        _mm512_setzero_ps(),
+    );
+    let (from, to) = (src.as_ptr(), dst.as_mut_ptr().cast::<f32>());
+    for i in (0..src.len()).step_by(16) {
+        let mask = super::product::lane_mask(src.len() - i);
+        let v = _mm512_maskz_loadu_ps(mask, from.add(i));
+        let y = _mm512_add_ps(_mm512_mul_ps(v, s), t);
+        // `max` returns its second operand unless the first is above it: 0 for NaN and -0.
+        _mm512_mask_storeu_ps(to.add(i), mask, _mm512_max_ps(y, zero));
     }
 }
 
@@ -153,15 +231,12 @@ impl CustomOp3 for BnRelu {
         let (gamma, beta) = (slice(s2, l2, "gamma")?, slice(s3, l3, "beta")?);
         let (_, c, hw) = nchw(l1)?;
         let (scale, shift) = self.scale_shift(gamma, beta);
-        let write = |y: &mut [std::mem::MaybeUninit<f32>]| {
+        let write = |y: &mut [MaybeUninit<f32>]| {
             y.par_chunks_mut(hw.max(1))
                 .zip(x.par_chunks(hw.max(1)))
                 .enumerate()
                 .for_each(|(plane, (yp, xp))| {
-                    let (s, t) = (scale[plane % c], shift[plane % c]);
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        o.write((v * s + t).max(0.0));
-                    }
+                    pre_activate(xp, (scale[plane % c], shift[plane % c]), yp)
                 })
         };
         // SAFETY: the planes cover `y` (both `x.len()` floats in planes of `hw`).

@@ -870,11 +870,13 @@ fn shortcut_added_as_written_gives_the_bits_of_adding_after() {
                 winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut y);
                 y
             }));
+            let plain = winograd::Input::plain(&x);
             let fused =
-                run(&|| plus(&|out| winograd::conv2d_blocks_into(&g, m, &x, &k, Some(&b), out)));
+                run(&|| plus(&|out| winograd::conv2d_blocks_into(&g, m, plain, &k, Some(&b), out)));
             let u = winograd::Transformed::new(&g, m, &k);
-            let kept =
-                run(&|| plus(&|out| winograd::conv2d_transformed_into(&g, &u, &x, Some(&b), out)));
+            let kept = run(&|| {
+                plus(&|out| winograd::conv2d_transformed_into(&g, &u, plain, Some(&b), out))
+            });
             for (what, y) in [("fresh", &fused), ("kept", &kept)] {
                 assert!(
                     y.iter()
@@ -962,5 +964,225 @@ fn conv2d_plus_is_the_shortcut_plus_the_convolution() {
             "{spec:?}"
         );
         assert_eq!(shortcut.to_vec3::<f32>().ok(), before);
+    }
+}
+
+/// Random BN parameters folded for `c` channels, some scales negative (ReLU zeroes much).
+fn folded_pre_activation(c: usize, seed: u64) -> pre_activation::ScaleShift {
+    let mut next = uniform(seed);
+    let mut values = |offset: f32| (0..c).map(|_| next() + offset).collect::<Vec<f32>>();
+    let (gamma, beta, mean) = (values(0.2), values(0.0), values(0.0));
+    let var = values(1.0);
+    pre_activation::ScaleShift::new(&gamma, &beta, &mean, &var, 1e-5)
+}
+
+/// `ReLU(x * scale + shift)` plane by plane, as the pre-activation op writes it.
+fn pre_activated(x: &[f32], folded: &pre_activation::ScaleShift, hw: usize) -> Vec<f32> {
+    let c = folded.channels();
+    let mut y = vec![0f32; x.len()];
+    for (plane, (src, dst)) in x.chunks(hw).zip(y.chunks_mut(hw)).enumerate() {
+        let pre = (folded.scale[plane % c], folded.shift[plane % c]);
+        pre_activation::pre_activate(src, pre, output::as_uninit(dst));
+    }
+    y
+}
+
+/// A pre-activation applied as the input transform reads gives the bits of the
+/// pre-activated map convolved: Winograd's blocks of 2, 3 and 4, dilated or not, SIMD and
+/// portable transforms, kept kernels, a shortcut added, input channels in passes.
+#[test]
+fn pre_activation_applied_as_read_gives_the_bits_of_the_pre_activated_map() {
+    let mut next = uniform(43);
+    for &(m, (n, cin, cout, h, w, d)) in &[
+        (2, (2, 9, 11, 13, 10, 1)),
+        (4, (1, 9, 7, 17, 19, 1)),
+        (4, (1, 16, 5, 30, 33, 2)),
+        (3, (1, 9, 6, 15, 14, 3)),
+    ] {
+        let g = same_3x3(n, cin, cout, h, w, d);
+        let x: Vec<f32> = (0..n * cin * h * w).map(|_| next() * 2.0).collect();
+        let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.2).collect();
+        let shortcut: Vec<f32> = (0..n * cout * h * w).map(|_| next()).collect();
+        let folded = folded_pre_activation(cin, 44);
+        let a = pre_activated(&x, &folded, h * w);
+        let input = winograd::Input {
+            x: &x,
+            pre: Some(&folded),
+        };
+        let u = winograd::Transformed::new(&g, m, &k);
+        for portable in [false, true] {
+            let run = |f: &dyn Fn() -> Vec<f32>| {
+                if portable {
+                    winograd::with_portable_transforms(f)
+                } else {
+                    f()
+                }
+            };
+            let write = |residual: Option<&[f32]>, conv: &dyn Fn(Output)| {
+                let mut y = vec![f32::NAN; shortcut.len()];
+                let mut out = Output::over(&mut y);
+                out.residual = residual;
+                conv(out);
+                y
+            };
+            for residual in [None, Some(&shortcut[..])] {
+                let plain = winograd::Input::plain(&a);
+                let want = run(&|| {
+                    write(residual, &|out| {
+                        winograd::conv2d_blocks_into(&g, m, plain, &k, None, out)
+                    })
+                });
+                let fresh = run(&|| {
+                    write(residual, &|out| {
+                        winograd::conv2d_blocks_into(&g, m, input, &k, None, out)
+                    })
+                });
+                let kept = run(&|| {
+                    write(residual, &|out| {
+                        winograd::conv2d_transformed_into(&g, &u, input, None, out)
+                    })
+                });
+                let kept_want = run(&|| {
+                    write(residual, &|out| {
+                        winograd::conv2d_transformed_into(&g, &u, plain, None, out)
+                    })
+                });
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                let what = format!(
+                    "F({m}x{m}) d={d} portable={portable} {}",
+                    residual.is_some()
+                );
+                assert!(same(&fresh, &want), "{what}: fresh kernels");
+                assert!(same(&kept, &kept_want), "{what}: kept kernels");
+            }
+        }
+    }
+    // Input channels in two passes: each pass pre-activates its own channels.
+    let g = same_3x3(1, 2048, 8, 40, 40, 1);
+    assert_eq!(winograd::channels_per_pass(&g, 2, 8), 1024);
+    let (x, k, _, _) = operands_and_im2col(&g, 45);
+    let folded = folded_pre_activation(2048, 46);
+    let a = pre_activated(&x, &folded, 40 * 40);
+    let mut want = vec![f32::NAN; 8 * 40 * 40];
+    winograd::conv2d_blocks(&g, 2, &a, &k, None, &mut want);
+    let mut fused = vec![f32::NAN; want.len()];
+    let input = winograd::Input {
+        x: &x,
+        pre: Some(&folded),
+    };
+    winograd::conv2d_blocks_into(&g, 2, input, &k, None, Output::over(&mut fused));
+    assert_eq!(fused, want);
+}
+
+/// Constant (untracked) weights for the modules `build` makes: random, variances positive and
+/// away from the defaults, so that every BN does something.
+fn constant_weights(build: impl Fn(&candle_nn::VarBuilder)) -> candle_nn::VarBuilder<'static> {
+    let dev = Device::Cpu;
+    let varmap = candle_nn::VarMap::new();
+    build(&candle_nn::VarBuilder::from_varmap(
+        &varmap,
+        candle_core::DType::F32,
+        &dev,
+    ));
+    let tensors = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(name, v)| {
+            let t = Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap();
+            let t = if name.ends_with("var") {
+                (t.abs().unwrap() + 0.5).unwrap()
+            } else {
+                t
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &dev)
+}
+
+/// `Conv2d::forward_after` and the unit around it: the bits of pre-activating then
+/// convolving, on the fast engine (fused where Winograd applies) and the exact one (not); an
+/// identity unit's output the same with or without its first pre-activation returned.
+#[test]
+fn convolutions_after_a_pre_activation_match_the_pre_activated_map() {
+    use crate::{Conv2d, PreActivation, ResidualUnit, UnitSpec};
+    let dev = Device::Cpu;
+    let specs = [
+        ConvSpec::new(16, 8, 3),
+        ConvSpec::new(16, 8, 3).dilation(2),
+        ConvSpec::new(16, 8, 3).stride(2),
+        ConvSpec::new(16, 8, 1),
+    ];
+    let name = |spec: &ConvSpec| format!("conv{}_{}_{}", spec.kernel, spec.stride, spec.dilation);
+    let units =
+        [(vec![3, 3], vec![16, 16]), (vec![1, 3, 1], vec![8, 8, 16])].map(|(kernels, widths)| {
+            UnitSpec {
+                name: format!("u{}", kernels.len()),
+                in_channels: 16,
+                kernels,
+                widths,
+                stride: 1,
+                first_dilation: 2,
+                dilation: 2,
+                projection: false,
+                dropout: 0.0,
+                bn_eps: 1e-5,
+            }
+        });
+    let vb = constant_weights(|vb| {
+        PreActivation::new(16, 1e-5, vb, "bn_a").unwrap();
+        for spec in &specs {
+            Conv2d::new(*spec, vb, &name(spec)).unwrap();
+        }
+        for unit in &units {
+            ResidualUnit::new(unit.clone(), vb).unwrap();
+        }
+    });
+    let pre = PreActivation::new(16, 1e-5, &vb, "bn_a").unwrap();
+    let x = Tensor::randn(0f32, 1.0, (1, 16, 28, 28), &dev).unwrap();
+    let folded = with_engine(Engine::Fast, || pre.inference_scale_shift(&x)).unwrap();
+    assert!(folded.is_some());
+    for spec in &specs {
+        let conv = Conv2d::new(*spec, &vb, &name(spec)).unwrap();
+        let fused = conv2d_after(
+            &x,
+            folded.as_ref().unwrap(),
+            conv.weight(),
+            spec,
+            None,
+            None,
+        );
+        // Winograd's 3x3 stride-1 convolutions only.
+        assert_eq!(
+            fused.unwrap().is_some(),
+            spec.kernel == 3 && spec.stride == 1,
+            "{spec:?}"
+        );
+        for engine in [Engine::Fast, Engine::Exact] {
+            with_engine(engine, || {
+                let a = pre.forward_t(&x, false).unwrap();
+                let want = conv.forward(&a).unwrap();
+                let got = conv.forward_after(&pre, &x, None).unwrap();
+                assert_eq!(rel_diff(&got, &want), 0.0, "{spec:?} {engine:?}");
+                let shortcut = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+                let want = (&shortcut + &want).unwrap();
+                let got = conv.forward_after(&pre, &x, Some(&shortcut)).unwrap();
+                assert_eq!(rel_diff(&got, &want), 0.0, "{spec:?} {engine:?} shortcut");
+            });
+        }
+    }
+    // Identity units, basic and bottleneck: the output alone (every pre-activation applied as
+    // read) against the output beside the first pre-activation, and the exact engine's.
+    for spec in units {
+        let unit = ResidualUnit::new(spec, &vb).unwrap();
+        let alone = unit.forward_output(x.clone(), false).unwrap();
+        let (beside, _) = unit.forward_owned(x.clone(), false).unwrap();
+        let exact = with_engine(Engine::Exact, || unit.forward_t(&x, false)).unwrap();
+        assert_eq!(rel_diff(&alone, &beside), 0.0);
+        let r = rel_diff(&alone, &exact);
+        assert!(r > 0.0 && r < 1e-4, "{r}");
     }
 }

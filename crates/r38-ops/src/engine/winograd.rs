@@ -26,6 +26,7 @@
 
 use super::kernel::{gemm_strided, Geometry, Strided};
 use super::output::Output;
+use super::pre_activation::{pre_activate, ScaleShift};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -358,6 +359,25 @@ impl OutPtr {
     /// Through a method, so closures capture the `Sync` wrapper rather than the raw field.
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// The planes of consecutive channels, and the `(scale, shift)` of each where they are
+/// pre-activated as they are read.
+type Planes<'a> = (&'a [f32], Option<(&'a [f32], &'a [f32])>);
+
+/// The map a convolution reads, and the pre-activation it applies to each row as the input
+/// transform copies it (a unit's BN and ReLU, without a pass and a map of their own).
+#[derive(Clone, Copy)]
+pub(crate) struct Input<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) pre: Option<&'a ScaleShift>,
+}
+
+impl<'a> Input<'a> {
+    /// The map as it is.
+    pub(crate) fn plain(x: &'a [f32]) -> Self {
+        Input { x, pre: None }
     }
 }
 
@@ -718,6 +738,8 @@ struct TileTransform<'a, T, const M: usize, const A: usize, const R: usize> {
     /// The channel's plane of image 0; image `n`'s is `n * image_stride` further.
     plane: &'a [f32],
     image_stride: usize,
+    /// The channel's pre-activation `(scale, shift)`, applied to the plane as it is read.
+    pre: Option<(f32, f32)>,
     /// The chunk's rows of tiles, `(image, row)`.
     rows: &'a [(usize, usize)],
     v: &'a mut [f32],
@@ -746,7 +768,11 @@ impl<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize> Job
                     rows_taps.fill(0.0);
                     continue;
                 };
-                padded[shift..shift + wd].copy_from_slice(&plane[y * wd..(y + 1) * wd]);
+                let (src, dst) = (&plane[y * wd..(y + 1) * wd], &mut padded[shift..shift + wd]);
+                match self.pre {
+                    Some(pre) => pre_activate(src, pre, super::output::as_uninit(dst)),
+                    None => dst.copy_from_slice(src),
+                }
                 for (j, tap) in rows_taps.chunks_exact_mut(stride).enumerate() {
                     if d == 1 {
                         // Undilated: tile s starts at m s; a fixed stride the compiler can
@@ -868,10 +894,11 @@ impl<V: Variant<M, A>, const M: usize, const A: usize> Job for OutputTransform<'
 }
 
 /// [`TileTransform`] of every channel of `planes` (`channels` per image) into `out`
-/// (`[c][ξ][p]`, `chunk` tiles per ξ), the channels spread over the threads.
+/// (`[c][ξ][p]`, `chunk` tiles per ξ), the channels spread over the threads; channel `c`
+/// pre-activated by `pre`'s `(scale[c], shift[c])` where there is one.
 fn transform_tiles<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize>(
     tiling: &Tiling<M>,
-    planes: &[f32],
+    (planes, pre): Planes,
     channels: usize,
     rows: &[(usize, usize)],
     out: &mut [f32],
@@ -886,6 +913,7 @@ fn transform_tiles<T: TileMatrix<A, R>, const M: usize, const A: usize, const R:
                 scratch,
                 plane: &planes[c * hw..],
                 image_stride: channels * hw,
+                pre: pre.map(|(scale, shift)| (scale[c], shift[c])),
                 rows,
                 v,
                 chunk,
@@ -922,11 +950,12 @@ pub(crate) fn with_portable_transforms<T>(f: impl FnOnce() -> T) -> T {
     t
 }
 
-/// `V = B^T d B` of every channel of `planes` into `out` (`[c][ξ][p]`), as [`transform_tiles`]
-/// with [`InputTiles`] computes it: in AVX-512 where the CPU has it.
+/// `V = B^T d B` of every channel of `planes` (pre-activated by `pre`, if any) into `out`
+/// (`[c][ξ][p]`), as [`transform_tiles`] with [`InputTiles`] computes it: in AVX-512 where the
+/// CPU has it.
 fn transform_inputs<V: Variant<M, A>, const M: usize, const A: usize>(
     tiling: &Tiling<M>,
-    planes: &[f32],
+    (planes, pre): Planes,
     channels: usize,
     rows: &[(usize, usize)],
     out: &mut [f32],
@@ -943,8 +972,8 @@ fn transform_inputs<V: Variant<M, A>, const M: usize, const A: usize>(
                 unsafe {
                     avx512::input_tiles::<V, M, A>(
                         tiling,
-                        &planes[c * hw..],
-                        channels * hw,
+                        (&planes[c * hw..], channels * hw),
+                        pre.map(|(scale, shift)| (scale[c], shift[c])),
                         rows,
                         v,
                         chunk,
@@ -955,7 +984,8 @@ fn transform_inputs<V: Variant<M, A>, const M: usize, const A: usize>(
         );
         return;
     }
-    transform_tiles::<InputTiles<V, M>, M, A, A>(tiling, planes, channels, rows, out, chunk)
+    let input = (planes, pre);
+    transform_tiles::<InputTiles<V, M>, M, A, A>(tiling, input, channels, rows, out, chunk)
 }
 
 /// `f(ξ)` for every position of the transformed tile: the `(m + 2)²` independent GEMMs, each
@@ -971,11 +1001,11 @@ fn for_each_position(positions: usize, f: impl Fn(usize) + Sync + Send) {
 /// `out = conv(x, w) (+ bias)` for geometries where [`applies`] holds, with the block of
 /// [`block`].
 pub fn conv2d(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    conv2d_into(g, x, w, bias, Output::over(out))
+    conv2d_into(g, Input::plain(x), w, bias, Output::over(out))
 }
 
-/// [`conv2d`] into an [`Output`].
-pub(crate) fn conv2d_into(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, out: Output) {
+/// [`conv2d`] of an [`Input`] into an [`Output`].
+pub(crate) fn conv2d_into(g: &Geometry, x: Input, w: &[f32], bias: Option<&[f32]>, out: Output) {
     run_fresh(g, block(g), w, Taps::Own, x, bias, out)
 }
 
@@ -988,14 +1018,14 @@ pub fn conv2d_blocks(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    conv2d_blocks_into(g, m, x, w, bias, Output::over(out))
+    conv2d_blocks_into(g, m, Input::plain(x), w, bias, Output::over(out))
 }
 
-/// [`conv2d_blocks`] into an [`Output`].
+/// [`conv2d_blocks`] of an [`Input`] into an [`Output`].
 pub(crate) fn conv2d_blocks_into(
     g: &Geometry,
     m: usize,
-    x: &[f32],
+    x: Input,
     w: &[f32],
     bias: Option<&[f32]>,
     out: Output,
@@ -1015,7 +1045,7 @@ pub fn input_gradient(t: &Geometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         block_written(t),
         w,
         Taps::FlippedTransposed,
-        dy,
+        Input::plain(dy),
         None,
         Output::over(dx),
     )
@@ -1028,7 +1058,7 @@ fn run_fresh(
     m: usize,
     w: &[f32],
     taps: Taps,
-    x: &[f32],
+    x: Input,
     bias: Option<&[f32]>,
     out: Output,
 ) {
@@ -1090,7 +1120,7 @@ fn run_block(
     g: &Geometry,
     m: usize,
     group: usize,
-    x: &[f32],
+    x: Input,
     kernels: Kernels,
     bias: Option<&[f32]>,
     out: Output,
@@ -1145,7 +1175,7 @@ pub(crate) fn conv2d_grouped(
         g,
         m,
         group,
-        x,
+        Input::plain(x),
         Kernels::Weight(w, Taps::Own, order),
         bias,
         Output::over(out),
@@ -1232,14 +1262,14 @@ pub fn conv2d_transformed(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    conv2d_transformed_into(g, u, x, bias, Output::over(out))
+    conv2d_transformed_into(g, u, Input::plain(x), bias, Output::over(out))
 }
 
-/// [`conv2d_transformed`] into an [`Output`].
+/// [`conv2d_transformed`] of an [`Input`] into an [`Output`].
 pub(crate) fn conv2d_transformed_into(
     g: &Geometry,
     u: &Transformed,
-    x: &[f32],
+    x: Input,
     bias: Option<&[f32]>,
     out: Output,
 ) {
@@ -1403,11 +1433,12 @@ impl Order {
 fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     g: &Geometry,
     group: usize,
-    x: &[f32],
+    input: Input,
     kernels: Kernels,
     bias: Option<&[f32]>,
     mut out: Output,
 ) {
+    let x = input.x;
     assert!(g.kernel == 3 && g.stride == 1 && g.padding == g.dilation);
     let (ci_n, co_n) = (g.in_channels, g.out_channels);
     let hw = g.height * g.width;
@@ -1476,7 +1507,8 @@ fn run<V: Variant<M, A>, const M: usize, const A: usize>(
     // 1. V[c][ξ][p] = B^T d B for the input channels of one pass.
     let transform = |rows: &[(usize, usize)], pass: &Range<usize>, v: &mut [f32]| {
         let (x, v) = (&x[pass.start * hw..], &mut v[..pass.len() * xis * chunk]);
-        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, v, chunk)
+        let pre = input.pre.map(|p| p.channels_from(pass.start));
+        transform_inputs::<V, M, A>(&tiling, (x, pre), ci_n, rows, v, chunk)
     };
     // 2. M_ξ (gc x pc) (+)= U_ξ (gc x pass) V_ξ (pass x pc) for `gc` output channels, adding
     // onto the earlier passes' sums. `u` is U_ξ's first row from the pass's first input
@@ -1756,7 +1788,8 @@ fn run_kernel_gradient<V: Variant<M, A>, const M: usize, const A: usize>(
     let mut du = vec![0f32; xis * co_n * ci_n];
     for (i, rows) in batch_rows.chunks(rows_per_chunk).enumerate() {
         let pc = rows.len() * ntx;
-        transform_inputs::<V, M, A>(&tiling, x, ci_n, rows, &mut v, chunk);
+        transform_inputs::<V, M, A>(&tiling, (x, None), ci_n, rows, &mut v, chunk);
+        let dy = (dy, None);
         transform_tiles::<GradientTiles<V>, M, A, M>(&tiling, dy, co_n, rows, &mut dm, chunk);
         // dU_ξ (Cout x Cin) += dM_ξ (Cout x pc) V_ξ^T (pc x Cin).
         let (up, vp, mp) = (

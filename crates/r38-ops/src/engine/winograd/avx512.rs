@@ -6,6 +6,8 @@
 //! and sums are never fused, so F(m x m)'s rounding stays that of its matrices.
 
 use super::{Tiling, Variant};
+use crate::engine::output::as_uninit;
+use crate::engine::pre_activation::pre_activate_avx512;
 use crate::engine::product::lane_mask;
 use std::arch::x86_64::*;
 
@@ -182,7 +184,8 @@ unsafe fn store_undilated<const M: usize>(
     }
 }
 
-/// `V = B^T d B` of every tile of some rows of tiles of one channel, as the portable
+/// `V = B^T d B` of every tile of some rows of tiles of one channel (its rows pre-activated
+/// by `pre`'s `(scale, shift)` as they are copied, where there is one), as the portable
 /// `TileTransform` with `InputTiles` writes it (`v[ξ * chunk + p]`). `padded` holds `A` zeroed
 /// rows of [`padded_row`] floats; only their middles are written.
 ///
@@ -192,8 +195,8 @@ unsafe fn store_undilated<const M: usize>(
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usize>(
     tiling: &Tiling<M>,
-    plane: &[f32],
-    image_stride: usize,
+    (plane, image_stride): (&[f32], usize),
+    pre: Option<(f32, f32)>,
     rows: &[(usize, usize)],
     v: &mut [f32],
     chunk: usize,
@@ -218,7 +221,11 @@ pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usiz
         for (l, &here) in present.iter().enumerate() {
             if here {
                 let y = y0 + l * d - d;
-                padded[l * pw + d..][..wd].copy_from_slice(&image[y * wd..][..wd]);
+                let (src, dst) = (&image[y * wd..][..wd], &mut padded[l * pw + d..][..wd]);
+                match pre {
+                    Some(pre) => pre_activate_avx512(src, pre, as_uninit(dst)),
+                    None => dst.copy_from_slice(src),
+                }
             }
         }
         for s0 in (0..ntx).step_by(LANES) {
