@@ -177,7 +177,7 @@ impl BenchNet {
                         continue;
                     }
                     let (c, plus) = (&branch.conv, identity.as_ref().filter(|_| i == last));
-                    t = with_engine(engine, || c.forward_after(&branch.pre, &t, plus))?;
+                    t = with_engine(engine, || c.forward_after(&branch.pre, t, plus))?;
                     macs += conv_macs(c.spec(), &t);
                 }
                 x = match shortcut {

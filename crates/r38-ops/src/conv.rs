@@ -155,23 +155,25 @@ impl Conv2d {
     /// `self(ReLU(BN(x)))` in inference, plus `shortcut` if given: on the fast engine's
     /// Winograd path the pre-activation is applied as the input transform reads `x`, and the
     /// pre-activated map is never written ([`crate::engine::conv2d_after`]); elsewhere it is
-    /// `pre` then this convolution, the same bits.
+    /// `pre` then this convolution, the same bits, `x` released once pre-activated.
     pub fn forward_after(
         &self,
         pre: &PreActivation,
-        x: &Tensor,
+        x: Tensor,
         shortcut: Option<&Tensor>,
     ) -> Result<Tensor> {
         if self.bias.is_none() {
-            if let Some(folded) = pre.inference_scale_shift(x)? {
+            if let Some(folded) = pre.inference_scale_shift(&x)? {
                 let kept = crate::engine::keeps_kernels().then_some(&*self.kept);
                 let (w, spec) = (&self.weight, &self.spec);
-                if let Some(y) = crate::engine::conv2d_after(x, &folded, w, spec, shortcut, kept)? {
+                if let Some(y) = crate::engine::conv2d_after(&x, &folded, w, spec, shortcut, kept)?
+                {
                     return Ok(y);
                 }
             }
         }
-        let a = pre.forward_t(x, false)?;
+        let a = pre.forward_t(&x, false)?;
+        drop(x);
         match shortcut {
             Some(s) => self.forward_plus(&a, s),
             None => self.forward(&a),

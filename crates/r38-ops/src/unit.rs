@@ -166,7 +166,7 @@ impl ResidualUnit {
             let shortcut = identity.as_ref().filter(|_| i == last);
             let pre_activated_alone = train || (i == 0 && keep_first);
             if !pre_activated_alone {
-                t = branch.conv.forward_after(&branch.pre, &t, shortcut)?;
+                t = branch.conv.forward_after(&branch.pre, t, shortcut)?;
                 continue;
             }
             let mut a = branch.pre.forward_t(&t, train)?;

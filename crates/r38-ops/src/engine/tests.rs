@@ -1165,11 +1165,13 @@ fn convolutions_after_a_pre_activation_match_the_pre_activated_map() {
             with_engine(engine, || {
                 let a = pre.forward_t(&x, false).unwrap();
                 let want = conv.forward(&a).unwrap();
-                let got = conv.forward_after(&pre, &x, None).unwrap();
+                let got = conv.forward_after(&pre, x.clone(), None).unwrap();
                 assert_eq!(rel_diff(&got, &want), 0.0, "{spec:?} {engine:?}");
                 let shortcut = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
                 let want = (&shortcut + &want).unwrap();
-                let got = conv.forward_after(&pre, &x, Some(&shortcut)).unwrap();
+                let got = conv
+                    .forward_after(&pre, x.clone(), Some(&shortcut))
+                    .unwrap();
                 assert_eq!(rel_diff(&got, &want), 0.0, "{spec:?} {engine:?} shortcut");
             });
         }
