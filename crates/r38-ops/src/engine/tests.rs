@@ -827,6 +827,28 @@ fn conv2d_keeps_kernels_only_when_asked() {
     assert!(rel_diff(&kept, &exact) < 1e-5);
 }
 
+/// `(n, cin, cout, h, w, dilation)` of a 3x3 stride-1 convolution.
+type ConvShape = (usize, usize, usize, usize, usize, usize);
+
+/// Winograd block edges with shapes `(n, cin, cout, h, w, dilation)` that cover their
+/// transforms' cases: a batch, partial edge tiles, dilation, undilated F(3x3).
+const BLOCKS_AND_SHAPES: &[(usize, ConvShape)] = &[
+    (2, (2, 9, 11, 13, 10, 1)),
+    (4, (1, 9, 7, 17, 19, 1)),
+    (4, (1, 16, 5, 30, 33, 2)),
+    (3, (1, 9, 6, 15, 14, 3)),
+    (3, (1, 12, 4, 19, 16, 1)),
+];
+
+/// `f` on the portable transforms where `portable`, else on this CPU's.
+fn on_transforms<T>(portable: bool, f: impl FnOnce() -> T) -> T {
+    if portable {
+        winograd::with_portable_transforms(f)
+    } else {
+        f()
+    }
+}
+
 /// A shortcut added as the output is written ([`conv2d_plus`]) gives the bits of the
 /// convolution followed by the add, on every path: Winograd's blocks of 2, 3 and 4, dilated
 /// or not, SIMD and portable transforms, kept kernels, im2col; and every element of the
@@ -834,13 +856,7 @@ fn conv2d_keeps_kernels_only_when_asked() {
 #[test]
 fn shortcut_added_as_written_gives_the_bits_of_adding_after() {
     let mut next = uniform(41);
-    for &(m, (n, cin, cout, h, w, d)) in &[
-        (2, (2, 9, 11, 13, 10, 1)),
-        (4, (1, 9, 7, 17, 19, 1)),
-        (4, (1, 16, 5, 30, 33, 2)),
-        (3, (1, 9, 6, 15, 14, 3)),
-        (3, (1, 12, 4, 19, 16, 1)),
-    ] {
+    for &(m, (n, cin, cout, h, w, d)) in BLOCKS_AND_SHAPES {
         let g = same_3x3(n, cin, cout, h, w, d);
         let x: Vec<f32> = (0..n * cin * h * w).map(|_| next()).collect();
         let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.2).collect();
@@ -858,13 +874,7 @@ fn shortcut_added_as_written_gives_the_bits_of_adding_after() {
             y
         };
         for portable in [false, true] {
-            let run = |f: &dyn Fn() -> Vec<f32>| {
-                if portable {
-                    winograd::with_portable_transforms(f)
-                } else {
-                    f()
-                }
-            };
+            let run = |f: &dyn Fn() -> Vec<f32>| on_transforms(portable, f);
             let after = add(run(&|| {
                 let mut y = vec![0f32; shortcut.len()];
                 winograd::conv2d_blocks(&g, m, &x, &k, Some(&b), &mut y);
@@ -993,12 +1003,7 @@ fn pre_activated(x: &[f32], folded: &pre_activation::ScaleShift, hw: usize) -> V
 #[test]
 fn pre_activation_applied_as_read_gives_the_bits_of_the_pre_activated_map() {
     let mut next = uniform(43);
-    for &(m, (n, cin, cout, h, w, d)) in &[
-        (2, (2, 9, 11, 13, 10, 1)),
-        (4, (1, 9, 7, 17, 19, 1)),
-        (4, (1, 16, 5, 30, 33, 2)),
-        (3, (1, 9, 6, 15, 14, 3)),
-    ] {
+    for &(m, (n, cin, cout, h, w, d)) in BLOCKS_AND_SHAPES {
         let g = same_3x3(n, cin, cout, h, w, d);
         let x: Vec<f32> = (0..n * cin * h * w).map(|_| next() * 2.0).collect();
         let k: Vec<f32> = (0..cout * cin * 9).map(|_| next() * 0.2).collect();
@@ -1011,13 +1016,7 @@ fn pre_activation_applied_as_read_gives_the_bits_of_the_pre_activated_map() {
         };
         let u = winograd::Transformed::new(&g, m, &k);
         for portable in [false, true] {
-            let run = |f: &dyn Fn() -> Vec<f32>| {
-                if portable {
-                    winograd::with_portable_transforms(f)
-                } else {
-                    f()
-                }
-            };
+            let run = |f: &dyn Fn() -> Vec<f32>| on_transforms(portable, f);
             let write = |residual: Option<&[f32]>, conv: &dyn Fn(Output)| {
                 let mut y = vec![f32::NAN; shortcut.len()];
                 let mut out = Output::over(&mut y);
