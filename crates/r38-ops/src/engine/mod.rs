@@ -17,6 +17,12 @@
 //!
 //! The choice is the caller's, per thread and scope ([`with_engine`]); the default is `fast`.
 //! The binaries map `--engine` / `R38_ENGINE` onto it.
+//!
+//! In inference a residual unit's passes over its maps fold into its convolutions on the fast
+//! path: a pre-activation is applied as Winograd's input transform reads ([`conv2d_after`]),
+//! an identity shortcut added as the last convolution writes ([`conv2d_plus`]), a projection
+//! accumulated into the branch output ([`conv2d_add`]). The first two keep the bits of the
+//! separate passes.
 
 pub mod allocator;
 pub mod backward;

@@ -1,4 +1,5 @@
-//! Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 "same" convolutions, any dilation.
+//! Winograd F(2x2, 3x3), F(3x3, 3x3) and F(4x4, 3x3) for 3x3 stride-1 "same" convolutions,
+//! any dilation.
 //!
 //! An `m x m` block of outputs costs `(m + 2)²` multiplies per (input, output) channel pair
 //! instead of `9 m²`: `Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A` (Lavin & Gray 2015), i.e. 16 instead
