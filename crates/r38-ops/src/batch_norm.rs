@@ -91,14 +91,8 @@ impl BatchNorm {
     /// `ReLU(BN(x))` through the fused CPU kernel ([`crate::engine::pre_activation`]), when
     /// it applies (f32 on the CPU, engine not `Exact`); `None` otherwise.
     pub(crate) fn fused_relu(&self, x: &Tensor, train: bool) -> Result<Option<Tensor>> {
-        use crate::engine::{self, pre_activation};
-        let cpu_f32 =
-            |t: &Tensor| matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32;
-        if engine::engine() == engine::Engine::Exact
-            || !cpu_f32(x)
-            || !cpu_f32(&self.gamma)
-            || x.rank() != 4
-        {
+        use crate::engine::pre_activation;
+        if !self.fused_kernel_applies(x) {
             return Ok(None);
         }
         let batch = train && self.mode == BatchNormMode::BatchStatistics;
@@ -112,14 +106,8 @@ impl BatchNorm {
             (mean, var)
         } else {
             (
-                self.moving_mean
-                    .as_tensor()
-                    .to_dtype(DType::F32)?
-                    .to_vec1()?,
-                self.moving_var
-                    .as_tensor()
-                    .to_dtype(DType::F32)?
-                    .to_vec1()?,
+                f32_values(self.moving_mean.as_tensor())?,
+                f32_values(self.moving_var.as_tensor())?,
             )
         };
         pre_activation::bn_relu(x, &self.gamma, &self.beta, mean, var, self.eps, batch).map(Some)
@@ -132,20 +120,25 @@ impl BatchNorm {
         &self,
         x: &Tensor,
     ) -> Result<Option<crate::engine::pre_activation::ScaleShift>> {
-        use crate::engine::{self, pre_activation::ScaleShift};
-        let cpu_f32 =
-            |t: &Tensor| matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32;
-        if engine::engine() == engine::Engine::Exact || !cpu_f32(x) || !cpu_f32(&self.gamma) {
+        if !self.fused_kernel_applies(x) {
             return Ok(None);
         }
-        let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-        Ok(Some(ScaleShift::new(
-            &f32s(&self.gamma)?,
-            &f32s(&self.beta)?,
-            &f32s(self.moving_mean.as_tensor())?,
-            &f32s(self.moving_var.as_tensor())?,
+        Ok(Some(crate::engine::pre_activation::ScaleShift::new(
+            &f32_values(&self.gamma)?,
+            &f32_values(&self.beta)?,
+            &f32_values(self.moving_mean.as_tensor())?,
+            &f32_values(self.moving_var.as_tensor())?,
             self.eps,
         )))
+    }
+
+    /// Whether the fused CPU kernel serves `x`: an f32 NCHW map on the CPU, f32 parameters,
+    /// an engine other than `Exact`.
+    fn fused_kernel_applies(&self, x: &Tensor) -> bool {
+        use crate::engine::{engine, Engine};
+        let cpu_f32 =
+            |t: &Tensor| matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32;
+        engine() != Engine::Exact && cpu_f32(x) && cpu_f32(&self.gamma) && x.rank() == 4
     }
 
     /// Batch mean and biased variance per channel. MXNet updates its running variance with the
@@ -173,6 +166,11 @@ impl candle_nn::ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         BatchNorm::forward_t(self, x, train)
     }
+}
+
+/// A per-channel vector's values as f32.
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
 #[cfg(test)]

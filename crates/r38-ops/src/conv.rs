@@ -166,8 +166,7 @@ impl Conv2d {
             if let Some(folded) = pre.inference_scale_shift(&x)? {
                 let kept = crate::engine::keeps_kernels().then_some(&*self.kept);
                 let (w, spec) = (&self.weight, &self.spec);
-                if let Some(y) = crate::engine::conv2d_after(&x, &folded, w, spec, shortcut, kept)?
-                {
+                if let Some(y) = crate::engine::conv2d_after(&x, folded, w, spec, shortcut, kept)? {
                     return Ok(y);
                 }
             }

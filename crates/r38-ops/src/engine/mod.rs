@@ -496,7 +496,7 @@ fn r38_conv2d(
 /// `kept`, the Winograd kernels are those of [`conv2d_kept`].
 pub fn conv2d_after(
     x: &Tensor,
-    pre: &pre_activation::ScaleShift,
+    pre: pre_activation::ScaleShift,
     weight: &Tensor,
     spec: &ConvSpec,
     shortcut: Option<&Tensor>,
@@ -519,7 +519,7 @@ pub fn conv2d_after(
         return Ok(None);
     }
     let mut conv = FastConv::new(geometry, weight, None, true, kept)?;
-    conv.pre = Some(pre.clone());
+    conv.pre = Some(pre);
     conv.apply(x, weight, shortcut).map(Some)
 }
 
@@ -574,8 +574,17 @@ impl FastConv {
         })
     }
 
-    /// The convolution of `x`, plus `shortcut` if given, without autograd.
+    /// The convolution of `x`, plus `shortcut` if given (of the output's shape), without
+    /// autograd.
     fn apply(self, x: &Tensor, weight: &Tensor, shortcut: Option<&Tensor>) -> Result<Tensor> {
+        let g = &self.geometry;
+        let dims = [g.batch, g.out_channels, g.out_height(), g.out_width()];
+        if let Some(s) = shortcut.filter(|s| s.dims() != dims) {
+            candle_core::bail!(
+                "engine: shortcut {:?} is not of the output's shape {dims:?}",
+                s.dims()
+            );
+        }
         let (x, weight) = (x.contiguous()?, weight.contiguous()?);
         match shortcut {
             Some(s) => x.apply_op3_no_bwd(&weight, &s.contiguous()?, &PlusShortcut(self)),
@@ -629,10 +638,6 @@ impl CustomOp3 for PlusShortcut {
         let x = contiguous_f32(s1, l1, "input")?;
         let w = contiguous_f32(s2, l2, "weight")?;
         let shortcut = contiguous_f32(s3, l3, "shortcut")?;
-        let g = &self.0.geometry;
-        if shortcut.len() != g.batch * g.out_channels * g.out_height() * g.out_width() {
-            candle_core::bail!("engine::conv2d_plus: the shortcut is not of the output's shape");
-        }
         Ok(self.0.output(x, w, Some(shortcut)))
     }
 }

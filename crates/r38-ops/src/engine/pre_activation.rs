@@ -186,13 +186,22 @@ pub(crate) fn pre_activate(src: &[f32], (scale, shift): (f32, f32), dst: &mut [M
     }
 }
 
+/// `dst = src`, pre-activated by `pre`'s `(scale, shift)` where there is one ([`pre_activate`]):
+/// how Winograd's input transforms copy each input row into their padded rows.
+pub(crate) fn copy_row(src: &[f32], pre: Option<(f32, f32)>, dst: &mut [f32]) {
+    match pre {
+        Some(pre) => pre_activate(src, pre, super::output::as_uninit(dst)),
+        None => dst.copy_from_slice(src),
+    }
+}
+
 /// [`pre_activate`] in AVX-512.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `src` and `dst` must be of the same length.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn pre_activate_avx512(
+unsafe fn pre_activate_avx512(
     src: &[f32],
     (scale, shift): (f32, f32),
     dst: &mut [MaybeUninit<f32>],

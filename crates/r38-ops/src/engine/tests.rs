@@ -974,6 +974,14 @@ fn conv2d_plus_is_the_shortcut_plus_the_convolution() {
             "{spec:?}"
         );
         assert_eq!(shortcut.to_vec3::<f32>().ok(), before);
+        // A shortcut of the output's size but not its shape is refused, not reinterpreted.
+        let (n, c, h, w) = y.dims4().unwrap();
+        let flat = Tensor::zeros((n, c * h * w, 1, 1), candle_core::DType::F32, &dev).unwrap();
+        let refused = conv2d_plus_with(Engine::Fast, &x, &wt, &spec, &flat, None);
+        assert!(
+            refused.unwrap_err().to_string().contains("shortcut"),
+            "{spec:?}"
+        );
     }
 }
 
@@ -1146,14 +1154,7 @@ fn convolutions_after_a_pre_activation_match_the_pre_activated_map() {
     assert!(folded.is_some());
     for spec in &specs {
         let conv = Conv2d::new(*spec, &vb, &name(spec)).unwrap();
-        let fused = conv2d_after(
-            &x,
-            folded.as_ref().unwrap(),
-            conv.weight(),
-            spec,
-            None,
-            None,
-        );
+        let fused = conv2d_after(&x, folded.clone().unwrap(), conv.weight(), spec, None, None);
         // Winograd's 3x3 stride-1 convolutions only.
         assert_eq!(
             fused.unwrap().is_some(),

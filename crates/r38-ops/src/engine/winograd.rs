@@ -27,7 +27,7 @@
 
 use super::kernel::{gemm_strided, Geometry, Strided};
 use super::output::Output;
-use super::pre_activation::{pre_activate, ScaleShift};
+use super::pre_activation::{copy_row, ScaleShift};
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
@@ -771,11 +771,8 @@ impl<T: TileMatrix<A, R>, const M: usize, const A: usize, const R: usize> Job
                     rows_taps.fill(0.0);
                     continue;
                 };
-                let (src, dst) = (&plane[y * wd..(y + 1) * wd], &mut padded[shift..shift + wd]);
-                match self.pre {
-                    Some(pre) => pre_activate(src, pre, super::output::as_uninit(dst)),
-                    None => dst.copy_from_slice(src),
-                }
+                let src = &plane[y * wd..(y + 1) * wd];
+                copy_row(src, self.pre, &mut padded[shift..shift + wd]);
                 for (j, tap) in rows_taps.chunks_exact_mut(stride).enumerate() {
                     if d == 1 {
                         // Undilated: tile s starts at m s; a fixed stride the compiler can

@@ -6,8 +6,7 @@
 //! and sums are never fused, so F(m x m)'s rounding stays that of its matrices.
 
 use super::{Tiling, Variant};
-use crate::engine::output::as_uninit;
-use crate::engine::pre_activation::pre_activate_avx512;
+use crate::engine::pre_activation::copy_row;
 use crate::engine::product::lane_mask;
 use std::arch::x86_64::*;
 
@@ -221,11 +220,7 @@ pub(super) unsafe fn input_tiles<V: Variant<M, A>, const M: usize, const A: usiz
         for (l, &here) in present.iter().enumerate() {
             if here {
                 let y = y0 + l * d - d;
-                let (src, dst) = (&image[y * wd..][..wd], &mut padded[l * pw + d..][..wd]);
-                match pre {
-                    Some(pre) => pre_activate_avx512(src, pre, as_uninit(dst)),
-                    None => dst.copy_from_slice(src),
-                }
+                copy_row(&image[y * wd..][..wd], pre, &mut padded[l * pw + d..][..wd]);
             }
         }
         for s0 in (0..ntx).step_by(LANES) {
